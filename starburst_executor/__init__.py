@@ -1,0 +1,48 @@
+"""starburst-executor: run Python functions on AWS (or locally) like ProcessPoolExecutor.
+
+The public names are re-exported here; everything else is private.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._core.futures import TaskFuture
+    from ._core.session import SessionStatus
+    from .detached import DetachedExecutor, SessionInfo, TaskOutcome, list_sessions
+
+__all__ = [
+    "DetachedExecutor",
+    "SessionInfo",
+    "SessionStatus",
+    "TaskFuture",
+    "TaskOutcome",
+    "__version__",
+    "list_sessions",
+]
+
+_LAZY = {
+    "DetachedExecutor": "detached",
+    "SessionInfo": "detached",
+    "TaskOutcome": "detached",
+    "list_sessions": "detached",
+    "SessionStatus": "_core.session",
+    "TaskFuture": "_core.futures",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy imports keep `import starburst_executor` cheap (no SDK import until used).
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'starburst_executor' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,27 @@
+"""``map`` chunking, as the standard library's process pool does it, one chunk per task."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+
+def get_chunks(*iterables: Iterable[Any], chunksize: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    """Tuples of up to ``chunksize`` argument tuples, in order."""
+    it = zip(*iterables)
+    while chunk := tuple(itertools.islice(it, chunksize)):
+        yield chunk
+
+
+def process_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """Runs in the worker: one remote task computes a whole chunk."""
+    return [fn(*args) for args in chunk]
+
+
+def chain_results(chunks: Iterator[list[Any]]) -> Iterator[Any]:
+    """Flatten chunk results lazily, dropping each list as it is consumed."""
+    for element in chunks:
+        element.reverse()
+        while element:
+            yield element.pop()

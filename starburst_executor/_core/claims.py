@@ -1,0 +1,138 @@
+"""The claim protocol: who runs a task, for how long, and who may take it over.
+
+::
+
+    pending ──create claims/<t> (IfNoneMatch=*)──▶ claimed by W, attempt 1
+       │                                              │ renew: PUT IfMatch=<etag> every lease/3
+       │                                              │ result: PUT results/<t> (IfNoneMatch=*)
+       │                                              ▼
+       │                                         finished (exactly one outcome)
+       │
+       │   lease expired (claim LastModified + lease < server Date of a listing):
+       │       GET claim, PUT IfMatch=<listed etag>, attempt + 1  ──▶ claimed by W'
+       │       attempt > max_retries + 1 ──▶ outcome WorkerLost
+       │
+       └──create claims/<t> {"state": "cancelled"} (client cancel) ──▶ outcome cancelled
+
+A 412 or 409 on any of these PUTs means "lost the race": the caller moves on.
+Expiry is judged on the server's clock only (the object's LastModified against
+the Date header of the listing that saw it), so a skewed worker clock cannot
+cause an early takeover. Claims hold a renewal counter so every renewal has a
+new body, hence a new ETag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from ..errors import ObjectNotFound, PreconditionFailed
+from ..store.base import ObjectInfo, ObjectStore
+from .layout import SessionLayout
+
+ClaimState = Literal["running", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim this process holds (or just read)."""
+
+    task_id: str
+    worker_id: str
+    attempt: int
+    etag: str
+    state: ClaimState = "running"
+    renewals: int = 0
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {
+                "task_id": self.task_id,
+                "worker_id": self.worker_id,
+                "attempt": self.attempt,
+                "state": self.state,
+                "renewals": self.renewals,
+                "written": time.time(),
+            }
+        ).encode()
+
+
+def lease_expired(info: ObjectInfo, server_time: datetime, lease_seconds: float) -> bool:
+    """True when the claim's lease ran out, judged by the server's clock only.
+
+    LastModified has one-second resolution, so one second of slack is added.
+    """
+    return info.last_modified + timedelta(seconds=lease_seconds + 1) < server_time
+
+
+async def try_claim(
+    store: ObjectStore,
+    layout: SessionLayout,
+    task_id: str,
+    worker_id: str,
+    *,
+    state: ClaimState = "running",
+) -> Claim | None:
+    """Create the claim of a pending task; None when somebody else got there first."""
+    claim = Claim(task_id, worker_id, 1, "", state)
+    try:
+        put = await store.put(layout.key("claims", task_id), claim.body(), if_none_match=True)
+    except PreconditionFailed:
+        return None
+    return Claim(task_id, worker_id, 1, put.etag, state)
+
+
+async def renew(store: ObjectStore, layout: SessionLayout, claim: Claim) -> Claim | None:
+    """Extend the lease; None when the claim was taken over (the lease is lost)."""
+    nxt = Claim(
+        claim.task_id, claim.worker_id, claim.attempt, "", claim.state, claim.renewals + 1
+    )
+    try:
+        put = await store.put(
+            layout.key("claims", claim.task_id), nxt.body(), if_match=claim.etag
+        )
+    except (PreconditionFailed, ObjectNotFound):
+        return None
+    return Claim(nxt.task_id, nxt.worker_id, nxt.attempt, put.etag, nxt.state, nxt.renewals)
+
+
+async def read_claim(store: ObjectStore, layout: SessionLayout, task_id: str) -> Claim | None:
+    try:
+        blob = await store.get(layout.key("claims", task_id))
+    except ObjectNotFound:
+        return None
+    data = json.loads(blob.body)
+    return Claim(
+        task_id,
+        str(data.get("worker_id", "")),
+        int(data.get("attempt", 1)),
+        blob.etag,
+        "cancelled" if data.get("state") == "cancelled" else "running",
+        int(data.get("renewals", 0)),
+    )
+
+
+async def take_over(
+    store: ObjectStore,
+    layout: SessionLayout,
+    expired: ObjectInfo,
+    task_id: str,
+    worker_id: str,
+) -> tuple[Claim, Claim] | None:
+    """Take an expired claim over; returns ``(previous, new)`` or None if we lost.
+
+    The PUT is conditional on the ETag the listing showed, so a claim renewed
+    since that listing is never taken.
+    """
+    previous = await read_claim(store, layout, task_id)
+    if previous is None or previous.etag != expired.etag:
+        return None
+    nxt = Claim(task_id, worker_id, previous.attempt + 1, "", previous.state)
+    try:
+        put = await store.put(layout.key("claims", task_id), nxt.body(), if_match=expired.etag)
+    except (PreconditionFailed, ObjectNotFound):
+        return None
+    return previous, Claim(task_id, worker_id, nxt.attempt, put.etag, nxt.state)

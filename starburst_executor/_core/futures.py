@@ -1,0 +1,99 @@
+"""``TaskFuture``: a real ``concurrent.futures.Future`` that knows its task.
+
+Only its executor resolves it (through ``_resolve``), with the Future's own
+setters, so ``as_completed``, ``wait``, ``add_done_callback`` and
+``asyncio.wrap_future`` behave exactly as with the standard library.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any
+
+from .codec import Outcome
+
+
+class TaskFuture(concurrent.futures.Future[Any]):
+    """A future for one remote task.
+
+    Attributes:
+        task_id: the task's id within its session (``t000000042``).
+        session_id: the session the task belongs to.
+    """
+
+    def __init__(
+        self, session_id: str, task_id: str, canceller: Callable[[str], bool] | None = None
+    ) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.task_id = task_id
+        self._canceller = canceller
+        self._outcome: Outcome | None = None
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture {self.session_id}/{self.task_id} {self._state.lower()}>"
+
+    @property
+    def stdout(self) -> str | None:
+        """What the task printed to stdout, once it has finished (None before)."""
+        return self._outcome.stdout if self._outcome else None
+
+    @property
+    def stderr(self) -> str | None:
+        """What the task printed to stderr, warnings included, once finished."""
+        return self._outcome.stderr if self._outcome else None
+
+    @property
+    def worker_id(self) -> str | None:
+        return self._outcome.worker_id if self._outcome else None
+
+    @property
+    def attempt(self) -> int | None:
+        """How many times a worker started this task (more than 1 after a takeover)."""
+        return self._outcome.attempt if self._outcome else None
+
+    def cancel(self) -> bool:
+        """Cancel the task for every worker, if none has claimed it yet."""
+        if self.done():
+            return self.cancelled()
+        if self._canceller is not None and not self._canceller(self.task_id):
+            return False
+        return self._mark_cancelled()
+
+    # Executor-only methods below.
+
+    def _mark_cancelled(self) -> bool:
+        if not super().cancel():
+            return self.cancelled()
+        # Wake as_completed/wait waiters, as executors do for a cancelled future.
+        self.set_running_or_notify_cancel()
+        return True
+
+    def _resolve(self, outcome: Outcome) -> None:
+        """Set the result or exception from a decoded outcome (executor only)."""
+        if self.done():
+            return
+        self._outcome = outcome
+        try:
+            if outcome.kind == "ok":
+                try:
+                    value = outcome.result()
+                except Exception as err:
+                    self.set_exception(err)
+                else:
+                    self.set_result(value)
+            elif outcome.kind == "error":
+                self.set_exception(outcome.exception())
+            else:
+                self._mark_cancelled()
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled locally in the meantime
+
+    def _fail(self, exc: BaseException) -> None:
+        """Fail the future with a client-side error (executor only)."""
+        if not self.done():
+            try:
+                self.set_exception(exc)
+            except concurrent.futures.InvalidStateError:
+                pass

@@ -1,0 +1,130 @@
+"""The one owner of every S3 key. Nothing else builds a key by hand.
+
+::
+
+    <prefix>/sessions/<session_id>/
+        manifest.json            settings, deadline, fingerprint    client: create, IfMatch on extend
+        tasks/t000000000         payload (cloudpickle)              client: create-only
+        tasks/t000000001         ...task ids sort in submission order
+        tasks/~stop              stop marker: sorts after every id  cleanup: create
+        claims/t000000000        lease JSON                         worker: create-only,
+                                                                    renew/take over with IfMatch
+        results/t000000000       the one outcome (ok/error/cancel)  create-only, first writer wins
+        failed/t000000000        empty index marker: outcome failed
+        cancelled/t000000000     empty index marker: outcome cancelled
+        workers/<worker_id>.json worker registry: pid, host, counters
+
+Reading state needs only listings: a task is pending when it has no claim,
+running when it has a claim and no result, finished when it has a result; the
+``failed/`` and ``cancelled/`` markers split finished results by kind. Ids are
+checked against fixed patterns before a key is built, so no id can reach
+outside its session's prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from ..errors import InvalidSessionId
+
+SESSION_ID_RE = re.compile(r"^session-[0-9a-f]{16}$")
+TASK_ID_RE = re.compile(r"^t[0-9]{9}$")
+WORKER_ID_RE = re.compile(r"^w-[0-9a-z-]{4,40}$")
+STOP_MARKER = "~stop"
+MAX_TASKS = 10**9
+
+
+def new_session_id() -> str:
+    """A fresh id such as ``session-3f9c0a1b2c3d4e5f``."""
+    return f"session-{secrets.token_hex(8)}"
+
+
+def new_worker_id() -> str:
+    return f"w-{secrets.token_hex(6)}"
+
+
+def check_session_id(session_id: object) -> str:
+    """Return ``session_id`` when it matches the fixed pattern, else raise."""
+    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+        raise InvalidSessionId(
+            f"invalid session id {session_id!r}: expected 'session-' followed by 16 hex "
+            "digits, as printed by `ex.session_id` or `starburst sessions`"
+        )
+    return session_id
+
+
+def check_task_id(task_id: object) -> str:
+    if not isinstance(task_id, str) or not TASK_ID_RE.match(task_id):
+        raise InvalidSessionId(
+            f"invalid task id {task_id!r}: expected 't' followed by 9 digits, "
+            "as shown by `future.task_id`"
+        )
+    return task_id
+
+
+def task_id(index: int) -> str:
+    """The id of the ``index``-th task of a session (0-based)."""
+    if not 0 <= index < MAX_TASKS:
+        raise ValueError(f"task index {index} out of range")
+    return f"t{index:09d}"
+
+
+def task_index(tid: str) -> int:
+    return int(check_task_id(tid)[1:])
+
+
+def check_worker_id(worker_id: str) -> str:
+    if not WORKER_ID_RE.match(worker_id):
+        raise InvalidSessionId(f"invalid worker id {worker_id!r}")
+    return worker_id
+
+
+@dataclass(frozen=True)
+class SessionLayout:
+    """Keys of one session under a prefix."""
+
+    prefix: str
+    session_id: str
+
+    def __post_init__(self) -> None:
+        check_session_id(self.session_id)
+
+    @staticmethod
+    def sessions_root(prefix: str) -> str:
+        return f"{prefix}/sessions/"
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}/sessions/{self.session_id}/"
+
+    @property
+    def manifest(self) -> str:
+        return self.root + "manifest.json"
+
+    def dir(self, kind: str) -> str:
+        """The listing prefix of ``tasks``, ``claims``, ``results``, ``failed``, ``cancelled``
+        or ``workers``."""
+        if kind not in {"tasks", "claims", "results", "failed", "cancelled", "workers"}:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.root}{kind}/"
+
+    def key(self, kind: str, tid: str) -> str:
+        return self.dir(kind) + check_task_id(tid)
+
+    def after(self, kind: str, tid: str | None) -> str | None:
+        """A ``StartAfter`` value that lists ``kind`` keys past ``tid``."""
+        return None if tid is None else self.dir(kind) + tid
+
+    @property
+    def stop_marker(self) -> str:
+        return self.dir("tasks") + STOP_MARKER
+
+    def worker(self, worker_id: str) -> str:
+        return self.dir("workers") + check_worker_id(worker_id) + ".json"
+
+    def tid_of(self, key: str) -> str | None:
+        """The task id at the end of ``key``, or None for markers and foreign keys."""
+        name = key.rsplit("/", 1)[-1]
+        return name if TASK_ID_RE.match(name) else None

@@ -1,0 +1,77 @@
+"""The session manifest: settings, deadline and fingerprint, as JSON.
+
+It holds no counters: every count is derived from listings, so no worker ever
+has to compare-and-swap a shared object and the numbers never go stale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..config import SessionSettings
+from ..errors import CorruptObject, SchemaVersionError
+from .layout import check_session_id
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` holds."""
+
+    session_id: str
+    mode: str
+    backend: str
+    created: float
+    deadline: float
+    settings: SessionSettings
+    fingerprint: dict[str, str]
+    launch: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        data = {
+            "schema_version": self.schema_version,
+            "session_id": self.session_id,
+            "mode": self.mode,
+            "backend": self.backend,
+            "created": self.created,
+            "deadline": self.deadline,
+            "settings": self.settings.to_json(),
+            "fingerprint": self.fingerprint,
+            "launch": self.launch,
+        }
+        return json.dumps(data, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, key: str) -> Manifest:
+        try:
+            data = json.loads(raw)
+            version = int(data["schema_version"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptObject(f"manifest {key} is not valid JSON with a schema_version") from err
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"manifest {key} has schema_version {version}, newer than this release "
+                f"understands ({SCHEMA_VERSION}); upgrade starburst-executor"
+            )
+        try:
+            return cls(
+                session_id=check_session_id(data["session_id"]),
+                mode=str(data["mode"]),
+                backend=str(data["backend"]),
+                created=float(data["created"]),
+                deadline=float(data["deadline"]),
+                settings=SessionSettings.from_json(data["settings"]),
+                fingerprint={str(k): str(v) for k, v in data["fingerprint"].items()},
+                launch=dict(data.get("launch", {})),
+                schema_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptObject(f"manifest {key} is missing or has a bad field: {err}") from err
+
+    def extended(self, seconds: float) -> Manifest:
+        """The manifest with its deadline ``seconds`` later than the current one."""
+        return replace(self, deadline=self.deadline + seconds)

@@ -1,0 +1,147 @@
+"""One background poller per executor: lists results, fetches new ones, resolves futures.
+
+A poll round costs one LIST request per 1,000 keys of ``results/`` from the
+lowest unresolved task on (``StartAfter``), plus one GET per result not seen
+before, fetched concurrently. Rounds back off from ``min_delay`` to
+``max_delay`` while nothing changes, and sleep entirely while nothing is
+pending. Futures are resolved on the poller's own thread, so done-callbacks may
+call back into the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ..errors import CorruptObject, StarburstError
+from .codec import Outcome
+from .futures import TaskFuture
+from .layout import task_id, task_index
+from .loop import LoopThread
+from .session import SessionStore
+
+log = logging.getLogger("starburst_executor")
+
+
+class ResultPoller:
+    """Resolves ``TaskFuture``s of one session as their outcomes appear in S3."""
+
+    def __init__(
+        self,
+        session: SessionStore,
+        loop: LoopThread,
+        *,
+        min_delay: float = 0.005,
+        max_delay: float = 1.0,
+        concurrency: int = 32,
+        maintain: Callable[[int], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._loop = loop
+        self._min_delay = min_delay
+        self._max_delay = max_delay
+        self._concurrency = concurrency
+        self._maintain = maintain
+        self._lock = threading.Lock()
+        self._pending: dict[str, TaskFuture] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.rounds = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"starburst-poller-{session.session_id}", daemon=True
+        )
+        self._thread.start()
+
+    def track(self, future: TaskFuture) -> None:
+        """Start watching ``future``'s task."""
+        with self._lock:
+            self._pending[future.task_id] = future
+        self._wake.set()
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def sync(self) -> None:
+        """Run one poll round on the caller's thread, so what S3 holds is resolved now."""
+        pending = self._snapshot()
+        if pending:
+            self._round(pending)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+
+    def _snapshot(self) -> dict[str, TaskFuture]:
+        with self._lock:
+            for tid in [t for t, f in self._pending.items() if f.done()]:
+                del self._pending[tid]
+            return dict(self._pending)
+
+    def _run(self) -> None:
+        delay = self._min_delay
+        last_maintain = 0.0
+        while not self._stop.is_set():
+            pending = self._snapshot()
+            if not pending:
+                self._wake.wait()
+                self._wake.clear()
+                delay = self._min_delay
+                continue
+            if self._maintain is not None and time.monotonic() - last_maintain > 1.0:
+                last_maintain = time.monotonic()
+                try:
+                    self._maintain(len(pending))
+                except Exception:
+                    log.exception("keeping workers up for session %s failed", self._session.session_id)
+            try:
+                progressed = self._round(pending)
+            except StarburstError as err:
+                log.warning(
+                    "polling session %s failed, retrying: %s", self._session.session_id, err
+                )
+                progressed = False
+            self.rounds += 1
+            delay = self._min_delay if progressed else min(delay * 2, self._max_delay)
+            if self._wake.wait(delay):
+                self._wake.clear()
+                delay = self._min_delay
+
+    def _round(self, pending: dict[str, TaskFuture]) -> bool:
+        layout = self._session.layout
+        lowest = min(task_index(t) for t in pending)
+        start = layout.after("results", task_id(lowest - 1)) if lowest else None
+        listing = self._loop.run(self._session.store.list(layout.dir("results"), start_after=start))
+        ready = [t for o in listing.objects if (t := layout.tid_of(o.key)) in pending]
+        if not ready:
+            return False
+        outcomes = self._loop.run(self._fetch(ready))
+        for tid, outcome in outcomes:
+            future = pending[tid]
+            if isinstance(outcome, Outcome):
+                future._resolve(outcome)
+            elif isinstance(outcome, CorruptObject):
+                future._fail(outcome)
+            # any other store error: the result stays listed, the next round retries it
+        return True
+
+    async def _fetch(self, tids: list[str]) -> list[tuple[str, Outcome | StarburstError]]:
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(tid: str) -> tuple[str, Outcome | StarburstError]:
+            async with gate:
+                try:
+                    outcome = await self._session.read_outcome(tid)
+                except StarburstError as err:
+                    return tid, err
+                if outcome.kind != "ok":
+                    # Repairs the index if the writer died between outcome and marker.
+                    await self._session.write_marker(outcome)
+                return tid, outcome
+
+        return list(await asyncio.gather(*(one(t) for t in tids)))

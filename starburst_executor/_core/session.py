@@ -1,0 +1,218 @@
+"""Reading and writing one session's objects: manifest, tasks, outcomes, markers.
+
+Shared by the executors, the workers and the CLI. Every count comes from
+listings, so ``status()`` is right from any interpreter at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..errors import (
+    ObjectNotFound,
+    PreconditionFailed,
+    SessionNotFound,
+    StarburstError,
+)
+from ..store.base import ObjectStore
+from . import claims
+from .codec import Outcome
+from .layout import SessionLayout, check_session_id
+from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """Counts of a session's tasks by state, from S3 listings."""
+
+    session_id: str
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    last_activity: datetime | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def progress(self) -> float:
+        """Finished fraction, 0.0 to 1.0 (1.0 for an empty session)."""
+        return self.finished / self.total if self.total else 1.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "session_id": self.session_id,
+            "total": self.total,
+            "pending": self.pending,
+            "running": self.running,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "progress": round(self.progress, 6),
+            "last_activity": self.last_activity.isoformat() if self.last_activity else None,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"{self.session_id}: {self.total} tasks, {self.pending} pending, "
+            f"{self.running} running, {self.completed} completed, {self.failed} failed, "
+            f"{self.cancelled} cancelled ({self.progress:.1%})"
+        )
+
+
+class SessionStore:
+    """One session's objects in an ``ObjectStore``."""
+
+    def __init__(self, store: ObjectStore, prefix: str, session_id: str) -> None:
+        self.store = store
+        self.layout = SessionLayout(prefix, check_session_id(session_id))
+        self.session_id = session_id
+
+    async def create(self, manifest: Manifest) -> None:
+        try:
+            await self.store.put(self.layout.manifest, manifest.to_json(), if_none_match=True)
+        except PreconditionFailed:
+            raise StarburstError(
+                f"session {self.session_id} already exists; create a new executor "
+                "or attach to it with DetachedExecutor.attach"
+            ) from None
+
+    async def load(self) -> tuple[Manifest, str]:
+        """The manifest and its ETag; ``SessionNotFound`` when there is none."""
+        try:
+            blob = await self.store.get(self.layout.manifest)
+        except ObjectNotFound:
+            raise SessionNotFound(
+                f"session {self.session_id} not found under "
+                f"{self.layout.root!r}; check the id (`starburst sessions` lists them), "
+                "the endpoint, bucket and prefix, or it may have been cleaned up"
+            ) from None
+        return Manifest.from_json(blob.body, key=self.layout.manifest), blob.etag
+
+    async def put_task(self, tid: str, payload: bytes) -> None:
+        try:
+            await self.store.put(self.layout.key("tasks", tid), payload, if_none_match=True)
+        except PreconditionFailed:
+            raise StarburstError(
+                f"task {tid} of session {self.session_id} already exists: another client "
+                "is submitting to this session; submit from one client at a time"
+            ) from None
+
+    async def task_ids(self) -> list[str]:
+        listing = await self.store.list(self.layout.dir("tasks"))
+        return [t for o in listing.objects if (t := self.layout.tid_of(o.key))]
+
+    async def write_outcome(self, outcome: Outcome) -> bool:
+        """Write the task's one outcome; False when another outcome was there first."""
+        tid = outcome.task_id
+        try:
+            await self.store.put(
+                self.layout.key("results", tid), outcome.encode(), if_none_match=True
+            )
+        except PreconditionFailed:
+            return False
+        await self.write_marker(outcome)
+        return True
+
+    async def write_marker(self, outcome: Outcome) -> None:
+        """The index marker of a failed or cancelled outcome (idempotent)."""
+        kind = {"error": "failed", "cancelled": "cancelled"}.get(outcome.kind)
+        if kind is None:
+            return
+        try:
+            await self.store.put(self.layout.key(kind, outcome.task_id), b"", if_none_match=True)
+        except PreconditionFailed:
+            pass
+
+    async def read_outcome(self, tid: str) -> Outcome:
+        key = self.layout.key("results", tid)
+        blob = await self.store.get(key)
+        return Outcome.decode(blob.body, key=key)
+
+    async def cancel(self, tid: str, by: str = "client") -> bool:
+        """Cancel a task no worker has claimed, for every worker. False if it was claimed."""
+        claim = await claims.try_claim(self.store, self.layout, tid, by, state="cancelled")
+        if claim is None:
+            existing = await claims.read_claim(self.store, self.layout, tid)
+            if existing is None or existing.state != "cancelled":
+                return False
+        now = time.time()
+        await self.write_outcome(Outcome(tid, "cancelled", started=now, finished=now))
+        return True
+
+    async def status(self) -> SessionStatus:
+        kinds = ("tasks", "claims", "results", "failed", "cancelled")
+        listings = await asyncio.gather(*(self.store.list(self.layout.dir(k)) for k in kinds))
+        ids = [
+            {t for o in listing.objects if (t := self.layout.tid_of(o.key))}
+            for listing in listings
+        ]
+        tasks, claimed, results, failed, cancelled = ids
+        finished = results & tasks
+        running = (claimed & tasks) - finished
+        stamps = [o.last_modified for listing in listings for o in listing.objects]
+        return SessionStatus(
+            session_id=self.session_id,
+            total=len(tasks),
+            pending=len(tasks - claimed - finished),
+            running=len(running),
+            completed=len(finished - failed - cancelled),
+            failed=len(finished & failed),
+            cancelled=len(finished & cancelled),
+            last_activity=max(stamps) if stamps else None,
+        )
+
+    async def extend(self, seconds: float) -> Manifest:
+        """Move the deadline ``seconds`` later than the current one (never earlier)."""
+        if not seconds > 0:
+            raise ValueError(f"extend() needs a positive number of seconds, got {seconds}")
+        while True:
+            manifest, etag = await self.load()
+            new = manifest.extended(seconds)
+            try:
+                await self.store.put(self.layout.manifest, new.to_json(), if_match=etag)
+                return new
+            except PreconditionFailed:
+                continue  # another extend won; apply ours on top of it
+
+    async def request_stop(self) -> None:
+        """Tell every worker of the session to exit (they see it in their next listing)."""
+        try:
+            await self.store.put(self.layout.stop_marker, b"", if_none_match=True)
+        except PreconditionFailed:
+            pass
+
+    async def workers(self) -> list[dict[str, object]]:
+        listing = await self.store.list(self.layout.dir("workers"))
+        blobs = await asyncio.gather(*(self.store.get(o.key) for o in listing.objects))
+        out = []
+        for blob in blobs:
+            try:
+                out.append(json.loads(blob.body))
+            except ValueError:
+                continue
+        return out
+
+    async def delete(self) -> int:
+        """Delete every object of this session, and nothing else."""
+        return await self.store.delete_prefix(self.layout.root)
+
+
+async def list_session_ids(store: ObjectStore, prefix: str) -> list[str]:
+    prefixes = await store.list_prefixes(SessionLayout.sessions_root(prefix))
+    out = []
+    for p in prefixes:
+        sid = p.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            out.append(check_session_id(sid))
+        except ValueError:
+            continue
+    return out

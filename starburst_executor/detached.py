@@ -1,0 +1,429 @@
+"""``DetachedExecutor``: a persistent session whose state lives in S3.
+
+::
+
+    client (any interpreter)                 S3: <prefix>/sessions/<id>/           workers
+    ───────────────────────                  ─────────────────────────             ───────
+    submit ──PUT tasks/<t>──────────────────▶ tasks/      ◀──LIST new keys───────── poll
+                                               claims/     ◀──PUT IfNoneMatch──────  claim
+                                                           ◀──GET tasks/<t>───────  run
+    poller ◀─LIST results/ + GET new keys──── results/    ◀──PUT IfNoneMatch──────  outcome
+    status ◀─LIST tasks, claims, results, markers
+
+The client may ``detach`` (or die) at any point after ``submit`` returned: the
+task is in S3 and workers keep going. ``attach(session_id)`` in a new
+interpreter lists the tasks and rebuilds one future per task, in submission
+order. Differences from ``ProcessPoolExecutor``: arguments that cannot be pickled
+fail at ``submit``; lambdas and closures work (cloudpickle); ``cancel()`` cancels
+for every worker, and only before a worker has claimed the task.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+from typing_extensions import ParamSpec, Self
+
+from ._core.chunks import chain_results, get_chunks, process_chunk
+from ._core.codec import encode_call, fingerprint
+from ._core.futures import TaskFuture
+from ._core.layout import check_session_id, new_session_id, task_id, task_index
+from ._core.manifest import Manifest
+from ._core.poller import ResultPoller
+from ._core.session import SessionStatus, SessionStore, list_session_ids
+from ._runtime import Runtime, open_runtime
+from .config import SessionSettings, parse_memory_mb
+from .errors import SessionExpired, StarburstError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+OutcomeState = Literal["completed", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One entry of ``collect()``: a finished task, failures included."""
+
+    task_id: str
+    state: OutcomeState
+    value: Any = None
+    error: BaseException | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "completed"
+
+    @classmethod
+    def from_future(cls, future: TaskFuture) -> TaskOutcome:
+        if future.cancelled():
+            return cls(future.task_id, "cancelled")
+        out, err = future.stdout or "", future.stderr or ""
+        exc = future.exception()
+        if exc is not None:
+            return cls(future.task_id, "failed", error=exc, stdout=out, stderr=err)
+        return cls(future.task_id, "completed", value=future.result(), stdout=out, stderr=err)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One row of ``list_sessions()``."""
+
+    session_id: str
+    mode: str
+    backend: str
+    created: datetime
+    deadline: datetime
+    last_activity: datetime | None
+    status: SessionStatus
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "session_id": self.session_id,
+            "mode": self.mode,
+            "backend": self.backend,
+            "created": self.created.isoformat(),
+            "deadline": self.deadline.isoformat(),
+            "last_activity": self.last_activity.isoformat() if self.last_activity else None,
+            **{k: v for k, v in self.status.to_json().items() if k != "session_id"},
+        }
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class DetachedExecutor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose session outlives the client.
+
+    Args:
+        max_workers: workers serving the session at most (default: CPU count).
+        cpu: vCPUs per worker (ECS); recorded for local workers.
+        memory: memory per worker, e.g. ``"8GB"`` (ECS); recorded for local workers.
+        session_timeout: a worker exits after this many seconds without work.
+        absolute_timeout: seconds from creation to the session deadline; workers exit
+            at the deadline unless ``extend()`` moved it.
+        lease_seconds: a claim's lease; a task whose worker stopped renewing it is
+            taken over by another worker after this long.
+        max_retries: how many times a task is taken over before it fails with
+            ``WorkerLost``.
+        backend: ``"local"`` (default): subprocess workers.
+        endpoint_url, bucket, prefix, region: an S3-compatible store to use instead of
+            the embedded local server (or ``STARBURST_S3_ENDPOINT``/``STARBURST_BUCKET``).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        cpu: float = 1.0,
+        memory: int | str = "2GB",
+        session_timeout: float = 300.0,
+        absolute_timeout: float = 86400.0,
+        lease_seconds: float = 60.0,
+        max_retries: int = 3,
+        backend: str | None = None,
+        endpoint_url: str | None = None,
+        bucket: str | None = None,
+        prefix: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        settings = SessionSettings(
+            max_workers=max_workers if max_workers is not None else (os.cpu_count() or 1),
+            cpu=cpu,
+            memory_mb=parse_memory_mb(memory),
+            session_timeout=session_timeout,
+            absolute_timeout=absolute_timeout,
+            lease_seconds=lease_seconds,
+            max_retries=max_retries,
+        )
+        runtime = open_runtime(
+            backend=backend, endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region
+        )
+        now = time.time()
+        manifest = Manifest(
+            session_id=new_session_id(),
+            mode="detached",
+            backend=runtime.backend,
+            created=now,
+            deadline=now + settings.absolute_timeout,
+            settings=settings,
+            fingerprint=fingerprint(),
+        )
+        session = SessionStore(runtime.store, runtime.location.prefix, manifest.session_id)
+        try:
+            runtime.loop.run(session.create(manifest))
+        except BaseException:
+            runtime.close()
+            raise
+        self._setup(runtime, session, manifest, [])
+
+    def _setup(
+        self,
+        runtime: Runtime,
+        session: SessionStore,
+        manifest: Manifest,
+        futures: list[TaskFuture],
+    ) -> None:
+        self._runtime = runtime
+        self._session = session
+        self._manifest = manifest
+        self._futures = futures
+        self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._poller = ResultPoller(session, runtime.loop, maintain=self._keep_workers)
+        for future in futures:
+            self._poller.track(future)
+
+    @classmethod
+    def attach(
+        cls,
+        session_id: str,
+        *,
+        endpoint_url: str | None = None,
+        bucket: str | None = None,
+        prefix: str | None = None,
+        region: str | None = None,
+    ) -> Self:
+        """Rebuild an executor, with one future per task, for an existing session.
+
+        Raises:
+            InvalidSessionId: the id does not match ``session-<16 hex digits>``.
+            SessionNotFound: no such session at this endpoint, bucket and prefix.
+        """
+        check_session_id(session_id)
+        runtime = open_runtime(endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region)
+        try:
+            session = SessionStore(runtime.store, runtime.location.prefix, session_id)
+            manifest, _ = runtime.loop.run(session.load())
+            tids = runtime.loop.run(session.task_ids())
+            registry = runtime.loop.run(session.workers())
+        except BaseException:
+            runtime.close()
+            raise
+        runtime.launcher.adopt(session_id, registry)
+        self = cls.__new__(cls)
+        futures = [TaskFuture(session_id, t) for t in tids]
+        self._setup(runtime, session, manifest, futures)
+        for future in futures:
+            future._canceller = self._cancel_task
+        return self
+
+    # -- identity ------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._session.session_id
+
+    @property
+    def futures(self) -> list[TaskFuture]:
+        """One future per task, in submission order."""
+        with self._lock:
+            return list(self._futures)
+
+    @property
+    def deadline(self) -> datetime:
+        return _utc(self._manifest.deadline)
+
+    @property
+    def settings(self) -> SessionSettings:
+        return self._manifest.settings
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.session_id} ({len(self._futures)} tasks)>"
+
+    # -- Executor ------------------------------------------------------------------
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
+        """Store the call in S3 and return its future once it is durable."""
+        payload = encode_call(fn, args, kwargs)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(
+                    f"cannot schedule new futures after shutdown or detach "
+                    f"(session {self.session_id})"
+                )
+            if time.time() > self._manifest.deadline:
+                raise SessionExpired(
+                    f"session {self.session_id} passed its deadline "
+                    f"{self.deadline.isoformat()}; call extend(seconds) first"
+                )
+            tid = task_id(self._next_index)
+            self._runtime.loop.run(self._session.put_task(tid, payload))
+            self._next_index += 1
+            future = TaskFuture(self.session_id, tid, canceller=self._cancel_task)
+            self._futures.append(future)
+        self._poller.track(future)
+        self._keep_workers(self._poller.pending_count())
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        results = super().map(
+            partial(process_chunk, fn), get_chunks(*iterables, chunksize=chunksize), timeout=timeout
+        )
+        return chain_results(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work; optionally cancel unclaimed tasks; wait for every result.
+
+        After waiting, the session's workers are told to exit.
+        """
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+            self._poller.stop()
+            if not self._runtime.loop.loop.is_closed():
+                self._runtime.loop.run(self._session.request_stop())
+                self._runtime.close()
+
+    def detach(self) -> str:
+        """Let go of the session: workers keep going; ``attach`` later. Returns its id."""
+        with self._lock:
+            self._closed = True
+        self._poller.stop()
+        self._runtime.close()
+        return self.session_id
+
+    # -- session -------------------------------------------------------------------
+
+    def status(self) -> SessionStatus:
+        """Counts per state, from S3 (right from any interpreter, never stale)."""
+        return self._runtime.loop.run(self._session.status())
+
+    def collect(self, wait: bool = False, timeout: float | None = None) -> list[TaskOutcome]:
+        """Finished tasks' outcomes, failures included, in submission order.
+
+        With ``wait=True``, waits for every task and raises ``TimeoutError`` naming
+        how many are unfinished when ``timeout`` passes first.
+        """
+        futures = self.futures
+        if wait:
+            _, not_done = concurrent.futures.wait(futures, timeout=timeout)
+            if not_done:
+                raise TimeoutError(
+                    f"{len(not_done)} of {len(futures)} tasks of session {self.session_id} "
+                    f"were unfinished after {timeout}s; collect(wait=False) returns the "
+                    "finished ones"
+                )
+        else:
+            self._poller.sync()
+        return [TaskOutcome.from_future(f) for f in futures if f.done()]
+
+    def extend(self, seconds: float) -> datetime:
+        """Move the deadline ``seconds`` later than the current deadline; returns it."""
+        self._manifest = self._runtime.loop.run(self._session.extend(seconds))
+        return self.deadline
+
+    def scale(self, workers: int) -> int:
+        """Launch workers until ``workers`` serve the session; returns how many started."""
+        live = self._runtime.launcher.live_count(self.session_id)
+        missing = max(0, workers - live)
+        if missing:
+            env = self._runtime.location.to_env()
+            self._runtime.launcher.launch(self.session_id, missing, env)
+        return missing
+
+    def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:
+        """Stop this session's workers; with ``force=True`` also delete its objects.
+
+        Unfinished futures of this executor are cancelled locally.
+        """
+        loop = self._runtime.loop
+        with self._lock:
+            self._closed = True
+        if stop_workers or force:
+            loop.run(self._session.request_stop())
+            registry = loop.run(self._session.workers())
+            self._runtime.launcher.stop(self.session_id, registry)
+        if force:
+            loop.run(self._session.delete())
+        self._poller.stop()
+        for future in self.futures:
+            if not future.done():
+                future._mark_cancelled()
+        self._runtime.close()
+
+    # -- executor-only -------------------------------------------------------------
+
+    def _cancel_task(self, tid: str) -> bool:
+        if self._runtime.loop.loop.is_closed():
+            return False
+        try:
+            return self._runtime.loop.run(self._session.cancel(tid))
+        except StarburstError:
+            return False
+
+    def _keep_workers(self, outstanding: int) -> None:
+        """Keep min(max_workers, outstanding) workers alive while work is pending."""
+        if self._closed or outstanding <= 0:
+            return
+        self.scale(min(self.settings.max_workers, outstanding))
+
+
+def list_sessions(
+    *,
+    endpoint_url: str | None = None,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    region: str | None = None,
+) -> list[SessionInfo]:
+    """Every session under the prefix: id, created, last activity and counts per state."""
+    runtime = open_runtime(endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region)
+    try:
+        return runtime.loop.run(_list_sessions(runtime))
+    finally:
+        runtime.close()
+
+
+async def _list_sessions(runtime: Runtime) -> list[SessionInfo]:
+    import asyncio
+
+    ids = await list_session_ids(runtime.store, runtime.location.prefix)
+    gate = asyncio.Semaphore(8)
+
+    async def one(sid: str) -> SessionInfo | None:
+        async with gate:
+            session = SessionStore(runtime.store, runtime.location.prefix, sid)
+            try:
+                manifest, _ = await session.load()
+                status = await session.status()
+            except StarburstError:
+                return None
+            return SessionInfo(
+                session_id=sid,
+                mode=manifest.mode,
+                backend=manifest.backend,
+                created=_utc(manifest.created),
+                deadline=_utc(manifest.deadline),
+                last_activity=status.last_activity,
+                status=status,
+            )
+
+    rows = await asyncio.gather(*(one(s) for s in ids))
+    return sorted((r for r in rows if r is not None), key=lambda r: r.created)

@@ -1,0 +1,132 @@
+"""Every error starburst-executor raises, in one tree.
+
+::
+
+    StarburstError                      base of everything below
+    ├── ConfigError                     a setting is invalid or missing
+    ├── InvalidSessionId (ValueError)   a session or task id fails the fixed pattern
+    ├── SessionNotFound                 no manifest under that session id
+    ├── SessionExpired                  the session's deadline has passed
+    ├── SchemaVersionError              a manifest written by a newer release
+    ├── EnvironmentMismatch             worker and client differ in Python/cloudpickle/package
+    ├── PicklingError                   a function, argument or result cannot be pickled
+    ├── CorruptObject                   a payload or result object cannot be decoded
+    ├── RemoteError                     a remote exception whose class cannot be rebuilt here
+    ├── WorkerLost                      a task's worker died more than ``max_retries`` times
+    ├── StoreError                      the object store refused or failed a request
+    │   ├── AccessDenied                credentials lack a permission (names the action)
+    │   ├── BucketNotFound              the bucket does not exist
+    │   ├── ObjectNotFound              no object under that key
+    │   └── PreconditionFailed          a conditional write lost its race (412/409)
+    └── LocalServerError                the embedded S3 server cannot start or be reached
+
+Messages name the session, task or key involved and say what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "BucketNotFound",
+    "ConfigError",
+    "CorruptObject",
+    "EnvironmentMismatch",
+    "InvalidSessionId",
+    "LocalServerError",
+    "ObjectNotFound",
+    "PicklingError",
+    "PreconditionFailed",
+    "RemoteError",
+    "SchemaVersionError",
+    "SessionExpired",
+    "SessionNotFound",
+    "StarburstError",
+    "StoreError",
+    "WorkerLost",
+]
+
+
+class StarburstError(Exception):
+    """Base class of every error raised by starburst-executor."""
+
+
+class ConfigError(StarburstError):
+    """A setting is invalid or missing."""
+
+
+class InvalidSessionId(StarburstError, ValueError):
+    """A session or task id does not match its fixed pattern."""
+
+
+class SessionNotFound(StarburstError):
+    """No session manifest exists under the given id."""
+
+
+class SessionExpired(StarburstError):
+    """The session's deadline has passed; workers no longer serve it."""
+
+
+class SchemaVersionError(StarburstError):
+    """The manifest was written by a newer release of starburst-executor."""
+
+
+class EnvironmentMismatch(StarburstError):
+    """The worker's environment differs from the client's."""
+
+
+class PicklingError(StarburstError):
+    """A function, argument, result or exception cannot be pickled."""
+
+
+class CorruptObject(StarburstError):
+    """A stored payload or result cannot be decoded."""
+
+
+class RemoteError(StarburstError):
+    """A task raised an exception whose class could not be rebuilt on the client.
+
+    Attributes:
+        type_name: the qualified name of the remote exception's class.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(self, type_name: str, remote_message: str, remote_traceback: str) -> None:
+        super().__init__(
+            f"task raised {type_name}: {remote_message} "
+            "(its class could not be unpickled here; install the module that defines it)"
+        )
+        self.type_name = type_name
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
+        return (RemoteError, (self.type_name, self.remote_message, self.remote_traceback))
+
+
+class WorkerLost(StarburstError):
+    """The worker running a task vanished (killed, out of memory) too many times."""
+
+
+class StoreError(StarburstError):
+    """The object store refused or failed a request."""
+
+
+class AccessDenied(StoreError):
+    """The credentials in use lack a permission."""
+
+
+class BucketNotFound(StoreError):
+    """The configured bucket does not exist."""
+
+
+class ObjectNotFound(StoreError):
+    """No object exists under the key."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost its race (HTTP 412 or 409)."""
+
+
+class LocalServerError(StarburstError):
+    """The embedded local S3 server could not be started or reached."""

@@ -1,0 +1,28 @@
+"""The launcher interface: the only way the core starts or stops workers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+
+class Launcher(Protocol):
+    """Starts and stops the worker processes of sessions."""
+
+    name: str
+
+    def launch(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
+        """Start ``count`` workers for the session with ``env``; returns their worker ids."""
+        ...
+
+    def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:
+        """Take note of workers started by another interpreter (after ``attach``)."""
+        ...
+
+    def live_count(self, session_id: str) -> int:
+        """How many of the session's workers this launcher knows to be alive."""
+        ...
+
+    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
+        """Stop the session's workers, and only those; returns how many were stopped."""
+        ...

@@ -1,0 +1,132 @@
+"""Local workers: subprocesses running the same entrypoint as the container image.
+
+Each worker is ``python -m starburst_executor.worker`` in its own process group
+(so it outlives a detached client), configured only by the environment
+variables the ECS launcher would pass. Its output goes to
+``<STARBURST_HOME>/logs/<session>/<worker>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .._core.layout import new_worker_id
+from ..config import ENV_SESSION, ENV_WORKER
+
+STOP_GRACE = 5.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _serves(pid: int, session_id: str) -> bool:
+    """True when ``pid`` is a live worker of ``session_id`` (guards against pid reuse)."""
+    if not _alive(pid):
+        return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{ENV_SESSION}={session_id}".encode() in environ
+
+
+class LocalLauncher:
+    """Runs workers as local subprocesses."""
+
+    name = "local"
+
+    def __init__(self, logs_root: Path, *, strip_aws_env: bool) -> None:
+        self.logs_root = logs_root
+        self._strip_aws_env = strip_aws_env
+        self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self._adopted: dict[str, set[int]] = {}
+
+    def log_path(self, session_id: str, worker_id: str) -> Path:
+        return self.logs_root / session_id / f"{worker_id}.log"
+
+    def launch(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
+        base = dict(os.environ)
+        if self._strip_aws_env:
+            # The embedded server has its own generated keys; never hand workers the user's.
+            base = {k: v for k, v in base.items() if not k.startswith("AWS_")}
+        base.update(env)
+        ids = []
+        for _ in range(count):
+            worker_id = new_worker_id()
+            path = self.log_path(session_id, worker_id)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "starburst_executor.worker"],
+                    env={**base, ENV_SESSION: session_id, ENV_WORKER: worker_id},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self._procs.setdefault(session_id, []).append(proc)
+            ids.append(worker_id)
+        return ids
+
+    def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:
+        host = socket.gethostname()
+        for entry in registry:
+            pid = entry.get("pid")
+            if entry.get("host") == host and entry.get("state") == "running" and isinstance(pid, int):
+                if _serves(pid, session_id):
+                    self._adopted.setdefault(session_id, set()).add(pid)
+
+    def _pids(self, session_id: str) -> set[int]:
+        procs = self._procs.get(session_id, [])
+        self._procs[session_id] = [p for p in procs if p.poll() is None]
+        own = {p.pid for p in self._procs[session_id]}
+        adopted = {pid for pid in self._adopted.get(session_id, set()) if _alive(pid)}
+        self._adopted[session_id] = adopted
+        return own | adopted
+
+    def live_count(self, session_id: str) -> int:
+        return len(self._pids(session_id))
+
+    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
+        self.adopt(session_id, registry)
+        pids = {pid for pid in self._pids(session_id) if _serves(pid, session_id)}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline and any(self._reap(pid) for pid in pids):
+            time.sleep(0.05)
+        for pid in pids:
+            if self._reap(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        for proc in self._procs.pop(session_id, []):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=STOP_GRACE)
+        self._adopted.pop(session_id, None)
+        return len(pids)
+
+    def _reap(self, pid: int) -> bool:
+        """True while ``pid`` is still running (reaps it if it is our child)."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return _alive(pid)

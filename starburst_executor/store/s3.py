@@ -1,0 +1,251 @@
+"""The S3 implementation of ``ObjectStore``: the only module that calls S3 for data.
+
+Every request passes through ``_call``, which counts it, lets botocore retry it
+(standard mode: bounded attempts, exponential backoff with jitter) and turns
+provider error codes into the library's own exceptions, naming the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..config import StoreLocation
+from ..errors import (
+    AccessDenied,
+    BucketNotFound,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+)
+from .base import Blob, Listing, ObjectInfo, PutResult, RequestCounter
+
+T = TypeVar("T")
+
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def botocore_config(max_pool_connections: int = 64) -> Config:
+    """The client settings shared by the data plane and the control plane."""
+    return Config(
+        retries={"mode": "standard", "max_attempts": 6},
+        connect_timeout=5,
+        read_timeout=120,
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": "path"},
+    )
+
+
+def strip_etag(etag: str) -> str:
+    """ETags compare without quotes (CopyObject returns them bare, PUT quoted)."""
+    return etag.strip('"')
+
+
+def _server_time(response: dict[str, Any]) -> datetime:
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        return parsedate_to_datetime(date)
+    return datetime.now(timezone.utc)
+
+
+def translate_error(err: Exception, *, operation: str, bucket: str, key: str) -> StoreError:
+    """Map an SDK exception onto the library's tree, with the next step in the message."""
+    where = f"s3://{bucket}/{key}"
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _CONFLICT_CODES or status in {"412", "409"}:
+            return PreconditionFailed(f"conditional {operation} on {where} lost its race ({code})")
+        if code in _MISSING_CODES or (status == "404" and code != "NoSuchBucket"):
+            return ObjectNotFound(f"no object at {where}")
+        if code == "NoSuchBucket":
+            return BucketNotFound(
+                f"bucket {bucket!r} does not exist; check the bucket name and region, "
+                "or run `starburst setup`"
+            )
+        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            return AccessDenied(
+                f"{code}: s3:{operation} on {where} was refused; grant the action to these "
+                "credentials or check which credentials are in use"
+            )
+        return StoreError(f"s3:{operation} on {where} failed: {code} {err}")
+    return StoreError(
+        f"s3:{operation} on {where} failed: {err}; is the S3 endpoint reachable? "
+        "(`starburst local status` for the embedded server)"
+    )
+
+
+class S3Store:
+    """An ``ObjectStore`` over one bucket, through aiobotocore.
+
+    Create it inside a running event loop and ``await close()`` it on the same loop.
+    """
+
+    def __init__(
+        self,
+        location: StoreLocation,
+        *,
+        credentials: tuple[str, str] | None = None,
+        counter: RequestCounter | None = None,
+        max_pool_connections: int = 64,
+    ) -> None:
+        self.location = location
+        self.bucket = location.bucket
+        self.counter = counter if counter is not None else RequestCounter()
+        self._credentials = credentials
+        self._pool = max_pool_connections
+        self._client: Any = None
+        self._stack = contextlib.AsyncExitStack()
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> Any:
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    session = get_session()
+                    kwargs: dict[str, Any] = {
+                        "region_name": self.location.region,
+                        "config": botocore_config(self._pool),
+                    }
+                    if self.location.endpoint_url:
+                        kwargs["endpoint_url"] = self.location.endpoint_url
+                    if self._credentials:
+                        kwargs["aws_access_key_id"] = self._credentials[0]
+                        kwargs["aws_secret_access_key"] = self._credentials[1]
+                    client = await self._stack.enter_async_context(
+                        session.create_client("s3", **kwargs)
+                    )
+                    client.meta.events.register("before-send.s3", self._count)
+                    self._client = client
+        return self._client
+
+    def _count(self, event_name: str = "", **_: Any) -> None:
+        self.counter.add(event_name.rsplit(".", 1)[-1])
+
+    async def _call(self, operation: str, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        client = await self._ensure()
+        try:
+            return await fn(client)
+        except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as err:
+            raise translate_error(
+                err, operation=operation, bucket=self.bucket, key=key
+            ) from err
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> PutResult:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        if if_match is not None:
+            params["IfMatch"] = f'"{strip_etag(if_match)}"'
+        params.update(self.location.put_extra())
+
+        async def call(client: Any) -> PutResult:
+            resp = await client.put_object(**params)
+            return PutResult(strip_etag(resp["ETag"]), _server_time(resp))
+
+        return await self._call("PutObject", key, call)
+
+    async def get(self, key: str) -> Blob:
+        async def call(client: Any) -> Blob:
+            resp = await client.get_object(
+                Bucket=self.bucket, Key=key, **self.location.owner_extra()
+            )
+            async with resp["Body"] as stream:
+                body = await stream.read()
+            return Blob(body, strip_etag(resp["ETag"]), resp["LastModified"])
+
+        return await self._call("GetObject", key, call)
+
+    async def exists(self, key: str) -> bool:
+        async def call(client: Any) -> bool:
+            try:
+                await client.head_object(
+                    Bucket=self.bucket, Key=key, **self.location.owner_extra()
+                )
+            except ClientError as err:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 404:
+                    return False
+                raise
+            return True
+
+        return await self._call("HeadObject", key, call)
+
+    async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
+        async def call(client: Any) -> Listing:
+            objects: list[ObjectInfo] = []
+            server_time: datetime | None = None
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            params.update(self.location.owner_extra())
+            if start_after:
+                params["StartAfter"] = start_after
+            while True:
+                resp = await client.list_objects_v2(**params)
+                if server_time is None:
+                    server_time = _server_time(resp)
+                for item in resp.get("Contents", []):
+                    objects.append(
+                        ObjectInfo(
+                            item["Key"],
+                            strip_etag(item.get("ETag", "")),
+                            item["LastModified"],
+                            int(item.get("Size", 0)),
+                        )
+                    )
+                if not resp.get("IsTruncated"):
+                    break
+                params["ContinuationToken"] = resp["NextContinuationToken"]
+            assert server_time is not None
+            return Listing(objects, server_time)
+
+        return await self._call("ListObjectsV2", prefix, call)
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        async def call(client: Any) -> list[str]:
+            out: list[str] = []
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+            params.update(self.location.owner_extra())
+            while True:
+                resp = await client.list_objects_v2(**params)
+                out.extend(p["Prefix"] for p in resp.get("CommonPrefixes", []))
+                if not resp.get("IsTruncated"):
+                    return out
+                params["ContinuationToken"] = resp["NextContinuationToken"]
+
+        return await self._call("ListObjectsV2", prefix, call)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        listing = await self.list(prefix)
+        keys = [o.key for o in listing.objects]
+
+        async def call(client: Any) -> int:
+            for start in range(0, len(keys), 1000):
+                batch = keys[start : start + 1000]
+                await client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                    **self.location.owner_extra(),
+                )
+            return len(keys)
+
+        return await self._call("DeleteObjects", prefix, call)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None

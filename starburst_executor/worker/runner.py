@@ -1,0 +1,381 @@
+"""The worker: claims a session's tasks, runs them, writes their outcomes.
+
+::
+
+    environment ──▶ Worker ──LIST tasks/ (new keys only), LIST claims/ (from low-water mark)──▶ S3
+                      │ pick a random pending task among the first few (rare races)
+                      │ PUT claims/<t> IfNoneMatch=*     (lost? pick another)
+                      │ GET tasks/<t>, run it on the main thread, renewing the lease
+                      │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
+                      ▼
+                    idle: back off 50 ms doubling to 30 s; exit after ``session_timeout``
+                    idle, at the deadline, on the stop marker, or on SIGTERM
+
+The user's function runs on the main thread (signals, libraries that insist on
+it); the S3 traffic runs on an event-loop thread beside it. Configuration comes
+only from environment variables (``config.WORKER_ENV``), the same ones the ECS
+launcher passes as container overrides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from ..config import ENV_SESSION, ENV_WORKER, StoreLocation
+from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
+from ..store.base import ObjectInfo
+from ..store.local_server import read_credentials
+from ..store.s3 import S3Store
+from .._core import claims
+from .._core.codec import Outcome, decode_call, fingerprint, fingerprint_mismatch
+from .._core.layout import check_session_id, new_worker_id, task_id, task_index
+from .._core.loop import LoopThread
+from .._core.manifest import Manifest
+from .._core.session import SessionStore
+
+log = logging.getLogger("starburst_executor.worker")
+
+IDLE_MIN_DELAY = 0.05
+IDLE_MAX_DELAY = 30.0
+VIEW_MAX_AGE = 1.0
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the real stream and keeps a copy for the task's outcome."""
+
+    def __init__(self, real: TextIO) -> None:
+        self.real = real
+        self.copy = io.StringIO()
+
+    def write(self, s: str) -> int:
+        self.copy.write(s)
+        with contextlib.suppress(Exception):
+            self.real.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        with contextlib.suppress(Exception):
+            self.real.flush()
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[_Tee, _Tee]]:
+    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # type: ignore[type-var]
+        yield out, err
+
+
+@dataclass
+class _View:
+    """What this worker last saw of the session, refreshed by listings."""
+
+    tasks: list[str] = field(default_factory=list)
+    tasks_cursor: str | None = None
+    claims: dict[str, ObjectInfo] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    low_water: int = 0  # every task below this index has an outcome
+    pending: list[str] = field(default_factory=list)
+    server_time: datetime | None = None
+    refreshed: float = 0.0
+    results_scanned: float = 0.0
+    stop_seen: bool = False
+
+
+@dataclass
+class _Stats:
+    tasks_run: int = 0
+    takeovers: int = 0
+    lost_races: int = 0
+    duplicates_dropped: int = 0
+    leases_lost: int = 0
+
+
+class Worker:
+    """One worker process serving one session."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.location = StoreLocation.from_env(environ)
+        self.session_id = check_session_id(environ.get(ENV_SESSION, ""))
+        self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
+        credentials = None
+        if self.location.local_home:
+            from pathlib import Path
+
+            credentials = read_credentials(Path(self.location.local_home))
+        self.loop = LoopThread("starburst-worker-io")
+        self.store = S3Store(self.location, credentials=credentials, max_pool_connections=16)
+        self.session = SessionStore(self.store, self.location.prefix, self.session_id)
+        self.layout = self.session.layout
+        self.stats = _Stats()
+        self._terminating = threading.Event()
+        self._manifest: Manifest | None = None
+        self._mismatch: str | None = None
+        self._rng = random.Random()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def on_term(signum: int, _frame: object) -> None:
+            log.warning("worker %s got signal %d: finishing the current task", self.worker_id, signum)
+            self._terminating.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    def run(self) -> int:
+        """Serve the session until idle, deadline, stop or SIGTERM. Returns an exit code."""
+        try:
+            manifest, _ = self.loop.run(self.session.load())
+            self._manifest = manifest
+            self._mismatch = fingerprint_mismatch(manifest.fingerprint, fingerprint())
+            self._register("running")
+            reason = self._serve()
+            self._register("exited", reason=reason)
+            log.info("worker %s exits: %s", self.worker_id, reason)
+            return 0
+        except StarburstError as err:
+            log.error("worker %s of session %s: %s", self.worker_id, self.session_id, err)
+            return 2
+        finally:
+            with contextlib.suppress(Exception):
+                self.loop.run(self.store.close(), timeout=10)
+            self.loop.close()
+
+    def _register(self, state: str, **extra: Any) -> None:
+        body = {
+            "worker_id": self.worker_id,
+            "session_id": self.session_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "state": state,
+            "updated": time.time(),
+            "stats": self.stats.__dict__,
+            "requests": dict(self.store.counter.snapshot()),
+            **extra,
+        }
+        with contextlib.suppress(StarburstError):
+            self.loop.run(self.store.put(self.layout.worker(self.worker_id), json.dumps(body).encode()))
+
+    @property
+    def settings(self) -> Any:
+        assert self._manifest is not None
+        return self._manifest.settings
+
+    def _serve(self) -> str:
+        view = _View()
+        delay = IDLE_MIN_DELAY
+        idle_since = time.monotonic()
+        while True:
+            if self._terminating.is_set():
+                return "terminated by signal"
+            try:
+                picked = self._next_task(view)
+            except StarburstError as err:
+                # The store may be restarting: ride through it with the idle backoff.
+                log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
+                picked = None
+            if view.stop_seen:
+                return "session stopped"
+            if self._past_deadline(view):
+                return "session deadline reached"
+            if picked is None:
+                if time.monotonic() - idle_since > self.settings.session_timeout:
+                    return f"idle for {self.settings.session_timeout:g}s"
+                self._terminating.wait(delay)
+                delay = min(delay * 2, IDLE_MAX_DELAY)
+                continue
+            tid, claim, previous = picked
+            self._handle(view, tid, claim, previous)
+            delay = IDLE_MIN_DELAY
+            idle_since = time.monotonic()
+
+    def _past_deadline(self, view: _View) -> bool:
+        assert self._manifest is not None
+        if view.server_time is None or view.server_time.timestamp() < self._manifest.deadline:
+            return False
+        # extend() may have moved it: re-read before giving up.
+        self._manifest, _ = self.loop.run(self.session.load())
+        return view.server_time.timestamp() >= self._manifest.deadline
+
+    # -- choosing work -------------------------------------------------------------
+
+    def _refresh(self, view: _View) -> None:
+        layout, store = self.layout, self.store
+        tasks = self.loop.run(
+            store.list(layout.dir("tasks"), start_after=view.tasks_cursor)
+        )
+        for o in tasks.objects:
+            tid = layout.tid_of(o.key)
+            if tid:
+                view.tasks.append(tid)
+            elif o.key == layout.stop_marker:
+                view.stop_seen = True
+        if tasks.objects:
+            view.tasks_cursor = tasks.objects[-1].key
+        start = layout.after("claims", task_id(view.low_water - 1)) if view.low_water else None
+        listing = self.loop.run(store.list(layout.dir("claims"), start_after=start))
+        view.claims = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
+        view.server_time = listing.server_time
+        now = time.monotonic()
+        if not self._pending_from(view) or now - view.results_scanned > self.settings.lease_seconds / 2:
+            self._scan_results(view)
+            view.results_scanned = now
+        view.pending = self._pending_from(view)
+        view.refreshed = now
+
+    def _pending_from(self, view: _View) -> list[str]:
+        return [
+            t
+            for t in view.tasks
+            if task_index(t) >= view.low_water and t not in view.claims and t not in view.done
+        ]
+
+    def _scan_results(self, view: _View) -> None:
+        layout = self.layout
+        start = layout.after("results", task_id(view.low_water - 1)) if view.low_water else None
+        listing = self.loop.run(self.store.list(layout.dir("results"), start_after=start))
+        view.done.update(t for o in listing.objects if (t := layout.tid_of(o.key)))
+        while task_id(view.low_water) in view.done:
+            view.done.discard(task_id(view.low_water))
+            view.low_water += 1
+
+    def _next_task(self, view: _View) -> tuple[str, claims.Claim, claims.Claim | None] | None:
+        window = max(4, 2 * self.settings.max_workers)
+        for _ in range(2):
+            if not view.pending or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
+                self._refresh(view)
+            lost = 0
+            while view.pending and lost < 3:
+                # A random task among the first few: contenders rarely race for one key.
+                tid = self._rng.choice(view.pending[:window])
+                view.pending.remove(tid)
+                claim = self.loop.run(
+                    claims.try_claim(self.store, self.layout, tid, self.worker_id)
+                )
+                if claim is not None:
+                    return tid, claim, None
+                self.stats.lost_races += 1
+                lost += 1
+            if not lost:
+                break
+            view.refreshed = 0.0  # our view was stale: list again before the next try
+        return self._take_over_expired(view)
+
+    def _take_over_expired(
+        self, view: _View
+    ) -> tuple[str, claims.Claim, claims.Claim | None] | None:
+        if view.server_time is None:
+            return None
+        lease = self.settings.lease_seconds
+        for tid, info in sorted(view.claims.items()):
+            if tid in view.done or not claims.lease_expired(info, view.server_time, lease):
+                continue
+            if self.loop.run(self.store.exists(self.layout.key("results", tid))):
+                view.done.add(tid)
+                continue
+            taken = self.loop.run(
+                claims.take_over(self.store, self.layout, info, tid, self.worker_id)
+            )
+            if taken is not None:
+                previous, claim = taken
+                self.stats.takeovers += 1
+                return tid, claim, previous
+        return None
+
+    # -- running work --------------------------------------------------------------
+
+    def _handle(
+        self, view: _View, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> None:
+        view.done.add(tid)
+        if previous is not None and previous.state == "cancelled":
+            now = time.time()
+            self.loop.run(self.session.write_outcome(Outcome(tid, "cancelled", started=now, finished=now)))
+            return
+        meta = {"worker_id": self.worker_id, "attempt": claim.attempt}
+        if claim.attempt > self.settings.max_retries + 1:
+            lost = WorkerLost(
+                f"task {tid} of session {self.session_id} lost its worker "
+                f"{claim.attempt - 1} times (killed, out of memory or preempted); "
+                f"max_retries={self.settings.max_retries}. Check the worker logs "
+                f"(`starburst logs {self.session_id} --task {tid}`)"
+            )
+            outcome = Outcome.failure(tid, lost, **meta)
+        else:
+            outcome = self._execute(tid, claim, meta)
+        if not self.loop.run(self.session.write_outcome(outcome)):
+            self.stats.duplicates_dropped += 1
+            log.warning("task %s already had an outcome; this late one was dropped", tid)
+        self.stats.tasks_run += 1
+
+    def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome:
+        started = time.time()
+        holder = {"claim": claim}
+        stop_renewing = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew_loop, args=(holder, stop_renewing), daemon=True
+        )
+        renewer.start()
+        try:
+            key = self.layout.key("tasks", tid)
+            try:
+                if self._mismatch:
+                    raise EnvironmentMismatch(
+                        f"task {tid} of session {self.session_id}: {self._mismatch}"
+                    )
+                blob = self.loop.run(self.store.get(key))
+                fn, args, kwargs = decode_call(blob.body, key=key)
+            except StarburstError as err:
+                return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
+            with _captured() as (out, err_stream):
+                try:
+                    value = fn(*args, **kwargs)
+                except BaseException as exc:  # the task's failure is its outcome
+                    outcome = Outcome.failure(tid, exc, **meta)
+                else:
+                    outcome = Outcome.success(tid, value, **meta)
+            outcome.stdout = out.copy.getvalue()
+            outcome.stderr = err_stream.copy.getvalue()
+            outcome.started, outcome.finished = started, time.time()
+            return outcome
+        finally:
+            stop_renewing.set()
+            renewer.join()
+
+    def _renew_loop(self, holder: dict[str, claims.Claim], stop: threading.Event) -> None:
+        interval = self.settings.lease_seconds / 3
+        while not stop.wait(interval):
+            try:
+                renewed = self.loop.run(claims.renew(self.store, self.layout, holder["claim"]))
+            except StarburstError as err:
+                log.warning("renewing the lease of %s failed: %s", holder["claim"].task_id, err)
+                continue
+            if renewed is None:
+                self.stats.leases_lost += 1
+                log.warning("lease of task %s was taken over", holder["claim"].task_id)
+                return
+            holder["claim"] = renewed
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``python -m starburst_executor.worker``."""
+    logging.basicConfig(
+        level=os.environ.get("STARBURST_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    worker = Worker(os.environ if environ is None else environ)
+    worker.install_signal_handlers()
+    return worker.run()

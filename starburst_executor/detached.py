@@ -181,7 +181,9 @@ class DetachedExecutor(concurrent.futures.Executor):
         self._futures = futures
         self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
         self._lock = threading.Lock()
+        self._scale_lock = threading.Lock()
         self._closed = False
+        self._detached = False
         self._poller = ResultPoller(session, runtime.loop, maintain=self._keep_workers)
         for future in futures:
             self._poller.track(future)
@@ -298,22 +300,30 @@ class DetachedExecutor(concurrent.futures.Executor):
         if wait:
             concurrent.futures.wait(futures)
             self._poller.stop()
-            if not self._runtime.loop.loop.is_closed():
+            if not self._detached:
                 self._runtime.loop.run(self._session.request_stop())
-                self._runtime.close()
 
     def detach(self) -> str:
         """Let go of the session: workers keep going; ``attach`` later. Returns its id."""
         with self._lock:
             self._closed = True
+            self._detached = True
         self._poller.stop()
         self._runtime.close()
         return self.session_id
+
+    def _require_attached(self) -> None:
+        if self._detached:
+            raise RuntimeError(
+                f"this executor detached from session {self.session_id}; "
+                f"use DetachedExecutor.attach({self.session_id!r})"
+            )
 
     # -- session -------------------------------------------------------------------
 
     def status(self) -> SessionStatus:
         """Counts per state, from S3 (right from any interpreter, never stale)."""
+        self._require_attached()
         return self._runtime.loop.run(self._session.status())
 
     def collect(self, wait: bool = False, timeout: float | None = None) -> list[TaskOutcome]:
@@ -322,6 +332,7 @@ class DetachedExecutor(concurrent.futures.Executor):
         With ``wait=True``, waits for every task and raises ``TimeoutError`` naming
         how many are unfinished when ``timeout`` passes first.
         """
+        self._require_attached()
         futures = self.futures
         if wait:
             _, not_done = concurrent.futures.wait(futures, timeout=timeout)
@@ -337,26 +348,25 @@ class DetachedExecutor(concurrent.futures.Executor):
 
     def extend(self, seconds: float) -> datetime:
         """Move the deadline ``seconds`` later than the current deadline; returns it."""
+        self._require_attached()
         self._manifest = self._runtime.loop.run(self._session.extend(seconds))
         return self.deadline
 
     def scale(self, workers: int) -> int:
         """Launch workers until ``workers`` serve the session; returns how many started."""
-        live = self._runtime.launcher.live_count(self.session_id)
-        missing = max(0, workers - live)
-        if missing:
-            env = self._runtime.location.to_env()
-            self._runtime.launcher.launch(self.session_id, missing, env)
-        return missing
+        self._require_attached()
+        return self._top_up(workers)
 
     def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:
         """Stop this session's workers; with ``force=True`` also delete its objects.
 
         Unfinished futures of this executor are cancelled locally.
         """
+        self._require_attached()
         loop = self._runtime.loop
         with self._lock:
             self._closed = True
+            self._detached = True
         if stop_workers or force:
             loop.run(self._session.request_stop())
             registry = loop.run(self._session.workers())
@@ -372,7 +382,7 @@ class DetachedExecutor(concurrent.futures.Executor):
     # -- executor-only -------------------------------------------------------------
 
     def _cancel_task(self, tid: str) -> bool:
-        if self._runtime.loop.loop.is_closed():
+        if self._detached:
             return False
         try:
             return self._runtime.loop.run(self._session.cancel(tid))
@@ -381,9 +391,17 @@ class DetachedExecutor(concurrent.futures.Executor):
 
     def _keep_workers(self, outstanding: int) -> None:
         """Keep min(max_workers, outstanding) workers alive while work is pending."""
-        if self._closed or outstanding <= 0:
-            return
-        self.scale(min(self.settings.max_workers, outstanding))
+        if not self._detached and outstanding > 0:
+            self._top_up(min(self.settings.max_workers, outstanding))
+
+    def _top_up(self, workers: int) -> int:
+        with self._scale_lock:
+            live = self._runtime.launcher.live_count(self.session_id)
+            missing = max(0, workers - live)
+            if missing:
+                env = self._runtime.location.to_env()
+                self._runtime.launcher.launch(self.session_id, missing, env)
+            return missing
 
 
 def list_sessions(

@@ -1,0 +1,231 @@
+"""DetachedExecutor on the embedded server with real worker processes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import os
+import time
+from pathlib import Path
+
+import pytest
+import tasks
+
+from starburst_executor import DetachedExecutor, list_sessions
+from starburst_executor._core.codec import RemoteTraceback
+from starburst_executor.errors import (
+    InvalidSessionId,
+    PicklingError,
+    SessionNotFound,
+    WorkerLost,
+)
+
+TIMEOUT = 120
+
+
+@pytest.fixture
+def executor(prefix):  # type: ignore[no-untyped-def]
+    ex = DetachedExecutor(max_workers=2)
+    yield ex
+    ex.cleanup(force=True)
+
+
+def test_results_in_order_with_as_completed_wait_and_callbacks(executor):
+    futures = [executor.submit(tasks.square, i) for i in range(12)]
+    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+    seen = []
+    futures[0].add_done_callback(lambda f: seen.append(f.result()))
+    done = {f.result() for f in concurrent.futures.as_completed(futures, timeout=TIMEOUT)}
+    assert done == {i * i for i in range(12)}
+    finished, not_done = concurrent.futures.wait(futures, timeout=TIMEOUT)
+    assert len(finished) == 12 and not not_done
+    assert seen == [0]
+    assert [f.task_id for f in executor.futures] == [f.task_id for f in futures]
+
+
+def test_remote_exception_keeps_its_type_and_traceback(executor):
+    future = executor.submit(tasks.fail_if, 3, 3)
+    with pytest.raises(tasks.CustomError, match="failed on purpose") as info:
+        future.result(timeout=TIMEOUT)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_if" in str(cause) and "raise CustomError" in str(cause)
+    assert isinstance(future.exception(), tasks.CustomError)
+
+
+def test_lambdas_closures_and_map_with_chunks(executor):
+    offset = 10
+    assert executor.submit(lambda x: x + offset, 5).result(timeout=TIMEOUT) == 15
+    out = list(executor.map(tasks.add, range(7), range(7), chunksize=3, timeout=TIMEOUT))
+    assert out == [2 * i for i in range(7)]
+    # 7 items in chunks of 3 -> 3 remote tasks (plus the lambda's)
+    assert executor.status().total == 4
+    with pytest.raises(ValueError):
+        executor.map(tasks.add, [1], [1], chunksize=0)
+
+
+def test_unpicklable_argument_fails_at_submit_and_names_it(executor):
+    import threading
+
+    with pytest.raises(PicklingError, match="argument 1"):
+        executor.submit(tasks.add, 1, threading.Lock())
+    assert executor.status().total == 0  # nothing half-written
+
+
+def test_unpicklable_result_fails_the_task_with_a_typed_error(executor):
+    future = executor.submit(tasks.unpicklable_result, 0)
+    with pytest.raises(PicklingError, match="cannot be pickled"):
+        future.result(timeout=TIMEOUT)
+
+
+def test_stdout_and_warnings_are_captured(executor):
+    future = executor.submit(tasks.chatty, 7)
+    assert future.result(timeout=TIMEOUT) == 7
+    assert "hello from 7" in (future.stdout or "")
+    assert "careful with 7" in (future.stderr or "")
+
+
+def test_status_and_collect_with_failures(executor):
+    futures = [executor.submit(tasks.fail_if, i, 2) for i in range(5)]
+    outcomes = executor.collect(wait=True, timeout=TIMEOUT)
+    assert [o.task_id for o in outcomes] == [f.task_id for f in futures]
+    assert [o.state for o in outcomes] == ["completed"] * 2 + ["failed"] + ["completed"] * 2
+    assert isinstance(outcomes[2].error, tasks.CustomError)
+    assert [o.value for o in outcomes if o.ok] == [0, 1, 3, 4]
+    status = executor.status()
+    assert (status.total, status.completed, status.failed, status.pending, status.running) == (
+        5,
+        4,
+        1,
+        0,
+        0,
+    )
+    assert status.progress == 1.0
+
+
+def test_cancel_an_unclaimed_task_cancels_it_for_every_worker(prefix, tmp_path):
+    ex = DetachedExecutor(max_workers=1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    side_effect = tmp_path / "ran"
+    try:
+        busy = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        deadline = time.monotonic() + TIMEOUT
+        while not started.exists():  # the only worker is now busy
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        queued = ex.submit(tasks.append_index, str(side_effect), 1)
+        assert not busy.cancel()  # claimed: cannot cancel
+        assert queued.cancel()
+        assert queued.cancelled()
+        release.write_text("go")
+        busy.result(timeout=TIMEOUT)
+        done, _ = concurrent.futures.wait([busy, queued], timeout=TIMEOUT)
+        assert len(done) == 2
+        status = ex.status()
+        assert (status.completed, status.cancelled, status.pending) == (1, 1, 0)
+        assert not side_effect.exists()
+        # Another interpreter's view agrees: the cancel lives in S3.
+        other = DetachedExecutor.attach(ex.session_id)
+        states = [o.state for o in other.collect(wait=True, timeout=TIMEOUT)]
+        assert states == ["completed", "cancelled"]
+        other.detach()
+    finally:
+        release.write_text("go")
+        ex.cleanup(force=True)
+
+
+def test_shutdown_waits_and_refuses_new_work(prefix):
+    with DetachedExecutor(max_workers=2) as ex:
+        futures = [ex.submit(tasks.sleep_for, 0.1) for _ in range(4)]
+    assert all(f.done() for f in futures)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(tasks.square, 1)
+
+
+def test_extend_moves_the_deadline_later_only(executor):
+    before = executor.deadline
+    after = executor.extend(3600)
+    assert (after - before).total_seconds() == pytest.approx(3600)
+    with pytest.raises(ValueError):
+        executor.extend(-10)
+    assert DetachedExecutor.attach(executor.session_id).deadline == after
+
+
+def test_worker_killed_mid_task_is_taken_over_after_the_lease(prefix, tmp_path):
+    ex = DetachedExecutor(max_workers=1, lease_seconds=2, max_retries=2)
+    try:
+        future = ex.submit(tasks.kill_self_first_time, str(tmp_path / "killed"))
+        assert future.result(timeout=TIMEOUT) == "survived"
+        assert future.attempt == 2
+        assert (tmp_path / "killed").exists()
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_task_that_always_kills_its_worker_fails_with_worker_lost(prefix, tmp_path):
+    ex = DetachedExecutor(max_workers=1, lease_seconds=2, max_retries=0)
+    try:
+        future = ex.submit(lambda: os.kill(os.getpid(), 9))  # every attempt kills its worker
+        with pytest.raises(WorkerLost, match=future.task_id):
+            future.result(timeout=TIMEOUT)
+        assert ex.status().failed == 1
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_cleanup_stops_only_this_sessions_workers_and_force_deletes_only_its_objects(
+    prefix, tmp_path
+):
+    keep = DetachedExecutor(max_workers=1)
+    drop = DetachedExecutor(max_workers=1)
+    try:
+        assert keep.submit(tasks.square, 2).result(timeout=TIMEOUT) == 4
+        assert drop.submit(tasks.square, 3).result(timeout=TIMEOUT) == 9
+        drop_pids = [w["pid"] for w in drop._runtime.loop.run(drop._session.workers())]
+        keep_pids = [w["pid"] for w in keep._runtime.loop.run(keep._session.workers())]
+        drop.cleanup(force=True)
+        for pid in drop_pids:
+            assert not _alive(pid)
+        assert all(_alive(pid) for pid in keep_pids)
+        ids = {s.session_id for s in list_sessions()}
+        assert keep.session_id in ids and drop.session_id not in ids
+        with pytest.raises(SessionNotFound):
+            DetachedExecutor.attach(drop.session_id)
+        assert keep.submit(tasks.square, 4).result(timeout=TIMEOUT) == 16
+    finally:
+        keep.cleanup(force=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_list_sessions_counts_per_state(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        futures = [ex.submit(tasks.fail_if, i, 0) for i in range(3)]
+        concurrent.futures.wait(futures, timeout=TIMEOUT)
+        rows = {s.session_id: s for s in list_sessions()}
+        row = rows[ex.session_id]
+        assert (row.status.total, row.status.completed, row.status.failed) == (3, 2, 1)
+        assert row.mode == "detached" and row.last_activity is not None
+        # LastModified has one-second resolution
+        assert row.last_activity >= row.created - datetime.timedelta(seconds=1)
+    finally:
+        ex.cleanup(force=True)
+
+
+@pytest.mark.parametrize("bad", ["../other", "session-XYZ", "session-0123", "", "sessions/x"])
+def test_invalid_session_ids_are_refused_before_any_key(prefix, bad):
+    with pytest.raises(InvalidSessionId, match="invalid session id"):
+        DetachedExecutor.attach(bad)
+
+
+def test_unknown_session_id_names_it_and_the_next_step(prefix):
+    with pytest.raises(SessionNotFound, match="session-0000000000000000.*starburst sessions"):
+        DetachedExecutor.attach("session-0000000000000000")

@@ -1,0 +1,107 @@
+"""The object store's contract, against the real SeaweedFS server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from starburst_executor.config import StoreLocation
+from starburst_executor.errors import (
+    AccessDenied,
+    BucketNotFound,
+    ObjectNotFound,
+    PreconditionFailed,
+)
+from starburst_executor.store.s3 import S3Store
+
+
+def test_create_only_put_has_one_winner(store, prefix):
+    key = f"{prefix}/x/create"
+    first = store.run(store.put(key, b"a", if_none_match=True))
+    assert '"' not in first.etag
+    with pytest.raises(PreconditionFailed):
+        store.run(store.put(key, b"b", if_none_match=True))
+    assert store.run(store.get(key)).body == b"a"
+
+
+def test_if_match_replaces_only_the_current_version(store, prefix):
+    key = f"{prefix}/x/match"
+    first = store.run(store.put(key, b"v1"))
+    second = store.run(store.put(key, b"v2", if_match=first.etag))
+    assert second.etag != first.etag
+    with pytest.raises(PreconditionFailed):
+        store.run(store.put(key, b"v3", if_match=first.etag))
+    # quoted and unquoted ETags compare the same
+    store.run(store.put(key, b"v3", if_match=f'"{second.etag}"'))
+    assert store.run(store.get(key)).body == b"v3"
+
+
+def test_if_match_on_missing_key_fails(store, prefix):
+    with pytest.raises((PreconditionFailed, ObjectNotFound)):
+        store.run(store.put(f"{prefix}/x/missing", b"v", if_match="0123"))
+
+
+def test_get_missing_and_exists(store, prefix):
+    with pytest.raises(ObjectNotFound, match=f"{prefix}/x/nothing"):
+        store.run(store.get(f"{prefix}/x/nothing"))
+    assert not store.run(store.exists(f"{prefix}/x/nothing"))
+    store.run(store.put(f"{prefix}/x/here", b""))
+    assert store.run(store.exists(f"{prefix}/x/here"))
+
+
+def test_listing_is_paginated_and_resumable(store, prefix):
+    async def fill() -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await store.put(f"{prefix}/many/k{i:05d}", b"")
+
+        await asyncio.gather(*(one(i) for i in range(1234)))
+
+    store.run(fill())
+    before = store.counter.by_operation.get("ListObjectsV2", 0)
+    listing = store.run(store.list(f"{prefix}/many/"))
+    assert [o.key for o in listing.objects] == [f"{prefix}/many/k{i:05d}" for i in range(1234)]
+    assert store.counter.by_operation["ListObjectsV2"] - before == 2  # 1000 + 234
+    tail = store.run(store.list(f"{prefix}/many/", start_after=f"{prefix}/many/k01200"))
+    assert [o.key for o in tail.objects] == [f"{prefix}/many/k{i:05d}" for i in range(1201, 1234)]
+    assert listing.server_time.tzinfo is not None
+
+
+def test_delete_prefix_deletes_only_that_prefix(store, prefix):
+    for name in ("a/1", "a/2", "ab/1", "b/1"):
+        store.run(store.put(f"{prefix}/d/{name}", b""))
+    assert store.run(store.delete_prefix(f"{prefix}/d/a/")) == 2
+    left = [o.key for o in store.run(store.list(f"{prefix}/d/")).objects]
+    assert left == [f"{prefix}/d/ab/1", f"{prefix}/d/b/1"]
+
+
+def test_unknown_bucket_is_a_typed_error(location):
+    loc, creds = location
+    other = StoreLocation(bucket="no-such-bucket-here", endpoint_url=loc.endpoint_url)
+    s3 = S3Store(other, credentials=creds)
+
+    async def go() -> None:
+        try:
+            await s3.get("k")
+        finally:
+            await s3.close()
+
+    with pytest.raises(BucketNotFound, match="no-such-bucket-here"):
+        asyncio.run(go())
+
+
+def test_wrong_credentials_are_a_typed_error(location):
+    loc, _ = location
+    s3 = S3Store(loc, credentials=("WRONGKEY", "wrong-secret"))
+
+    async def go() -> None:
+        try:
+            await s3.put(f"{loc.prefix}/k", b"")
+        finally:
+            await s3.close()
+
+    with pytest.raises(AccessDenied, match="PutObject"):
+        asyncio.run(go())

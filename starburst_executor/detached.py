@@ -205,7 +205,9 @@ class DetachedExecutor(concurrent.futures.Executor):
             SessionNotFound: no such session at this endpoint, bucket and prefix.
         """
         check_session_id(session_id)
-        runtime = open_runtime(endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region)
+        runtime = open_runtime(
+            endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region
+        )
         try:
             session = SessionStore(runtime.store, runtime.location.prefix, session_id)
             manifest, _ = runtime.loop.run(session.load())

@@ -7,6 +7,7 @@ developer's ``~/.aws`` or settings cannot change a result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -53,14 +54,14 @@ def _kill_workers(home: Path) -> None:
         except OSError:
             continue
         if marker in environ and b"starburst_executor.worker" in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture
-def prefix(starburst_home: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def prefix(
+    starburst_home: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
     """A key prefix of this test's own; the library and its workers use it."""
     digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
     value = f"t-{digest}"

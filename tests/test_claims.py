@@ -34,7 +34,7 @@ def _wait_until_expired(store, layout, tid, lease):  # type: ignore[no-untyped-d
     """Poll the server's clock (not ours) until the claim's lease has run out."""
     deadline = time.monotonic() + lease + 10
     while time.monotonic() < deadline:
-        listing = store.run(store.list(layout.dir("claims")))
+        listing = store.run(store.list_objects(layout.dir("claims")))
         info = next(o for o in listing.objects if o.key.endswith(tid))
         if claims.lease_expired(info, listing.server_time, lease):
             return info
@@ -49,7 +49,7 @@ def test_expired_claim_is_taken_over_once_and_old_holder_loses_renewal(store, pr
     held = store.run(claims.try_claim(store, layout, tid, "w-first1"))
     assert held is not None
 
-    listing = store.run(store.list(layout.dir("claims")))
+    listing = store.run(store.list_objects(layout.dir("claims")))
     fresh = listing.objects[0]
     assert not claims.lease_expired(fresh, listing.server_time, lease)
 
@@ -73,7 +73,7 @@ def test_renewal_keeps_a_claim_from_being_taken_over(store, prefix):
     layout = SessionLayout(prefix, new_session_id())
     tid = task_id(0)
     held = store.run(claims.try_claim(store, layout, tid, "w-holder"))
-    stale = store.run(store.list(layout.dir("claims"))).objects[0]
+    stale = store.run(store.list_objects(layout.dir("claims"))).objects[0]
     renewed = store.run(claims.renew(store, layout, held))
     assert renewed is not None and renewed.etag != held.etag
     # A taker working from the listing before the renewal must lose.

@@ -227,5 +227,5 @@ def test_invalid_session_ids_are_refused_before_any_key(prefix, bad):
 
 
 def test_unknown_session_id_names_it_and_the_next_step(prefix):
-    with pytest.raises(SessionNotFound, match="session-0000000000000000.*starburst sessions"):
+    with pytest.raises(SessionNotFound, match=r"session-0000000000000000.*starburst sessions"):
         DetachedExecutor.attach("session-0000000000000000")

@@ -62,10 +62,10 @@ def test_listing_is_paginated_and_resumable(store, prefix):
 
     store.run(fill())
     before = store.counter.by_operation.get("ListObjectsV2", 0)
-    listing = store.run(store.list(f"{prefix}/many/"))
+    listing = store.run(store.list_objects(f"{prefix}/many/"))
     assert [o.key for o in listing.objects] == [f"{prefix}/many/k{i:05d}" for i in range(1234)]
     assert store.counter.by_operation["ListObjectsV2"] - before == 2  # 1000 + 234
-    tail = store.run(store.list(f"{prefix}/many/", start_after=f"{prefix}/many/k01200"))
+    tail = store.run(store.list_objects(f"{prefix}/many/", start_after=f"{prefix}/many/k01200"))
     assert [o.key for o in tail.objects] == [f"{prefix}/many/k{i:05d}" for i in range(1201, 1234)]
     assert listing.server_time.tzinfo is not None
 
@@ -74,7 +74,7 @@ def test_delete_prefix_deletes_only_that_prefix(store, prefix):
     for name in ("a/1", "a/2", "ab/1", "b/1"):
         store.run(store.put(f"{prefix}/d/{name}", b""))
     assert store.run(store.delete_prefix(f"{prefix}/d/a/")) == 2
-    left = [o.key for o in store.run(store.list(f"{prefix}/d/")).objects]
+    left = [o.key for o in store.run(store.list_objects(f"{prefix}/d/")).objects]
     assert left == [f"{prefix}/d/ab/1", f"{prefix}/d/b/1"]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 def get_chunks(*iterables: Iterable[Any], chunksize: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
     """Tuples of up to ``chunksize`` argument tuples, in order."""
-    it = zip(*iterables)
+    it = zip(*iterables, strict=False)
     while chunk := tuple(itertools.islice(it, chunksize)):
         yield chunk
 

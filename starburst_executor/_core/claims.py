@@ -87,13 +87,9 @@ async def try_claim(
 
 async def renew(store: ObjectStore, layout: SessionLayout, claim: Claim) -> Claim | None:
     """Extend the lease; None when the claim was taken over (the lease is lost)."""
-    nxt = Claim(
-        claim.task_id, claim.worker_id, claim.attempt, "", claim.state, claim.renewals + 1
-    )
+    nxt = Claim(claim.task_id, claim.worker_id, claim.attempt, "", claim.state, claim.renewals + 1)
     try:
-        put = await store.put(
-            layout.key("claims", claim.task_id), nxt.body(), if_match=claim.etag
-        )
+        put = await store.put(layout.key("claims", claim.task_id), nxt.body(), if_match=claim.etag)
     except (PreconditionFailed, ObjectNotFound):
         return None
     return Claim(nxt.task_id, nxt.worker_id, nxt.attempt, put.etag, nxt.state, nxt.renewals)

@@ -56,8 +56,7 @@ def fingerprint_mismatch(client: dict[str, str], worker: dict[str, str]) -> str 
     if not diffs:
         return None
     return (
-        "; ".join(diffs)
-        + ": rebuild the worker image from the client's environment "
+        "; ".join(diffs) + ": rebuild the worker image from the client's environment "
         "(`starburst image build`) or install matching versions on the client"
     )
 
@@ -77,12 +76,13 @@ def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel."""
     try:
-        return MAGIC_PAYLOAD + cloudpickle.dumps((fn, args, kwargs), protocol=5)
+        blob: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
             "(open files, locks, sockets and generators cannot be sent to a worker)"
         ) from err
+    return MAGIC_PAYLOAD + blob
 
 
 def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -135,8 +135,9 @@ class Outcome:
     @classmethod
     def failure(cls, task_id: str, exc: BaseException, **meta: Any) -> Outcome:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        blob: bytes | None
         try:
-            blob: bytes | None = cloudpickle.dumps(exc, protocol=5)
+            blob = cloudpickle.dumps(exc, protocol=5)
             pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is common
         except Exception:
             blob = None

@@ -8,6 +8,7 @@ setters, so ``as_completed``, ``wait``, ``add_done_callback`` and
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -93,7 +94,5 @@ class TaskFuture(concurrent.futures.Future[Any]):
     def _fail(self, exc: BaseException) -> None:
         """Fail the future with a client-side error (executor only)."""
         if not self.done():
-            try:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
                 self.set_exception(exc)
-            except concurrent.futures.InvalidStateError:
-                pass

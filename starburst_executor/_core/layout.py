@@ -3,7 +3,7 @@
 ::
 
     <prefix>/sessions/<session_id>/
-        manifest.json            settings, deadline, fingerprint    client: create, IfMatch on extend
+        manifest.json            settings, deadline, fingerprint    client: create; extend: IfMatch
         tasks/t000000000         payload (cloudpickle)              client: create-only
         tasks/t000000001         ...task ids sort in submission order
         tasks/~stop              stop marker: sorts after every id  cleanup: create

@@ -25,6 +25,9 @@ from .session import SessionStore
 
 log = logging.getLogger("starburst_executor")
 
+BATCH_TARGET = 8
+TRICKLE_MAX_DELAY = 0.1
+
 
 class ResultPoller:
     """Resolves ``TaskFuture``s of one session as their outcomes appear in S3."""
@@ -34,7 +37,7 @@ class ResultPoller:
         session: SessionStore,
         loop: LoopThread,
         *,
-        min_delay: float = 0.005,
+        min_delay: float = 0.01,
         max_delay: float = 1.0,
         concurrency: int = 32,
         maintain: Callable[[int], None] | None = None,
@@ -48,6 +51,7 @@ class ResultPoller:
         self._lock = threading.Lock()
         self._pending: dict[str, TaskFuture] = {}
         self._wake = threading.Event()
+        self._deep_sleep = True
         self._stop = threading.Event()
         self.rounds = 0
         self._thread = threading.Thread(
@@ -59,7 +63,8 @@ class ResultPoller:
         """Start watching ``future``'s task."""
         with self._lock:
             self._pending[future.task_id] = future
-        self._wake.set()
+        if self._deep_sleep:  # only a long wait is cut short; submits must not force LISTs
+            self._wake.set()
 
     def pending_count(self) -> int:
         with self._lock:
@@ -89,7 +94,9 @@ class ResultPoller:
         while not self._stop.is_set():
             pending = self._snapshot()
             if not pending:
-                self._wake.wait()
+                self._deep_sleep = True
+                if not self._snapshot():  # re-check: a track() may have raced the flag
+                    self._wake.wait()
                 self._wake.clear()
                 delay = self._min_delay
                 continue
@@ -98,28 +105,44 @@ class ResultPoller:
                 try:
                     self._maintain(len(pending))
                 except Exception:
-                    log.exception("keeping workers up for session %s failed", self._session.session_id)
+                    log.exception(
+                        "keeping workers up for session %s failed", self._session.session_id
+                    )
             try:
-                progressed = self._round(pending)
+                resolved = self._round(pending)
             except StarburstError as err:
                 log.warning(
                     "polling session %s failed, retrying: %s", self._session.session_id, err
                 )
-                progressed = False
+                resolved = 0
             self.rounds += 1
-            delay = self._min_delay if progressed else min(delay * 2, self._max_delay)
+            delay = self._next_delay(delay, resolved)
+            self._wake.clear()
+            self._deep_sleep = delay > TRICKLE_MAX_DELAY
             if self._wake.wait(delay):
+                # New work while backed off: look again soon, not this instant.
                 self._wake.clear()
                 delay = self._min_delay
+                self._stop.wait(delay)
 
-    def _round(self, pending: dict[str, TaskFuture]) -> bool:
+    def _next_delay(self, delay: float, resolved: int) -> float:
+        """Back off while nothing changes; while results trickle in, let a few gather
+        per LIST (a round costs the same for one result as for a page of them)."""
+        if resolved == 0:
+            return min(delay * 2, self._max_delay)
+        if resolved < BATCH_TARGET:
+            return min(delay * 1.25, TRICKLE_MAX_DELAY)
+        return max(delay / 2, self._min_delay)
+
+    def _round(self, pending: dict[str, TaskFuture]) -> int:
         layout = self._session.layout
         lowest = min(task_index(t) for t in pending)
         start = layout.after("results", task_id(lowest - 1)) if lowest else None
-        listing = self._loop.run(self._session.store.list(layout.dir("results"), start_after=start))
+        store = self._session.store
+        listing = self._loop.run(store.list_objects(layout.dir("results"), start_after=start))
         ready = [t for o in listing.objects if (t := layout.tid_of(o.key)) in pending]
         if not ready:
-            return False
+            return 0
         outcomes = self._loop.run(self._fetch(ready))
         for tid, outcome in outcomes:
             future = pending[tid]
@@ -128,7 +151,7 @@ class ResultPoller:
             elif isinstance(outcome, CorruptObject):
                 future._fail(outcome)
             # any other store error: the result stays listed, the next round retries it
-        return True
+        return len(outcomes)
 
     async def _fetch(self, tids: list[str]) -> list[tuple[str, Outcome | StarburstError]]:
         gate = asyncio.Semaphore(self._concurrency)

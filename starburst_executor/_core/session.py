@@ -7,6 +7,7 @@ listings, so ``status()`` is right from any interpreter at any time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class SessionStore:
             ) from None
 
     async def task_ids(self) -> list[str]:
-        listing = await self.store.list(self.layout.dir("tasks"))
+        listing = await self.store.list_objects(self.layout.dir("tasks"))
         return [t for o in listing.objects if (t := self.layout.tid_of(o.key))]
 
     async def write_outcome(self, outcome: Outcome) -> bool:
@@ -127,10 +128,8 @@ class SessionStore:
         kind = {"error": "failed", "cancelled": "cancelled"}.get(outcome.kind)
         if kind is None:
             return
-        try:
+        with contextlib.suppress(PreconditionFailed):
             await self.store.put(self.layout.key(kind, outcome.task_id), b"", if_none_match=True)
-        except PreconditionFailed:
-            pass
 
     async def read_outcome(self, tid: str) -> Outcome:
         key = self.layout.key("results", tid)
@@ -150,10 +149,11 @@ class SessionStore:
 
     async def status(self) -> SessionStatus:
         kinds = ("tasks", "claims", "results", "failed", "cancelled")
-        listings = await asyncio.gather(*(self.store.list(self.layout.dir(k)) for k in kinds))
+        listings = await asyncio.gather(
+            *(self.store.list_objects(self.layout.dir(k)) for k in kinds)
+        )
         ids = [
-            {t for o in listing.objects if (t := self.layout.tid_of(o.key))}
-            for listing in listings
+            {t for o in listing.objects if (t := self.layout.tid_of(o.key))} for listing in listings
         ]
         tasks, claimed, results, failed, cancelled = ids
         finished = results & tasks
@@ -185,13 +185,11 @@ class SessionStore:
 
     async def request_stop(self) -> None:
         """Tell every worker of the session to exit (they see it in their next listing)."""
-        try:
+        with contextlib.suppress(PreconditionFailed):
             await self.store.put(self.layout.stop_marker, b"", if_none_match=True)
-        except PreconditionFailed:
-            pass
 
     async def workers(self) -> list[dict[str, object]]:
-        listing = await self.store.list(self.layout.dir("workers"))
+        listing = await self.store.list_objects(self.layout.dir("workers"))
         blobs = await asyncio.gather(*(self.store.get(o.key) for o in listing.objects))
         out = []
         for blob in blobs:
@@ -208,7 +206,7 @@ class SessionStore:
 
 async def list_session_ids(store: ObjectStore, prefix: str) -> list[str]:
     prefixes = await store.list_prefixes(SessionLayout.sessions_root(prefix))
-    out = []
+    out: list[str] = []
     for p in prefixes:
         sid = p.rstrip("/").rsplit("/", 1)[-1]
         try:

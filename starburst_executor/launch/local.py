@@ -91,9 +91,12 @@ class LocalLauncher:
         host = socket.gethostname()
         for entry in registry:
             pid = entry.get("pid")
-            if entry.get("host") == host and entry.get("state") == "running" and isinstance(pid, int):
-                if _serves(pid, session_id):
-                    self._adopted.setdefault(session_id, set()).add(pid)
+            if (
+                entry.get("host") == host
+                and entry.get("state") == "running"
+                and isinstance(pid, int)
+            ) and _serves(pid, session_id):
+                self._adopted.setdefault(session_id, set()).add(pid)
 
     def _pids(self, session_id: str) -> set[int]:
         procs = self._procs.get(session_id, [])

@@ -136,9 +136,7 @@ class S3Store:
         try:
             return await fn(client)
         except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as err:
-            raise translate_error(
-                err, operation=operation, bucket=self.bucket, key=key
-            ) from err
+            raise translate_error(err, operation=operation, bucket=self.bucket, key=key) from err
 
     async def put(
         self,
@@ -175,9 +173,7 @@ class S3Store:
     async def exists(self, key: str) -> bool:
         async def call(client: Any) -> bool:
             try:
-                await client.head_object(
-                    Bucket=self.bucket, Key=key, **self.location.owner_extra()
-                )
+                await client.head_object(Bucket=self.bucket, Key=key, **self.location.owner_extra())
             except ClientError as err:
                 status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if status == 404:
@@ -187,7 +183,7 @@ class S3Store:
 
         return await self._call("HeadObject", key, call)
 
-    async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
+    async def list_objects(self, prefix: str, *, start_after: str | None = None) -> Listing:
         async def call(client: Any) -> Listing:
             objects: list[ObjectInfo] = []
             server_time: datetime | None = None
@@ -231,7 +227,7 @@ class S3Store:
         return await self._call("ListObjectsV2", prefix, call)
 
     async def delete_prefix(self, prefix: str) -> int:
-        listing = await self.list(prefix)
+        listing = await self.list_objects(prefix)
         keys = [o.key for o in listing.objects]
 
         async def call(client: Any) -> int:

@@ -35,17 +35,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from ..config import ENV_SESSION, ENV_WORKER, StoreLocation
-from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
-from ..store.base import ObjectInfo
-from ..store.local_server import read_credentials
-from ..store.s3 import S3Store
 from .._core import claims
 from .._core.codec import Outcome, decode_call, fingerprint, fingerprint_mismatch
 from .._core.layout import check_session_id, new_worker_id, task_id, task_index
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
+from ..config import ENV_SESSION, ENV_WORKER, StoreLocation
+from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
+from ..store.base import ObjectInfo
+from ..store.local_server import read_credentials
+from ..store.s3 import S3Store
 
 log = logging.getLogger("starburst_executor.worker")
 
@@ -75,7 +75,7 @@ class _Tee(io.TextIOBase):
 @contextlib.contextmanager
 def _captured() -> Iterator[tuple[_Tee, _Tee]]:
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # type: ignore[type-var]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         yield out, err
 
 
@@ -83,16 +83,18 @@ def _captured() -> Iterator[tuple[_Tee, _Tee]]:
 class _View:
     """What this worker last saw of the session, refreshed by listings."""
 
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)  # known ids at or above claimed_below
     tasks_cursor: str | None = None
+    claimed_below: int = 0  # every task below this index has a claim
     claims: dict[str, ObjectInfo] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)
-    low_water: int = 0  # every task below this index has an outcome
     pending: list[str] = field(default_factory=list)
+    seen_pending: set[str] = field(default_factory=set)  # pending at the previous refresh
     server_time: datetime | None = None
     refreshed: float = 0.0
-    results_scanned: float = 0.0
     stop_seen: bool = False
+    done_below: int = 0  # every task below this index has an outcome
+    scanned: float = 0.0
+    nothing_running: bool = False  # the last expiry scan found every claim finished
 
 
 @dataclass
@@ -125,12 +127,15 @@ class Worker:
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
         self._rng = random.Random()
+        self._slot = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         def on_term(signum: int, _frame: object) -> None:
-            log.warning("worker %s got signal %d: finishing the current task", self.worker_id, signum)
+            log.warning(
+                "worker %s got signal %d: finishing the current task", self.worker_id, signum
+            )
             self._terminating.set()
 
         signal.signal(signal.SIGTERM, on_term)
@@ -141,6 +146,7 @@ class Worker:
             manifest, _ = self.loop.run(self.session.load())
             self._manifest = manifest
             self._mismatch = fingerprint_mismatch(manifest.fingerprint, fingerprint())
+            self._slot = self._rng.randrange(manifest.settings.max_workers)
             self._register("running")
             reason = self._serve()
             self._register("exited", reason=reason)
@@ -167,7 +173,9 @@ class Worker:
             **extra,
         }
         with contextlib.suppress(StarburstError):
-            self.loop.run(self.store.put(self.layout.worker(self.worker_id), json.dumps(body).encode()))
+            self.loop.run(
+                self.store.put(self.layout.worker(self.worker_id), json.dumps(body).encode())
+            )
 
     @property
     def settings(self) -> Any:
@@ -198,7 +206,7 @@ class Worker:
                 delay = min(delay * 2, IDLE_MAX_DELAY)
                 continue
             tid, claim, previous = picked
-            self._handle(view, tid, claim, previous)
+            self._handle(tid, claim, previous)
             delay = IDLE_MIN_DELAY
             idle_since = time.monotonic()
 
@@ -213,9 +221,10 @@ class Worker:
     # -- choosing work -------------------------------------------------------------
 
     def _refresh(self, view: _View) -> None:
+        """Two LISTs: new task keys only, and claims from the claimed low-water mark."""
         layout, store = self.layout, self.store
         tasks = self.loop.run(
-            store.list(layout.dir("tasks"), start_after=view.tasks_cursor)
+            store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
         )
         for o in tasks.objects:
             tid = layout.tid_of(o.key)
@@ -225,70 +234,87 @@ class Worker:
                 view.stop_seen = True
         if tasks.objects:
             view.tasks_cursor = tasks.objects[-1].key
-        start = layout.after("claims", task_id(view.low_water - 1)) if view.low_water else None
-        listing = self.loop.run(store.list(layout.dir("claims"), start_after=start))
+        start = (
+            layout.after("claims", task_id(view.claimed_below - 1)) if view.claimed_below else None
+        )
+        listing = self.loop.run(store.list_objects(layout.dir("claims"), start_after=start))
         view.claims = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
         view.server_time = listing.server_time
-        now = time.monotonic()
-        if not self._pending_from(view) or now - view.results_scanned > self.settings.lease_seconds / 2:
-            self._scan_results(view)
-            view.results_scanned = now
-        view.pending = self._pending_from(view)
-        view.refreshed = now
-
-    def _pending_from(self, view: _View) -> list[str]:
-        return [
-            t
-            for t in view.tasks
-            if task_index(t) >= view.low_water and t not in view.claims and t not in view.done
-        ]
-
-    def _scan_results(self, view: _View) -> None:
-        layout = self.layout
-        start = layout.after("results", task_id(view.low_water - 1)) if view.low_water else None
-        listing = self.loop.run(self.store.list(layout.dir("results"), start_after=start))
-        view.done.update(t for o in listing.objects if (t := layout.tid_of(o.key)))
-        while task_id(view.low_water) in view.done:
-            view.done.discard(task_id(view.low_water))
-            view.low_water += 1
+        if view.claims:
+            view.nothing_running = False
+        skip = 0
+        while skip < len(view.tasks) and view.tasks[skip] in view.claims:
+            skip += 1
+        if skip:
+            view.claimed_below = task_index(view.tasks[skip - 1]) + 1
+            del view.tasks[:skip]
+        view.seen_pending = set(view.pending)
+        view.pending = [t for t in view.tasks if t not in view.claims]
+        view.refreshed = time.monotonic()
 
     def _next_task(self, view: _View) -> tuple[str, claims.Claim, claims.Claim | None] | None:
-        window = max(4, 2 * self.settings.max_workers)
         for _ in range(2):
             if not view.pending or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
                 self._refresh(view)
-            lost = 0
-            while view.pending and lost < 3:
-                # A random task among the first few: contenders rarely race for one key.
-                tid = self._rng.choice(view.pending[:window])
-                view.pending.remove(tid)
-                claim = self.loop.run(
-                    claims.try_claim(self.store, self.layout, tid, self.worker_id)
-                )
-                if claim is not None:
-                    return tid, claim, None
-                self.stats.lost_races += 1
-                lost += 1
-            if not lost:
+            tid = self._choose(view) if view.pending else None
+            if tid is None:
                 break
-            view.refreshed = 0.0  # our view was stale: list again before the next try
+            view.pending.remove(tid)
+            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+            if claim is not None:
+                return tid, claim, None
+            # Lost a race: our view is stale, and our residue may be another worker's.
+            self.stats.lost_races += 1
+            self._slot = (self._slot + 1) % self.settings.max_workers
+            view.refreshed = 0.0
         return self._take_over_expired(view)
+
+    def _choose(self, view: _View) -> str | None:
+        """Prefer tasks whose index falls in this worker's residue class.
+
+        Workers start on random residues and step to the next one after a lost race,
+        so they settle on distinct classes and rarely race for one key. A task of
+        another class is taken, oldest first, once it has stayed pending over two
+        refreshes (its class may have no live worker).
+        """
+        width = self.settings.max_workers
+        for tid in view.pending:
+            if task_index(tid) % width == self._slot:
+                return tid
+        for tid in view.pending:
+            if tid in view.seen_pending:
+                return tid
+        return None
 
     def _take_over_expired(
         self, view: _View
     ) -> tuple[str, claims.Claim, claims.Claim | None] | None:
-        if view.server_time is None:
-            return None
+        """Find claims whose lease expired (server clock) and take one over.
+
+        Costs two LISTs, so it runs at most every quarter lease, and not at all
+        while the last scan found every claim finished and no claim appeared since.
+        """
         lease = self.settings.lease_seconds
-        for tid, info in sorted(view.claims.items()):
-            if tid in view.done or not claims.lease_expired(info, view.server_time, lease):
+        now = time.monotonic()
+        if view.nothing_running or now - view.scanned < lease / 4:
+            return None
+        view.scanned = now
+        layout = self.layout
+        start = layout.after("results", task_id(view.done_below - 1)) if view.done_below else None
+        results = self.loop.run(self.store.list_objects(layout.dir("results"), start_after=start))
+        done = {t for o in results.objects if (t := layout.tid_of(o.key))}
+        start = layout.after("claims", task_id(view.done_below - 1)) if view.done_below else None
+        listing = self.loop.run(self.store.list_objects(layout.dir("claims"), start_after=start))
+        running = [(t, o) for o in listing.objects if (t := layout.tid_of(o.key)) and t not in done]
+        while task_id(view.done_below) in done:
+            view.done_below += 1
+        view.nothing_running = not running and view.done_below >= view.claimed_below
+        for tid, info in running:
+            if not claims.lease_expired(info, listing.server_time, lease):
                 continue
-            if self.loop.run(self.store.exists(self.layout.key("results", tid))):
-                view.done.add(tid)
+            if self.loop.run(self.store.exists(layout.key("results", tid))):
                 continue
-            taken = self.loop.run(
-                claims.take_over(self.store, self.layout, info, tid, self.worker_id)
-            )
+            taken = self.loop.run(claims.take_over(self.store, layout, info, tid, self.worker_id))
             if taken is not None:
                 previous, claim = taken
                 self.stats.takeovers += 1
@@ -297,13 +323,12 @@ class Worker:
 
     # -- running work --------------------------------------------------------------
 
-    def _handle(
-        self, view: _View, tid: str, claim: claims.Claim, previous: claims.Claim | None
-    ) -> None:
-        view.done.add(tid)
+    def _handle(self, tid: str, claim: claims.Claim, previous: claims.Claim | None) -> None:
         if previous is not None and previous.state == "cancelled":
             now = time.time()
-            self.loop.run(self.session.write_outcome(Outcome(tid, "cancelled", started=now, finished=now)))
+            self.loop.run(
+                self.session.write_outcome(Outcome(tid, "cancelled", started=now, finished=now))
+            )
             return
         meta = {"worker_id": self.worker_id, "attempt": claim.attempt}
         if claim.attempt > self.settings.max_retries + 1:

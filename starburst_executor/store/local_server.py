@@ -106,6 +106,8 @@ def _free_ports(count: int) -> list[int]:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the server will (Go sets SO_REUSEADDR): TIME_WAIT leftovers do not block it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -1,0 +1,96 @@
+"""Bad input gets a typed error naming the session, task or key, and the next step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import starburst_executor
+from starburst_executor import DetachedExecutor
+from starburst_executor._core.codec import encode_call
+from starburst_executor._core.layout import task_id
+from starburst_executor.errors import (
+    ConfigError,
+    CorruptObject,
+    SchemaVersionError,
+    StarburstError,
+)
+
+TIMEOUT = 120
+
+
+def test_public_names_are_complete_and_sorted():
+    assert starburst_executor.__all__ == sorted(starburst_executor.__all__)
+    for name in starburst_executor.__all__:
+        assert getattr(starburst_executor, name) is not None
+    with pytest.raises(AttributeError):
+        starburst_executor.NoSuchThing  # noqa: B018
+
+
+def test_every_error_derives_from_one_base():
+    from starburst_executor import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), StarburstError)
+        assert name in errors.__doc__
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_workers": 0}, "max_workers"),
+        ({"lease_seconds": 0.5}, "lease_seconds"),
+        ({"memory": "lots"}, "invalid memory"),
+        ({"backend": "kubernetes"}, "unknown backend 'kubernetes'"),
+        ({"endpoint_url": "http://127.0.0.1:9"}, "without a bucket"),
+        ({"bucket": "Bad_Bucket"}, "invalid bucket name"),
+        ({"prefix": "../escape"}, "invalid key prefix"),
+    ],
+)
+def test_invalid_settings_are_config_errors(prefix, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DetachedExecutor(**kwargs)
+
+
+def test_manifest_from_a_newer_release_is_refused(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        key = ex._session.layout.manifest
+        store = ex._runtime.store
+        data = json.loads(ex._runtime.loop.run(store.get(key)).body)
+        data["schema_version"] = 99
+        ex._runtime.loop.run(store.put(key, json.dumps(data).encode()))
+        with pytest.raises(SchemaVersionError, match="schema_version 99.*upgrade"):
+            DetachedExecutor.attach(ex.session_id)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_corrupted_payload_fails_its_task_naming_the_key(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    sid = ex.session_id
+    ex._runtime.loop.run(ex._session.put_task(task_id(0), b"garbage"))
+    ex.detach()
+    attached = DetachedExecutor.attach(sid)
+    try:
+        with pytest.raises(CorruptObject, match=f"{sid}/tasks/t000000000"):
+            attached.futures[0].result(timeout=TIMEOUT)
+        assert attached.status().failed == 1
+    finally:
+        attached.cleanup(force=True)
+
+
+def test_corrupted_result_fails_the_future_naming_the_key(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    sid = ex.session_id
+    session = ex._session
+    ex._runtime.loop.run(session.put_task(task_id(0), encode_call(abs, (-1,), {})))
+    ex._runtime.loop.run(session.store.put(session.layout.key("results", task_id(0)), b"junk"))
+    ex.detach()
+    attached = DetachedExecutor.attach(sid)
+    try:
+        with pytest.raises(CorruptObject, match=f"{sid}/results/t000000000"):
+            attached.futures[0].result(timeout=TIMEOUT)
+    finally:
+        attached.cleanup(force=True)

@@ -13,6 +13,7 @@ from starburst_executor._core.layout import task_id
 from starburst_executor.errors import (
     ConfigError,
     CorruptObject,
+    EnvironmentMismatch,
     SchemaVersionError,
     StarburstError,
 )
@@ -61,7 +62,7 @@ def test_manifest_from_a_newer_release_is_refused(prefix):
         data = json.loads(ex._runtime.loop.run(store.get(key)).body)
         data["schema_version"] = 99
         ex._runtime.loop.run(store.put(key, json.dumps(data).encode()))
-        with pytest.raises(SchemaVersionError, match="schema_version 99.*upgrade"):
+        with pytest.raises(SchemaVersionError, match=r"schema_version 99.*upgrade"):
             DetachedExecutor.attach(ex.session_id)
     finally:
         ex.cleanup(force=True)
@@ -94,3 +95,20 @@ def test_corrupted_result_fails_the_future_naming_the_key(prefix):
             attached.futures[0].result(timeout=TIMEOUT)
     finally:
         attached.cleanup(force=True)
+
+
+def test_worker_with_a_different_environment_fails_each_task_naming_both(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    sid = ex.session_id
+    try:
+        key = ex._session.layout.manifest
+        store = ex._runtime.store
+        data = json.loads(ex._runtime.loop.run(store.get(key)).body)
+        data["fingerprint"]["cloudpickle"] = "0.0.1"
+        ex._runtime.loop.run(store.put(key, json.dumps(data).encode()))
+        future = ex.submit(abs, -1)
+        with pytest.raises(EnvironmentMismatch, match=r"cloudpickle 0\.0\.1 on the client but"):
+            future.result(timeout=TIMEOUT)
+        assert sid in str(future.exception())
+    finally:
+        ex.cleanup(force=True)

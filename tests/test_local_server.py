@@ -103,7 +103,7 @@ def test_state_directory_of_another_host_is_refused(tmp_path):
     (home / "server.json").write_text(
         json.dumps({"pid": 1, "ports": {"s3": 1}, "host": "another-machine", "uid": os.getuid()})
     )
-    with pytest.raises(LocalServerError, match="another-machine.*STARBURST_HOME"):
+    with pytest.raises(LocalServerError, match=r"another-machine.*STARBURST_HOME"):
         LocalServer(home).ensure_running()
     assert json.loads((home / "server.json").read_text())["host"] == "another-machine"
 
@@ -120,7 +120,7 @@ def test_server_that_dies_while_starting_is_reported(tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\necho 'cannot bind' >&2\nexit 3\n")
     fake.chmod(0o755)
     monkeypatch.setattr(local_server, "find_weed", lambda: str(fake))
-    with pytest.raises(LocalServerError, match="status 3.*server.log"):
+    with pytest.raises(LocalServerError, match=r"status 3.*server\.log"):
         LocalServer(tmp_path / "home").ensure_running()
 
 

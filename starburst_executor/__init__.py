@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from ._core.futures import TaskFuture
     from ._core.session import SessionStatus
     from .detached import DetachedExecutor, SessionInfo, TaskOutcome, list_sessions
+    from .ephemeral import StarburstExecutor
 
 __all__ = [
     "DetachedExecutor",
     "SessionInfo",
     "SessionStatus",
+    "StarburstExecutor",
     "TaskFuture",
     "TaskOutcome",
     "__version__",
@@ -30,6 +32,7 @@ _LAZY = {
     "TaskOutcome": "detached",
     "list_sessions": "detached",
     "SessionStatus": "_core.session",
+    "StarburstExecutor": "ephemeral",
     "TaskFuture": "_core.futures",
 }
 

@@ -23,25 +23,21 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from functools import partial
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec, Self
 
-from ._core.chunks import chain_results, get_chunks, process_chunk
-from ._core.codec import encode_call, fingerprint
+from ._base import SessionExecutor, utc
 from ._core.futures import TaskFuture
-from ._core.layout import check_session_id, new_session_id, task_id, task_index
-from ._core.manifest import Manifest
+from ._core.layout import check_session_id
 from ._core.poller import ResultPoller
 from ._core.session import SessionStatus, SessionStore, list_session_ids
 from ._runtime import Runtime, open_runtime
 from .config import SessionSettings, parse_memory_mb
-from .errors import SessionExpired, StarburstError
+from .errors import StarburstError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,11 +95,7 @@ class SessionInfo:
         }
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-class DetachedExecutor(concurrent.futures.Executor):
+class DetachedExecutor(SessionExecutor):
     """A ``concurrent.futures.Executor`` whose session outlives the client.
 
     Args:
@@ -147,45 +139,22 @@ class DetachedExecutor(concurrent.futures.Executor):
             lease_seconds=lease_seconds,
             max_retries=max_retries,
         )
-        runtime = open_runtime(
-            backend=backend, endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region
+        self._create_session(
+            "detached",
+            settings,
+            backend=backend,
+            endpoint_url=endpoint_url,
+            bucket=bucket,
+            prefix=prefix,
+            region=region,
         )
-        now = time.time()
-        manifest = Manifest(
-            session_id=new_session_id(),
-            mode="detached",
-            backend=runtime.backend,
-            created=now,
-            deadline=now + settings.absolute_timeout,
-            settings=settings,
-            fingerprint=fingerprint(),
-        )
-        session = SessionStore(runtime.store, runtime.location.prefix, manifest.session_id)
-        try:
-            runtime.loop.run(session.create(manifest))
-        except BaseException:
-            runtime.close()
-            raise
-        self._setup(runtime, session, manifest, [])
+        self._start_polling()
 
-    def _setup(
-        self,
-        runtime: Runtime,
-        session: SessionStore,
-        manifest: Manifest,
-        futures: list[TaskFuture],
-    ) -> None:
-        self._runtime = runtime
-        self._session = session
-        self._manifest = manifest
-        self._futures = futures
-        self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
-        self._lock = threading.Lock()
+    def _start_polling(self) -> None:
         self._scale_lock = threading.Lock()
-        self._closed = False
         self._detached = False
-        self._poller = ResultPoller(session, runtime.loop, maintain=self._keep_workers)
-        for future in futures:
+        self._poller = ResultPoller(self._session, self._runtime.loop, maintain=self._keep_workers)
+        for future in self._futures:
             self._poller.track(future)
 
     @classmethod
@@ -219,73 +188,20 @@ class DetachedExecutor(concurrent.futures.Executor):
         runtime.launcher.adopt(session_id, registry)
         self = cls.__new__(cls)
         futures = [TaskFuture(session_id, t) for t in tids]
-        self._setup(runtime, session, manifest, futures)
+        self._init_state(runtime, session, manifest, futures)
         for future in futures:
             future._canceller = self._cancel_task
+        self._start_polling()
         return self
-
-    # -- identity ------------------------------------------------------------------
-
-    @property
-    def session_id(self) -> str:
-        return self._session.session_id
-
-    @property
-    def futures(self) -> list[TaskFuture]:
-        """One future per task, in submission order."""
-        with self._lock:
-            return list(self._futures)
-
-    @property
-    def deadline(self) -> datetime:
-        return _utc(self._manifest.deadline)
-
-    @property
-    def settings(self) -> SessionSettings:
-        return self._manifest.settings
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.session_id} ({len(self._futures)} tasks)>"
 
     # -- Executor ------------------------------------------------------------------
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
         """Store the call in S3 and return its future once it is durable."""
-        payload = encode_call(fn, args, kwargs)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(
-                    f"cannot schedule new futures after shutdown or detach "
-                    f"(session {self.session_id})"
-                )
-            if time.time() > self._manifest.deadline:
-                raise SessionExpired(
-                    f"session {self.session_id} passed its deadline "
-                    f"{self.deadline.isoformat()}; call extend(seconds) first"
-                )
-            tid = task_id(self._next_index)
-            self._runtime.loop.run(self._session.put_task(tid, payload))
-            self._next_index += 1
-            future = TaskFuture(self.session_id, tid, canceller=self._cancel_task)
-            self._futures.append(future)
+        future = self._store_call(fn, args, kwargs, self._cancel_task)
         self._poller.track(future)
         self._keep_workers(self._poller.pending_count())
         return future
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-    ) -> Iterator[R]:
-        """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task."""
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        results = super().map(
-            partial(process_chunk, fn), get_chunks(*iterables, chunksize=chunksize), timeout=timeout
-        )
-        return chain_results(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; optionally cancel unclaimed tasks; wait for every result.
@@ -326,7 +242,7 @@ class DetachedExecutor(concurrent.futures.Executor):
     def status(self) -> SessionStatus:
         """Counts per state, from S3 (right from any interpreter, never stale)."""
         self._require_attached()
-        return self._runtime.loop.run(self._session.status())
+        return super().status()
 
     def collect(self, wait: bool = False, timeout: float | None = None) -> list[TaskOutcome]:
         """Finished tasks' outcomes, failures included, in submission order.
@@ -439,8 +355,8 @@ async def _list_sessions(runtime: Runtime) -> list[SessionInfo]:
                 session_id=sid,
                 mode=manifest.mode,
                 backend=manifest.backend,
-                created=_utc(manifest.created),
-                deadline=_utc(manifest.deadline),
+                created=utc(manifest.created),
+                deadline=utc(manifest.deadline),
                 last_activity=status.last_activity,
                 status=status,
             )

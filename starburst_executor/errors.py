@@ -13,6 +13,7 @@
     ├── CorruptObject                   a payload or result object cannot be decoded
     ├── RemoteError                     a remote exception whose class cannot be rebuilt here
     ├── WorkerLost                      a task's worker died more than ``max_retries`` times
+    ├── WorkerDied                      an ephemeral task's worker exited without a result
     ├── StoreError                      the object store refused or failed a request
     │   ├── AccessDenied                credentials lack a permission (names the action)
     │   ├── BucketNotFound              the bucket does not exist
@@ -42,6 +43,7 @@ __all__ = [
     "SessionNotFound",
     "StarburstError",
     "StoreError",
+    "WorkerDied",
     "WorkerLost",
 ]
 
@@ -106,6 +108,31 @@ class RemoteError(StarburstError):
 
 class WorkerLost(StarburstError):
     """The worker running a task vanished (killed, out of memory) too many times."""
+
+
+class WorkerDied(StarburstError):
+    """The worker of an ephemeral task exited without writing its result.
+
+    Attributes:
+        task_id: the task.
+        exit_status: the worker's exit code, negative for a signal.
+        logs: where the worker's output is.
+    """
+
+    def __init__(self, message: str, *, task_id: str, exit_status: int | None, logs: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.exit_status = exit_status
+        self.logs = logs
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_worker_died, (str(self), self.task_id, self.exit_status, self.logs))
+
+
+def _rebuild_worker_died(
+    message: str, task_id: str, exit_status: int | None, logs: str
+) -> WorkerDied:
+    return WorkerDied(message, task_id=task_id, exit_status=exit_status, logs=logs)
 
 
 class StoreError(StarburstError):

@@ -76,3 +76,47 @@ def unpicklable_result(_: int) -> object:
 def sleep_for(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+_INITIALIZED: list[str] = []
+
+
+def init_marker(value: str) -> None:
+    _INITIALIZED.append(value)
+
+
+def read_marker() -> list[str]:
+    return list(_INITIALIZED)
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def big_bytes(n: int) -> bytes:
+    return b"x" * n
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+class Unloadable(Exception):
+    """Pickles by reference to a module the client cannot import (see raise_unloadable)."""
+
+
+def raise_unloadable() -> None:
+    # A class whose module exists only in the worker: the client cannot rebuild it.
+    import sys
+    import types
+
+    module = types.ModuleType("worker_only_module")
+    sys.modules["worker_only_module"] = module
+
+    class WorkerOnlyError(Exception):
+        pass
+
+    WorkerOnlyError.__module__ = "worker_only_module"
+    WorkerOnlyError.__qualname__ = "WorkerOnlyError"
+    module.WorkerOnlyError = WorkerOnlyError  # type: ignore[attr-defined]
+    raise WorkerOnlyError("only the worker knows this class")

@@ -58,6 +58,8 @@ class TaskFuture(concurrent.futures.Future[Any]):
         """Cancel the task for every worker, if none has claimed it yet."""
         if self.done():
             return self.cancelled()
+        if self.running():
+            return False
         if self._canceller is not None and not self._canceller(self.task_id):
             return False
         return self._mark_cancelled()
@@ -86,8 +88,11 @@ class TaskFuture(concurrent.futures.Future[Any]):
                     self.set_result(value)
             elif outcome.kind == "error":
                 self.set_exception(outcome.exception())
-            else:
-                self._mark_cancelled()
+            elif not self._mark_cancelled():
+                # Cancelled elsewhere (another client, the CLI) while we saw it running.
+                self.set_exception(
+                    concurrent.futures.CancelledError(f"task {self.task_id} was cancelled")
+                )
         except concurrent.futures.InvalidStateError:
             pass  # cancelled locally in the meantime
 

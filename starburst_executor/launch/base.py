@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a task worker ended: its exit code (negative: killed by that signal)."""
+
+    code: int | None
+    reason: str
+    logs: str
+
+
+@dataclass
+class TaskWorker:
+    """A worker started for exactly one task (ephemeral mode)."""
+
+    session_id: str
+    task_id: str
+    worker_id: str
+    logs: str
+    handle: Any
 
 
 class Launcher(Protocol):
@@ -25,4 +46,14 @@ class Launcher(Protocol):
 
     def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
         """Stop the session's workers, and only those; returns how many were stopped."""
+        ...
+
+    def start_task_worker(
+        self, session_id: str, task_id: str, env: Mapping[str, str]
+    ) -> TaskWorker:
+        """Start one worker that runs exactly ``task_id`` and exits."""
+        ...
+
+    def exit_status(self, worker: TaskWorker) -> ExitStatus | None:
+        """None while the task worker runs; how it ended once it has."""
         ...

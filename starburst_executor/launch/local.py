@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._core.layout import new_worker_id
-from ..config import ENV_SESSION, ENV_WORKER
+from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER
+from .base import ExitStatus, TaskWorker
 
 STOP_GRACE = 5.0
 
@@ -63,29 +64,52 @@ class LocalLauncher:
     def log_path(self, session_id: str, worker_id: str) -> Path:
         return self.logs_root / session_id / f"{worker_id}.log"
 
-    def launch(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
+    def _spawn(
+        self, session_id: str, env: Mapping[str, str]
+    ) -> tuple[str, subprocess.Popen[bytes], Path]:
         base = dict(os.environ)
         if self._strip_aws_env:
             # The embedded server has its own generated keys; never hand workers the user's.
             base = {k: v for k, v in base.items() if not k.startswith("AWS_")}
         base.update(env)
-        ids = []
-        for _ in range(count):
-            worker_id = new_worker_id()
-            path = self.log_path(session_id, worker_id)
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(path, "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "starburst_executor.worker"],
-                    env={**base, ENV_SESSION: session_id, ENV_WORKER: worker_id},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self._procs.setdefault(session_id, []).append(proc)
-            ids.append(worker_id)
-        return ids
+        worker_id = new_worker_id()
+        path = self.log_path(session_id, worker_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "starburst_executor.worker"],
+                env={**base, ENV_SESSION: session_id, ENV_WORKER: worker_id},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._procs.setdefault(session_id, []).append(proc)
+        return worker_id, proc, path
+
+    def launch(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
+        return [self._spawn(session_id, env)[0] for _ in range(count)]
+
+    def start_task_worker(
+        self, session_id: str, task_id: str, env: Mapping[str, str]
+    ) -> TaskWorker:
+        worker_id, proc, path = self._spawn(session_id, {**env, ENV_TASK: task_id})
+        return TaskWorker(session_id, task_id, worker_id, str(path), proc)
+
+    def exit_status(self, worker: TaskWorker) -> ExitStatus | None:
+        proc: subprocess.Popen[bytes] = worker.handle
+        code = proc.poll()
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            reason = f"killed by {name}"
+        else:
+            reason = f"exit code {code}"
+        return ExitStatus(code, reason, worker.logs)
 
     def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:
         host = socket.gethostname()

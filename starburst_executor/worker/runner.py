@@ -37,11 +37,17 @@ from typing import Any, TextIO
 
 from .._core import claims
 from .._core.codec import Outcome, decode_call, fingerprint, fingerprint_mismatch
-from .._core.layout import check_session_id, new_worker_id, task_id, task_index
+from .._core.layout import (
+    check_session_id,
+    check_task_id,
+    new_worker_id,
+    task_id,
+    task_index,
+)
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
-from ..config import ENV_SESSION, ENV_WORKER, StoreLocation
+from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, StoreLocation
 from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
@@ -113,6 +119,7 @@ class Worker:
         self.location = StoreLocation.from_env(environ)
         self.session_id = check_session_id(environ.get(ENV_SESSION, ""))
         self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
+        self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
         credentials = None
         if self.location.local_home:
             from pathlib import Path
@@ -146,10 +153,13 @@ class Worker:
             manifest, _ = self.loop.run(self.session.load())
             self._manifest = manifest
             self._mismatch = fingerprint_mismatch(manifest.fingerprint, fingerprint())
-            self._slot = self._rng.randrange(manifest.settings.max_workers)
-            self._register("running")
-            reason = self._serve()
-            self._register("exited", reason=reason)
+            if self.task_id is not None:
+                reason = self._serve_one(self.task_id)
+            else:
+                self._slot = self._rng.randrange(manifest.settings.max_workers)
+                self._register("running")
+                reason = self._serve()
+                self._register("exited", reason=reason)
             log.info("worker %s exits: %s", self.worker_id, reason)
             return 0
         except StarburstError as err:
@@ -209,6 +219,14 @@ class Worker:
             self._handle(tid, claim, previous)
             delay = IDLE_MIN_DELAY
             idle_since = time.monotonic()
+
+    def _serve_one(self, tid: str) -> str:
+        """Ephemeral mode: run exactly this task, then exit."""
+        claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+        if claim is None:
+            return f"task {tid} was already claimed (cancelled or run elsewhere)"
+        self._handle(tid, claim, None)
+        return f"ran task {tid}"
 
     def _past_deadline(self, view: _View) -> bool:
         assert self._manifest is not None

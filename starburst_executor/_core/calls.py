@@ -1,4 +1,8 @@
-"""``map`` chunking, as the standard library's process pool does it, one chunk per task."""
+"""Wrappers that run inside workers: ``map`` chunks and initializers.
+
+``map`` chunks as the standard library's process pool does, one chunk per remote task.
+These functions are pickled by reference, so workers import them from the package.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +29,15 @@ def chain_results(chunks: Iterator[list[Any]]) -> Iterator[Any]:
         element.reverse()
         while element:
             yield element.pop()
+
+
+def initialized_call(
+    initializer: Callable[..., Any],
+    initargs: tuple[Any, ...],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Runs in the worker: the executor's initializer, then the call (one worker, one call)."""
+    initializer(*initargs)
+    return fn(*args, **kwargs)

@@ -1,0 +1,160 @@
+"""What both executors share: a session in S3, durable submits, ``map``, ``status``.
+
+``StarburstExecutor`` (one worker per task) and ``DetachedExecutor`` (polling
+workers) differ only in how workers are started and how futures learn their
+outcome; the session, its manifest and its task keys are the same, so
+``DetachedExecutor.attach`` finds the work of either.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, TypeVar
+
+from ._core.calls import chain_results, get_chunks, process_chunk
+from ._core.codec import encode_call, fingerprint
+from ._core.futures import TaskFuture
+from ._core.layout import new_session_id, task_id, task_index
+from ._core.manifest import Manifest
+from ._core.session import SessionStatus, SessionStore
+from ._runtime import Runtime, open_runtime
+from .config import SessionSettings
+from .errors import SessionExpired
+
+R = TypeVar("R")
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class SessionExecutor(concurrent.futures.Executor):
+    """Base of the executors: one session, one future per task in submission order."""
+
+    _runtime: Runtime
+    _session: SessionStore
+    _manifest: Manifest
+    _futures: list[TaskFuture]
+
+    def _create_session(
+        self,
+        mode: str,
+        settings: SessionSettings,
+        *,
+        backend: str | None,
+        endpoint_url: str | None,
+        bucket: str | None,
+        prefix: str | None,
+        region: str | None,
+    ) -> None:
+        runtime = open_runtime(
+            backend=backend, endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region
+        )
+        now = time.time()
+        manifest = Manifest(
+            session_id=new_session_id(),
+            mode=mode,
+            backend=runtime.backend,
+            created=now,
+            deadline=now + settings.absolute_timeout,
+            settings=settings,
+            fingerprint=fingerprint(),
+        )
+        session = SessionStore(runtime.store, runtime.location.prefix, manifest.session_id)
+        try:
+            runtime.loop.run(session.create(manifest))
+        except BaseException:
+            runtime.close()
+            raise
+        self._init_state(runtime, session, manifest, [])
+
+    def _init_state(
+        self,
+        runtime: Runtime,
+        session: SessionStore,
+        manifest: Manifest,
+        futures: list[TaskFuture],
+    ) -> None:
+        self._runtime = runtime
+        self._session = session
+        self._manifest = manifest
+        self._futures = futures
+        self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- identity ------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._session.session_id
+
+    @property
+    def futures(self) -> list[TaskFuture]:
+        """One future per task, in submission order."""
+        with self._lock:
+            return list(self._futures)
+
+    @property
+    def deadline(self) -> datetime:
+        return utc(self._manifest.deadline)
+
+    @property
+    def settings(self) -> SessionSettings:
+        return self._manifest.settings
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.session_id} ({len(self._futures)} tasks)>"
+
+    # -- shared executor behaviour --------------------------------------------------
+
+    def _store_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        canceller: Callable[[str], bool],
+    ) -> TaskFuture:
+        """Pickle the call, store it create-only, and return its future once durable."""
+        payload = encode_call(fn, args, kwargs)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(
+                    f"cannot schedule new futures after shutdown or detach "
+                    f"(session {self.session_id})"
+                )
+            if time.time() > self._manifest.deadline:
+                raise SessionExpired(
+                    f"session {self.session_id} passed its deadline "
+                    f"{self.deadline.isoformat()}; call extend(seconds) first"
+                )
+            tid = task_id(self._next_index)
+            self._runtime.loop.run(self._session.put_task(tid, payload))
+            self._next_index += 1
+            future = TaskFuture(self.session_id, tid, canceller=canceller)
+            self._futures.append(future)
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        results = super().map(
+            partial(process_chunk, fn), get_chunks(*iterables, chunksize=chunksize), timeout=timeout
+        )
+        return chain_results(results)
+
+    def status(self) -> SessionStatus:
+        """Counts per state, from S3 (right from any interpreter, never stale)."""
+        return self._runtime.loop.run(self._session.status())

@@ -1,0 +1,218 @@
+"""``StarburstExecutor``: a drop-in for ``ProcessPoolExecutor``, one worker per task.
+
+::
+
+    submit ──PUT tasks/<t>──▶ S3 ◀──claim, GET payload, PUT result── worker (one per task)
+       │                       ▲                                         ▲
+       └─ queue ─▶ dispatcher ─┼── starts at most max_workers workers ───┘
+                     │         │
+                     └─ on each worker's exit: GET results/<t> ─▶ resolve the future,
+                        or fail it with WorkerDied (exit status, logs) if there is none
+
+Changes from the standard library's process pool, on purpose:
+
+* the call is pickled (cloudpickle) at ``submit``: what cannot be pickled fails
+  there, and lambdas, closures and ``__main__`` functions work;
+* a worker that dies fails only its own future (``WorkerDied``); the executor keeps
+  going instead of becoming broken;
+* the session lives in S3, so ``DetachedExecutor.attach`` can find the work if the
+  client dies; a clean ``shutdown(wait=True)`` deletes it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from typing_extensions import ParamSpec
+
+from ._base import SessionExecutor
+from ._core.calls import initialized_call
+from ._core.futures import TaskFuture
+from .config import SessionSettings, parse_memory_mb
+from .errors import ConfigError, ObjectNotFound, StarburstError, WorkerDied
+from .launch.base import ExitStatus, TaskWorker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("starburst_executor")
+
+EXIT_POLL_INTERVAL = 0.005
+
+
+class StarburstExecutor(SessionExecutor):
+    """Runs each call in a worker of its own, at most ``max_workers`` at once.
+
+    Args:
+        max_workers: calls running at once (default: CPU count); the rest queue here.
+        mp_context: accepted for signature compatibility; must be None.
+        initializer, initargs: run in each worker before its call.
+        max_tasks_per_child: accepted for compatibility; every worker runs one task.
+        cpu, memory: per worker (ECS); recorded for local workers.
+        absolute_timeout: seconds until the session's deadline.
+        backend, endpoint_url, bucket, prefix, region: as for ``DetachedExecutor``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: object | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        cpu: float = 1.0,
+        memory: int | str = "2GB",
+        absolute_timeout: float = 86400.0,
+        backend: str | None = None,
+        endpoint_url: str | None = None,
+        bucket: str | None = None,
+        prefix: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if mp_context is not None:
+            raise ConfigError("mp_context has no meaning for remote workers; leave it None")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        import os
+
+        settings = SessionSettings(
+            max_workers=max_workers or (os.cpu_count() or 1),
+            cpu=cpu,
+            memory_mb=parse_memory_mb(memory),
+            absolute_timeout=absolute_timeout,
+        )
+        self._create_session(
+            "ephemeral",
+            settings,
+            backend=backend,
+            endpoint_url=endpoint_url,
+            bucket=bucket,
+            prefix=prefix,
+            region=region,
+        )
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._cv = threading.Condition()
+        self._queue: collections.deque[TaskFuture] = collections.deque()
+        self._running: dict[str, tuple[TaskFuture, TaskWorker]] = {}
+        self._stopping = False
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name=f"starburst-dispatch-{self.session_id}", daemon=True
+        )
+        self._dispatcher.start()
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
+        """Store the call in S3 and queue it for a worker of its own."""
+        if self._initializer is not None:
+            call_args: tuple[Any, ...] = (self._initializer, self._initargs, fn, args, kwargs)
+            future = self._store_call(initialized_call, call_args, {}, self._cancel_queued)
+        else:
+            future = self._store_call(fn, args, kwargs, self._cancel_queued)
+        with self._cv:
+            self._queue.append(future)
+            self._cv.notify_all()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As the standard library: refuse new work, optionally cancel queued calls, wait.
+
+        After a clean wait the session's objects are deleted: every result has been
+        delivered to its future.
+        """
+        with self._lock:
+            self._closed = True
+        if cancel_futures:
+            with self._cv:
+                queued = list(self._queue)
+            for future in queued:
+                future.cancel()
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if wait:
+            self._dispatcher.join()
+            with contextlib.suppress(StarburstError):
+                self._runtime.loop.run(self._session.delete())
+            self._runtime.close()
+
+    # -- executor-only -------------------------------------------------------------
+
+    def _cancel_queued(self, tid: str) -> bool:
+        with self._cv:
+            future = next((f for f in self._queue if f.task_id == tid), None)
+            if future is None:
+                return False
+            self._queue.remove(future)
+        # Recorded in S3 too, so an attached interpreter sees the task as cancelled.
+        with contextlib.suppress(StarburstError):
+            self._runtime.loop.run(self._session.cancel(tid))
+        return True
+
+    def _dispatch(self) -> None:
+        env = self._runtime.location.to_env()
+        launcher = self._runtime.launcher
+        while True:
+            with self._cv:
+                while self._queue and len(self._running) < self.settings.max_workers:
+                    future = self._queue.popleft()
+                    if not future.set_running_or_notify_cancel():
+                        continue
+                    try:
+                        worker = launcher.start_task_worker(self.session_id, future.task_id, env)
+                    except OSError as err:
+                        future._fail(
+                            StarburstError(f"cannot start a worker for {future.task_id}: {err}")
+                        )
+                        continue
+                    self._running[future.task_id] = (future, worker)
+                if self._stopping and not self._queue and not self._running:
+                    return
+                if not self._running:
+                    self._cv.wait()
+                    continue
+                running = list(self._running.values())
+            ended = [
+                (future, worker, status)
+                for future, worker in running
+                if (status := launcher.exit_status(worker)) is not None
+            ]
+            for future, worker, status in ended:
+                self._settle(future, worker, status)
+            with self._cv:
+                for future, _, _ in ended:
+                    self._running.pop(future.task_id, None)
+                if not ended:
+                    self._cv.wait(EXIT_POLL_INTERVAL)
+
+    def _settle(self, future: TaskFuture, worker: TaskWorker, status: ExitStatus) -> None:
+        """The worker has exited: its result is in S3, or the worker died first."""
+        try:
+            outcome = self._runtime.loop.run(self._session.read_outcome(future.task_id))
+        except ObjectNotFound:
+            future._fail(
+                WorkerDied(
+                    f"task {future.task_id} of session {self.session_id}: its worker "
+                    f"{worker.worker_id} ended ({status.reason}) without a result; this can "
+                    "be caused by a segmentation fault, excessive memory use or a kill. "
+                    f"Logs: {status.logs}",
+                    task_id=future.task_id,
+                    exit_status=status.code,
+                    logs=status.logs,
+                )
+            )
+            return
+        except StarburstError as err:
+            future._fail(err)
+            return
+        future._resolve(outcome)

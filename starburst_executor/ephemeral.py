@@ -22,9 +22,9 @@ Changes from the standard library's process pool, on purpose:
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -84,8 +84,6 @@ class StarburstExecutor(SessionExecutor):
             raise ValueError("max_tasks_per_child must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        import os
-
         settings = SessionSettings(
             max_workers=max_workers or (os.cpu_count() or 1),
             cpu=cpu,

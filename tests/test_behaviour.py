@@ -220,6 +220,8 @@ class TestStarburstExecutor(ExecutorBehaviour):
 
 
 def test_process_pool_rejects_lambdas_where_starburst_accepts_them():
-    with concurrent.futures.ProcessPoolExecutor(1) as ex:
-        with pytest.raises(Exception, match="pickle"):
-            ex.submit(lambda: 1).result(timeout=TIMEOUT)
+    with (
+        concurrent.futures.ProcessPoolExecutor(1) as ex,
+        pytest.raises(Exception, match="pickle"),
+    ):
+        ex.submit(lambda: 1).result(timeout=TIMEOUT)

@@ -5,13 +5,18 @@ The public names are re-exported here; everything else is private.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
+# Quiet by default: applications choose whether and where the library's records go.
+logging.getLogger("starburst_executor").addHandler(logging.NullHandler())
+
 if TYPE_CHECKING:
     from ._core.futures import TaskFuture
     from ._core.session import SessionStatus
+    from ._progress import progress
     from .detached import DetachedExecutor, SessionInfo, TaskOutcome, list_sessions
     from .ephemeral import StarburstExecutor
 
@@ -24,6 +29,7 @@ __all__ = [
     "TaskOutcome",
     "__version__",
     "list_sessions",
+    "progress",
 ]
 
 _LAZY = {
@@ -31,6 +37,7 @@ _LAZY = {
     "SessionInfo": "detached",
     "TaskOutcome": "detached",
     "list_sessions": "detached",
+    "progress": "_progress",
     "SessionStatus": "_core.session",
     "StarburstExecutor": "ephemeral",
     "TaskFuture": "_core.futures",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from functools import partial
@@ -87,6 +88,8 @@ class SessionExecutor(concurrent.futures.Executor):
         self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
         self._lock = threading.Lock()
         self._closed = False
+        # Closes the SDK client on detach/cleanup, on garbage collection, or at exit.
+        self._close_runtime = weakref.finalize(self, runtime.close)
 
     # -- identity ------------------------------------------------------------------
 
@@ -146,14 +149,32 @@ class SessionExecutor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool = False,
     ) -> Iterator[R]:
-        """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task."""
+        """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task.
+
+        With ``progress=True`` a bar counts the results as they are consumed (tqdm
+        when installed).
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        results = super().map(
-            partial(process_chunk, fn), get_chunks(*iterables, chunksize=chunksize), timeout=timeout
+        total = 0
+        if progress:
+            lists = [list(it) for it in iterables]
+            total = min(map(len, lists), default=0)
+            iterables = tuple(lists)
+        results = chain_results(
+            super().map(
+                partial(process_chunk, fn),
+                get_chunks(*iterables, chunksize=chunksize),
+                timeout=timeout,
+            )
         )
-        return chain_results(results)
+        if progress:
+            from ._progress import progress_iter
+
+            return progress_iter(results, total, desc=self.session_id)
+        return results
 
     def status(self) -> SessionStatus:
         """Counts per state, from S3 (right from any interpreter, never stale)."""

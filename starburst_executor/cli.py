@@ -1,6 +1,7 @@
 """The ``starburst`` command: thin commands over the public API.
 
-Exit codes: 0 success, 1 a library error (printed as one line), 2 bad usage.
+Exit codes: 0 success, 1 a library error (printed as one line) or a failed
+``doctor`` check, 2 bad usage.
 ``--debug`` prints tracebacks; ``--json`` prints machine-readable output.
 """
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .errors import StarburstError
+from .errors import SessionNotFound, StarburstError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -79,6 +82,8 @@ def _attach(session_id: str) -> Any:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _cmd_watch(args)
     ex = _attach(args.session)
     try:
         status = ex.status()
@@ -86,6 +91,162 @@ def _cmd_status(args: argparse.Namespace) -> int:
     finally:
         ex.detach()
     return EXIT_OK
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from ._progress import render_bar
+
+    ex = _attach(args.session)
+    try:
+        started = time.monotonic()
+        baseline: int | None = None
+        while True:
+            status = ex.status()
+            if baseline is None:
+                baseline = status.finished
+            if args.json:
+                print(json.dumps(status.to_json()), flush=True)
+            else:
+                bar = render_bar(
+                    status.finished,
+                    status.total,
+                    time.monotonic() - started,
+                    args.session,
+                    baseline=baseline,
+                )
+                tail = f" | {status.running} running, {status.failed} failed"
+                print("\r" + bar + tail, end="", flush=True)
+            if status.pending == 0 and status.running == 0:
+                break
+            time.sleep(args.interval)
+        if not args.json:
+            print()
+    finally:
+        ex.detach()
+    return EXIT_OK
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    import cloudpickle
+
+    ex = _attach(args.session)
+    try:
+        outcomes = ex.collect(wait=args.wait, timeout=args.timeout)
+    finally:
+        ex.detach()
+    if args.out:
+        with open(args.out, "wb") as f:
+            cloudpickle.dump(outcomes, f)
+    rows = [
+        {
+            "task_id": o.task_id,
+            "state": o.state,
+            "value": _jsonable(o.value),
+            "error": f"{type(o.error).__name__}: {o.error}" if o.error else None,
+        }
+        for o in outcomes
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            shown = row["error"] if row["error"] else row["value"]
+            print(f"{row['task_id']}  {row['state']:<10} {shown}")
+        if args.out:
+            print(f"{len(rows)} outcomes written to {args.out} (a pickled list of TaskOutcome)")
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from .config import starburst_home
+    from .launch.local import LocalLauncher
+
+    logs = LocalLauncher(starburst_home() / "logs", strip_aws_env=True)
+    ex = _attach(args.session)
+    try:
+        if args.task:
+            future = next((f for f in ex.futures if f.task_id == args.task), None)
+            if future is None:
+                raise SessionNotFound(
+                    f"task {args.task} is not in session {args.session}; "
+                    f"`starburst collect {args.session}` lists its tasks"
+                )
+            ex.collect(wait=False)  # resolves what has finished
+            if not future.done():
+                print(f"{args.task} has not finished; its output arrives with its result")
+                return EXIT_OK
+            print(f"== {args.task} (worker {future.worker_id}, attempt {future.attempt})")
+            print("-- stdout --")
+            print(future.stdout or "", end="")
+            print("-- stderr --")
+            print(future.stderr or "", end="")
+            if future.worker_id:
+                print(f"-- worker log: {logs.log_path(args.session, future.worker_id)}")
+            return EXIT_OK
+        offsets: dict[Path, int] = {}
+        while True:
+            for path in logs.session_logs(args.session):
+                start = offsets.get(path, 0)
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    chunk = f.read()
+                if chunk:
+                    if start == 0:
+                        print(f"== {path.stem}")
+                    print(chunk.decode(errors="replace"), end="", flush=True)
+                offsets[path] = start + len(chunk)
+            if not args.follow:
+                break
+            status = ex.status()
+            if status.pending == 0 and status.running == 0:
+                break
+            time.sleep(args.interval)
+    finally:
+        ex.detach()
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    ex = _attach(args.session)
+    try:
+        if args.task:
+            future = next((f for f in ex.futures if f.task_id == args.task), None)
+            if future is None:
+                raise SessionNotFound(f"task {args.task} is not in session {args.session}")
+            count = 1 if future.cancel() else 0
+        else:
+            count = ex.cancel_pending()
+    finally:
+        ex.detach()
+    _print(
+        {"session_id": args.session, "cancelled": count},
+        args.json,
+        f"{args.session}: {count} task(s) cancelled (running tasks finish)",
+    )
+    return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    checks = run_checks()
+    if args.json:
+        print(json.dumps([c.to_json() for c in checks], indent=2))
+    else:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        for c in checks:
+            print(f"[{marks[c.level]}] {c.name}: {c.detail}")
+            if c.fix and c.level != "ok":
+                print(f"       fix: {c.fix}")
+    return EXIT_ERROR if any(c.level == "fail" for c in checks) else EXIT_OK
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
@@ -124,13 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "status"])
     p.set_defaults(func=_cmd_local)
     add("sessions", "list sessions with counts per state").set_defaults(func=_cmd_sessions)
-    p = add("status", "a session's counts per state")
+    p = add("status", "a session's counts per state (--watch: a live progress bar)")
     p.add_argument("session")
+    p.add_argument("--watch", action="store_true", help="follow until every task finished")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between updates")
     p.set_defaults(func=_cmd_status)
+    p = add("collect", "the session's finished outcomes")
+    p.add_argument("session")
+    p.add_argument("--out", help="also write them, pickled, to this file")
+    p.add_argument("--wait", action="store_true", help="wait for every task")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=_cmd_collect)
+    p = add("logs", "worker logs, or one task's captured stdout/stderr")
+    p.add_argument("session")
+    p.add_argument("--task", help="a task id such as t000000042")
+    p.add_argument("--follow", action="store_true", help="keep printing until the work is done")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.set_defaults(func=_cmd_logs)
+    p = add("cancel", "cancel the session's unclaimed tasks, or one task")
+    p.add_argument("session")
+    p.add_argument("--task")
+    p.set_defaults(func=_cmd_cancel)
     p = add("extend", "push a session's deadline later")
     p.add_argument("session")
     p.add_argument("seconds", type=float)
     p.set_defaults(func=_cmd_extend)
+    add("doctor", "check versions, the local server and AWS; say what to fix").set_defaults(
+        func=_cmd_doctor
+    )
     p = add("cleanup", "stop a session's workers (--force: delete its objects too)")
     p.add_argument("session")
     p.add_argument("--force", action="store_true")

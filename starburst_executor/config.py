@@ -173,6 +173,7 @@ class SessionSettings:
     absolute_timeout: float = 86400.0
     lease_seconds: float = 60.0
     max_retries: int = 3
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -185,6 +186,10 @@ class SessionSettings:
             ),
             (self.lease_seconds >= 2, f"lease_seconds must be >= 2, got {self.lease_seconds}"),
             (self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}"),
+            (
+                self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
+                f"seed must be a non-negative integer, got {self.seed!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

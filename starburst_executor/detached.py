@@ -109,6 +109,8 @@ class DetachedExecutor(SessionExecutor):
             taken over by another worker after this long.
         max_retries: how many times a task is taken over before it fails with
             ``WorkerLost``.
+        seed: a root seed; each task's ``random`` (and numpy) is seeded from (seed, task
+            index), so the same session run twice gives the same numbers.
         backend: ``"local"`` (default): subprocess workers.
         endpoint_url, bucket, prefix, region: an S3-compatible store to use instead of
             the embedded local server (or ``STARBURST_S3_ENDPOINT``/``STARBURST_BUCKET``).
@@ -124,6 +126,7 @@ class DetachedExecutor(SessionExecutor):
         absolute_timeout: float = 86400.0,
         lease_seconds: float = 60.0,
         max_retries: int = 3,
+        seed: int | None = None,
         backend: str | None = None,
         endpoint_url: str | None = None,
         bucket: str | None = None,
@@ -138,6 +141,7 @@ class DetachedExecutor(SessionExecutor):
             absolute_timeout=absolute_timeout,
             lease_seconds=lease_seconds,
             max_retries=max_retries,
+            seed=seed,
         )
         self._create_session(
             "detached",
@@ -227,7 +231,7 @@ class DetachedExecutor(SessionExecutor):
             self._closed = True
             self._detached = True
         self._poller.stop()
-        self._runtime.close()
+        self._close_runtime()
         return self.session_id
 
     def _require_attached(self) -> None:
@@ -264,6 +268,15 @@ class DetachedExecutor(SessionExecutor):
             self._poller.sync()
         return [TaskOutcome.from_future(f) for f in futures if f.done()]
 
+    def cancel_pending(self) -> int:
+        """Cancel, for every worker, each task no worker has claimed; returns how many."""
+        self._require_attached()
+        cancelled = 0
+        for future in self.futures:
+            if not future.done() and future.cancel():
+                cancelled += 1
+        return cancelled
+
     def extend(self, seconds: float) -> datetime:
         """Move the deadline ``seconds`` later than the current deadline; returns it."""
         self._require_attached()
@@ -295,7 +308,7 @@ class DetachedExecutor(SessionExecutor):
         for future in self.futures:
             if not future.done():
                 future._mark_cancelled()
-        self._runtime.close()
+        self._close_runtime()
 
     # -- executor-only -------------------------------------------------------------
 

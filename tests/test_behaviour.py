@@ -91,7 +91,10 @@ class ExecutorBehaviour:
         threading.Timer(0.3, release.write_text, args=("go",)).start()
         ex.shutdown(wait=True, cancel_futures=True)
         assert busy.result() > 0
-        assert all(f.cancelled() for f in queued)
+        # The stdlib may already have handed the next call to its worker (its call queue
+        # holds one more than max_workers); whatever had not started is cancelled.
+        assert all(f.cancelled() or f.result() == i * i for i, f in enumerate(queued))
+        assert queued[-1].cancelled()
 
     def test_as_completed_and_done_callbacks(self, prefix):
         seen: list[int] = []

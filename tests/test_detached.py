@@ -229,3 +229,19 @@ def test_invalid_session_ids_are_refused_before_any_key(prefix, bad):
 def test_unknown_session_id_names_it_and_the_next_step(prefix):
     with pytest.raises(SessionNotFound, match=r"session-0000000000000000.*starburst sessions"):
         DetachedExecutor.attach("session-0000000000000000")
+
+
+def test_attach_while_workers_start_does_not_launch_more(prefix, tmp_path):
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        ex.submit(tasks.touch_then_wait, str(tmp_path / "s"), str(tmp_path / "r"))
+        # The worker is still importing: only the launcher's "starting" entry exists.
+        other = DetachedExecutor.attach(ex.session_id)
+        assert other._runtime.launcher.live_count(ex.session_id) == 1
+        other._keep_workers(1)
+        assert other._runtime.launcher._procs.get(ex.session_id, []) == []
+        other.detach()
+        (tmp_path / "r").write_text("go")
+        assert ex.futures[0].result(timeout=TIMEOUT) > 0
+    finally:
+        ex.cleanup(force=True)

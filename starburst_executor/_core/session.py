@@ -188,6 +188,15 @@ class SessionStore:
         with contextlib.suppress(PreconditionFailed):
             await self.store.put(self.layout.stop_marker, b"", if_none_match=True)
 
+    async def register_workers(self, entries: list[dict[str, object]]) -> None:
+        """Record launched workers (the worker overwrites its entry when it starts)."""
+        await asyncio.gather(
+            *(
+                self.store.put(self.layout.worker(str(e["worker_id"])), json.dumps(e).encode())
+                for e in entries
+            )
+        )
+
     async def workers(self) -> list[dict[str, object]]:
         listing = await self.store.list_objects(self.layout.dir("workers"))
         blobs = await asyncio.gather(*(self.store.get(o.key) for o in listing.objects))

@@ -32,8 +32,15 @@ class Launcher(Protocol):
 
     name: str
 
-    def launch(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
-        """Start ``count`` workers for the session with ``env``; returns their worker ids."""
+    def launch(
+        self, session_id: str, count: int, env: Mapping[str, str]
+    ) -> list[dict[str, object]]:
+        """Start ``count`` workers for the session with ``env``.
+
+        Returns one worker-registry entry per worker (``worker_id``, ``state`` =
+        ``"starting"`` and where it runs), which the caller records in the session so
+        another interpreter counts the worker before it has registered itself.
+        """
         ...
 
     def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:

@@ -94,8 +94,24 @@ class LocalLauncher:
         self._procs.setdefault(session_id, []).append(proc)
         return worker_id, proc, path
 
-    def launch(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
-        return [self._spawn(session_id, env)[0] for _ in range(count)]
+    def launch(
+        self, session_id: str, count: int, env: Mapping[str, str]
+    ) -> list[dict[str, object]]:
+        entries: list[dict[str, object]] = []
+        for _ in range(count):
+            worker_id, proc, path = self._spawn(session_id, env)
+            entries.append(
+                {
+                    "worker_id": worker_id,
+                    "session_id": session_id,
+                    "state": "starting",
+                    "pid": proc.pid,
+                    "host": socket.gethostname(),
+                    "logs": str(path),
+                    "updated": time.time(),
+                }
+            )
+        return entries
 
     def start_task_worker(
         self, session_id: str, task_id: str, env: Mapping[str, str]

@@ -140,7 +140,7 @@ class LocalLauncher:
             pid = entry.get("pid")
             if (
                 entry.get("host") == host
-                and entry.get("state") == "running"
+                and entry.get("state") in {"starting", "running"}
                 and isinstance(pid, int)
             ) and _serves(pid, session_id):
                 self._adopted.setdefault(session_id, set()).add(pid)

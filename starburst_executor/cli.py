@@ -61,7 +61,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         return EXIT_OK
     header = (
         f"{'SESSION':<26}{'MODE':<10}{'BACKEND':<9}{'CREATED':<21}{'LAST ACTIVITY':<21}"
-        f"{'TOTAL':>7}{'PEND':>7}{'RUN':>6}{'DONE':>7}{'FAIL':>6}"
+        f"{'TOTAL':>7}{'PEND':>7}{'RUN':>6}{'DONE':>7}{'FAIL':>6}{'COST':>8}"
     )
     print(header)
     for r in rows:
@@ -71,6 +71,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
             f"{r.session_id:<26}{r.mode:<10}{r.backend:<9}"
             f"{r.created.strftime('%Y-%m-%d %H:%M:%S'):<21}{last:<21}"
             f"{s.total:>7}{s.pending:>7}{s.running:>6}{s.completed:>7}{s.failed:>6}"
+            f"{'-':>8}"  # local workers cost nothing we can measure; ECS sessions will
         )
     return EXIT_OK
 

@@ -52,9 +52,16 @@ class SessionExecutor(concurrent.futures.Executor):
         bucket: str | None,
         prefix: str | None,
         region: str | None,
+        ecs_options: dict[str, Any],
     ) -> None:
         runtime = open_runtime(
-            backend=backend, endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region
+            backend=backend,
+            endpoint_url=endpoint_url,
+            bucket=bucket,
+            prefix=prefix,
+            region=region,
+            settings=settings,
+            ecs_options=ecs_options,
         )
         now = time.time()
         manifest = Manifest(
@@ -65,6 +72,7 @@ class SessionExecutor(concurrent.futures.Executor):
             deadline=now + settings.absolute_timeout,
             settings=settings,
             fingerprint=fingerprint(),
+            launch=runtime.launch_info,
         )
         session = SessionStore(runtime.store, runtime.location.prefix, manifest.session_id)
         try:

@@ -38,6 +38,7 @@ ENV_REGION = "STARBURST_REGION"
 ENV_SESSION = "STARBURST_SESSION_ID"
 ENV_WORKER = "STARBURST_WORKER_ID"
 ENV_TASK = "STARBURST_TASK_ID"
+ENV_TAKEOVER = "STARBURST_TAKEOVER"  # ephemeral retry: take over the dead worker's claim
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,3}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -35,7 +35,7 @@ from ._core.futures import TaskFuture
 from ._core.layout import check_session_id
 from ._core.poller import ResultPoller
 from ._core.session import SessionStatus, SessionStore, list_session_ids
-from ._runtime import Runtime, open_runtime
+from ._runtime import Runtime, make_launcher, open_runtime
 from .config import SessionSettings, parse_memory_mb
 from .errors import StarburstError
 
@@ -111,7 +111,11 @@ class DetachedExecutor(SessionExecutor):
             ``WorkerLost``.
         seed: a root seed; each task's ``random`` (and numpy) is seeded from (seed, task
             index), so the same session run twice gives the same numbers.
-        backend: ``"local"`` (default): subprocess workers.
+        backend: ``"local"`` (default: subprocess workers) or ``"ecs"``; also
+            ``STARBURST_BACKEND``.
+        launch_type, instance_type, use_spot, image, cluster, subnets, security_groups:
+            ECS options (``"FARGATE"`` by default; ``"EC2"`` with an instance type, Spot
+            with ``use_spot``); the rest defaults to what ``starburst setup`` saved.
         endpoint_url, bucket, prefix, region: an S3-compatible store to use instead of
             the embedded local server (or ``STARBURST_S3_ENDPOINT``/``STARBURST_BUCKET``).
     """
@@ -127,6 +131,13 @@ class DetachedExecutor(SessionExecutor):
         lease_seconds: float = 60.0,
         max_retries: int = 3,
         seed: int | None = None,
+        launch_type: str | None = None,
+        instance_type: str | None = None,
+        use_spot: bool | None = None,
+        image: str | None = None,
+        cluster: str | None = None,
+        subnets: Sequence[str] | None = None,
+        security_groups: Sequence[str] | None = None,
         backend: str | None = None,
         endpoint_url: str | None = None,
         bucket: str | None = None,
@@ -151,6 +162,15 @@ class DetachedExecutor(SessionExecutor):
             bucket=bucket,
             prefix=prefix,
             region=region,
+            ecs_options={
+                "launch_type": launch_type,
+                "instance_type": instance_type,
+                "use_spot": use_spot,
+                "image": image,
+                "cluster": cluster,
+                "subnets": subnets,
+                "security_groups": security_groups,
+            },
         )
         self._start_polling()
 
@@ -171,6 +191,7 @@ class DetachedExecutor(SessionExecutor):
         bucket: str | None = None,
         prefix: str | None = None,
         region: str | None = None,
+        backend: str | None = None,
         launch_workers: bool = True,
     ) -> Self:
         """Rebuild an executor, with one future per task, for an existing session.
@@ -183,12 +204,24 @@ class DetachedExecutor(SessionExecutor):
             SessionNotFound: no such session at this endpoint, bucket and prefix.
         """
         check_session_id(session_id)
+        # The backend argument says where the store is; the manifest says which
+        # launcher the session's workers came from.
         runtime = open_runtime(
-            endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region
+            endpoint_url=endpoint_url,
+            bucket=bucket,
+            prefix=prefix,
+            region=region,
+            backend=backend,
+            launcher_from=("local", {}, None),
         )
         try:
             session = SessionStore(runtime.store, runtime.location.prefix, session_id)
             manifest, _ = runtime.loop.run(session.load())
+            if manifest.backend != "local":
+                runtime.launcher = make_launcher(
+                    manifest.backend, runtime.location, manifest.launch, manifest.settings
+                )
+            runtime.backend, runtime.launch_info = manifest.backend, manifest.launch
             tids = runtime.loop.run(session.task_ids())
             registry = runtime.loop.run(session.workers())
         except BaseException:

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
@@ -34,7 +34,7 @@ from typing_extensions import ParamSpec
 from ._base import SessionExecutor
 from ._core.calls import initialized_call
 from ._core.futures import TaskFuture
-from .config import SessionSettings, parse_memory_mb
+from .config import ENV_TAKEOVER, SessionSettings, parse_memory_mb
 from .errors import ConfigError, ObjectNotFound, StarburstError, WorkerDied
 from .launch.base import ExitStatus, TaskWorker
 
@@ -57,7 +57,8 @@ class StarburstExecutor(SessionExecutor):
         cpu, memory: per worker (ECS); recorded for local workers.
         absolute_timeout: seconds until the session's deadline.
         seed: a root seed; each call's ``random`` (and numpy) is seeded from (seed, index).
-        backend, endpoint_url, bucket, prefix, region: as for ``DetachedExecutor``.
+        backend, ECS options, endpoint_url, bucket, prefix, region: as for
+            ``DetachedExecutor``.
     """
 
     def __init__(
@@ -72,6 +73,13 @@ class StarburstExecutor(SessionExecutor):
         memory: int | str = "2GB",
         absolute_timeout: float = 86400.0,
         seed: int | None = None,
+        launch_type: str | None = None,
+        instance_type: str | None = None,
+        use_spot: bool | None = None,
+        image: str | None = None,
+        cluster: str | None = None,
+        subnets: Sequence[str] | None = None,
+        security_groups: Sequence[str] | None = None,
         backend: str | None = None,
         endpoint_url: str | None = None,
         bucket: str | None = None,
@@ -101,12 +109,22 @@ class StarburstExecutor(SessionExecutor):
             bucket=bucket,
             prefix=prefix,
             region=region,
+            ecs_options={
+                "launch_type": launch_type,
+                "instance_type": instance_type,
+                "use_spot": use_spot,
+                "image": image,
+                "cluster": cluster,
+                "subnets": subnets,
+                "security_groups": security_groups,
+            },
         )
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._cv = threading.Condition()
         self._queue: collections.deque[TaskFuture] = collections.deque()
         self._running: dict[str, tuple[TaskFuture, TaskWorker]] = {}
+        self._retries: dict[str, int] = {}
         self._stopping = False
         self._dispatcher = threading.Thread(
             target=self._dispatch, name=f"starburst-dispatch-{self.session_id}", daemon=True
@@ -161,59 +179,84 @@ class StarburstExecutor(SessionExecutor):
         return True
 
     def _dispatch(self) -> None:
-        env = self._runtime.location.to_env()
         launcher = self._runtime.launcher
         while True:
             with self._cv:
                 while self._queue and len(self._running) < self.settings.max_workers:
                     future = self._queue.popleft()
-                    if not future.set_running_or_notify_cancel():
-                        continue
-                    try:
-                        worker = launcher.start_task_worker(self.session_id, future.task_id, env)
-                    except OSError as err:
-                        future._fail(
-                            StarburstError(f"cannot start a worker for {future.task_id}: {err}")
-                        )
-                        continue
-                    self._running[future.task_id] = (future, worker)
+                    if future.set_running_or_notify_cancel():
+                        self._start(future, takeover=False)
                 if self._stopping and not self._queue and not self._running:
                     return
                 if not self._running:
                     self._cv.wait()
                     continue
                 running = list(self._running.values())
-            ended = [
-                (future, worker, status)
-                for future, worker in running
-                if (status := launcher.exit_status(worker)) is not None
-            ]
+            try:
+                statuses = launcher.exit_statuses([w for _, w in running])
+            except StarburstError as err:
+                log.warning("watching the workers of %s failed, retrying: %s", self.session_id, err)
+                statuses = [None] * len(running)
+            ended = [(f, w, s) for (f, w), s in zip(running, statuses, strict=True) if s]
             for future, worker, status in ended:
-                self._settle(future, worker, status)
-            with self._cv:
-                for future, _, _ in ended:
+                with self._cv:
                     self._running.pop(future.task_id, None)
-                if not ended:
+                self._settle(future, worker, status)
+            if not ended:
+                with self._cv:
                     self._cv.wait(EXIT_POLL_INTERVAL)
+
+    def _start(self, future: TaskFuture, *, takeover: bool) -> None:
+        """Start the one worker of ``future`` (called with ``_cv`` held)."""
+        env = self._runtime.location.to_env()
+        if takeover:
+            env[ENV_TAKEOVER] = "1"
+        try:
+            worker = self._runtime.launcher.start_task_worker(self.session_id, future.task_id, env)
+        except (OSError, StarburstError) as err:
+            future._fail(
+                StarburstError(
+                    f"cannot start a worker for task {future.task_id} of {self.session_id}: {err}"
+                )
+            )
+            return
+        self._running[future.task_id] = (future, worker)
 
     def _settle(self, future: TaskFuture, worker: TaskWorker, status: ExitStatus) -> None:
         """The worker has exited: its result is in S3, or the worker died first."""
         try:
             outcome = self._runtime.loop.run(self._session.read_outcome(future.task_id))
         except ObjectNotFound:
-            future._fail(
-                WorkerDied(
-                    f"task {future.task_id} of session {self.session_id}: its worker "
-                    f"{worker.worker_id} ended ({status.reason}) without a result; this can "
-                    "be caused by a segmentation fault, excessive memory use or a kill. "
-                    f"Logs: {status.logs}",
-                    task_id=future.task_id,
-                    exit_status=status.code,
-                    logs=status.logs,
-                )
-            )
-            return
+            pass
         except StarburstError as err:
             future._fail(err)
             return
-        future._resolve(outcome)
+        else:
+            future._resolve(outcome)
+            return
+        retries = self._retries.get(future.task_id, 0)
+        if status.spot_interruption and retries < self.settings.max_retries:
+            # Preempted, not broken: run it again, taking over the dead worker's claim.
+            self._retries[future.task_id] = retries + 1
+            log.warning("task %s was interrupted (Spot); retrying it", future.task_id)
+            with self._cv:
+                self._start(future, takeover=True)
+            return
+        hint = (
+            "it ran out of memory: give workers more `memory`"
+            if status.out_of_memory
+            else "this can be caused by a segmentation fault, excessive memory use or a kill"
+        )
+        future._fail(
+            WorkerDied(
+                f"task {future.task_id} of session {self.session_id}: its worker "
+                f"{worker.worker_id} ended ({status.reason}, exit code {status.code}) "
+                f"without a result; {hint}. Logs: {status.logs}",
+                task_id=future.task_id,
+                exit_status=status.code,
+                logs=status.logs,
+                stop_code=status.stop_code,
+                stopped_reason=status.stopped_reason,
+                out_of_memory=status.out_of_memory,
+            )
+        )

@@ -117,22 +117,38 @@ class WorkerDied(StarburstError):
         task_id: the task.
         exit_status: the worker's exit code, negative for a signal.
         logs: where the worker's output is.
+        stop_code, stopped_reason: what ECS said (None and "" for local workers).
+        out_of_memory: the worker was stopped for using too much memory.
     """
 
-    def __init__(self, message: str, *, task_id: str, exit_status: int | None, logs: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str,
+        exit_status: int | None,
+        logs: str,
+        stop_code: str | None = None,
+        stopped_reason: str = "",
+        out_of_memory: bool = False,
+    ) -> None:
         super().__init__(message)
         self.task_id = task_id
         self.exit_status = exit_status
         self.logs = logs
+        self.stop_code = stop_code
+        self.stopped_reason = stopped_reason
+        self.out_of_memory = out_of_memory
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_died, (str(self), self.task_id, self.exit_status, self.logs))
+        return (_rebuild_worker_died, (str(self), dict(self.__dict__)))
 
 
-def _rebuild_worker_died(
-    message: str, task_id: str, exit_status: int | None, logs: str
-) -> WorkerDied:
-    return WorkerDied(message, task_id=task_id, exit_status=exit_status, logs=logs)
+def _rebuild_worker_died(message: str, fields: dict[str, object]) -> WorkerDied:
+    err = WorkerDied.__new__(WorkerDied)
+    Exception.__init__(err, message)
+    err.__dict__.update(fields)
+    return err
 
 
 class StoreError(StarburstError):

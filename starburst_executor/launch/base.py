@@ -14,6 +14,10 @@ class ExitStatus:
     code: int | None
     reason: str
     logs: str
+    stop_code: str | None = None
+    stopped_reason: str = ""
+    out_of_memory: bool = False
+    spot_interruption: bool = False
 
 
 @dataclass
@@ -61,6 +65,6 @@ class Launcher(Protocol):
         """Start one worker that runs exactly ``task_id`` and exits."""
         ...
 
-    def exit_status(self, worker: TaskWorker) -> ExitStatus | None:
-        """None while the task worker runs; how it ended once it has."""
+    def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
+        """For each task worker: None while it runs, how it ended once it has."""
         ...

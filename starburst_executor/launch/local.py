@@ -119,7 +119,10 @@ class LocalLauncher:
         worker_id, proc, path = self._spawn(session_id, {**env, ENV_TASK: task_id})
         return TaskWorker(session_id, task_id, worker_id, str(path), proc)
 
-    def exit_status(self, worker: TaskWorker) -> ExitStatus | None:
+    def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
+        return [self._exit_status(w) for w in workers]
+
+    def _exit_status(self, worker: TaskWorker) -> ExitStatus | None:
         proc: subprocess.Popen[bytes] = worker.handle
         code = proc.poll()
         if code is None:
@@ -132,6 +135,7 @@ class LocalLauncher:
             reason = f"killed by {name}"
         else:
             reason = f"exit code {code}"
+        # A kernel OOM kill is a SIGKILL too; locally the two cannot be told apart.
         return ExitStatus(code, reason, worker.logs)
 
     def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:

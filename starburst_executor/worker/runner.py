@@ -49,7 +49,7 @@ from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.seeds import apply_task_seed
 from .._core.session import SessionStore
-from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, StoreLocation
+from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
 from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
@@ -129,6 +129,7 @@ class Worker:
         self.session_id = check_session_id(environ.get(ENV_SESSION, ""))
         self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
         self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
+        self._takeover = environ.get(ENV_TAKEOVER) == "1"
         credentials = None
         if self.location.local_home:
             from pathlib import Path
@@ -232,9 +233,21 @@ class Worker:
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
         claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+        previous = None
+        if claim is None and self._takeover:
+            # The client saw the previous worker stopped (Spot); its lease need not expire.
+            listing = self.loop.run(self.store.list_objects(self.layout.key("claims", tid)))
+            if listing.objects:
+                taken = self.loop.run(
+                    claims.take_over(
+                        self.store, self.layout, listing.objects[0], tid, self.worker_id
+                    )
+                )
+                if taken is not None:
+                    previous, claim = taken
         if claim is None:
             return f"task {tid} was already claimed (cancelled or run elsewhere)"
-        self._handle(tid, claim, None)
+        self._handle(tid, claim, previous)
         return f"ran task {tid}"
 
     def _past_deadline(self, view: _View) -> bool:

@@ -1,0 +1,453 @@
+"""ECS workers: Fargate, Fargate Spot and EC2 capacity providers (with Spot).
+
+::
+
+    launch(n) ──▶ task definition (reused when cpu, memory, image, arch, roles match)
+              ──▶ RunTask in batches of 10, paced by a token bucket (burst 100, 20/s),
+                  within the Fargate vCPU quota (L-3032A538), tagged and startedBy=session
+    live_count ─▶ ListTasks(startedBy=session, desiredStatus=RUNNING)
+    stop ───────▶ StopTask on the session's tasks only (tag checked)
+    exit_statuses ─▶ DescribeTasks, 100 at a time: stopCode, stoppedReason, exit code
+
+Launch parameters carry ids and locations only (environment overrides, at most
+8,192 characters); payloads stay in S3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..aws.clients import AwsClients, translate
+from ..aws.settings import AwsConfig
+from ..config import ENV_SESSION, ENV_TASK
+from ..errors import ConfigError, StarburstError
+from .base import ExitStatus, TaskWorker
+
+log = logging.getLogger("starburst_executor")
+
+CONTAINER = "worker"
+FAMILY = "starburst-worker"
+SESSION_TAG = "starburst-session"
+MAX_OVERRIDES = 8192
+RUN_TASK_BATCH = 10
+FARGATE_VCPU_QUOTA = ("fargate", "L-3032A538")
+FARGATE_CPU_UNITS = {0.25: 256, 0.5: 512, 1: 1024, 2: 2048, 4: 4096, 8: 8192, 16: 16384}
+_INSTANCE_RE = re.compile(r"^(?P<family>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*)\.")
+
+LaunchType = Literal["FARGATE", "EC2"]
+
+
+def architecture_for(instance_type: str | None) -> Literal["X86_64", "ARM64"]:
+    """Graviton families carry a ``g`` after the generation (c7g, m7gd, r8g)."""
+    if not instance_type:
+        return "X86_64"
+    match = _INSTANCE_RE.match(instance_type)
+    if not match:
+        raise ConfigError(f"unrecognised instance type {instance_type!r} (e.g. c7i.xlarge)")
+    return "ARM64" if "g" in match.group("attrs") else "X86_64"
+
+
+@dataclass(frozen=True)
+class EcsSpec:
+    """What a worker task needs: size, placement and image."""
+
+    cpu: float
+    memory_mb: int
+    image: str
+    launch_type: LaunchType = "FARGATE"
+    use_spot: bool = False
+    instance_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.launch_type not in ("FARGATE", "EC2"):
+            raise ConfigError(f"launch_type must be 'FARGATE' or 'EC2', not {self.launch_type!r}")
+        if self.launch_type == "FARGATE" and self.cpu not in FARGATE_CPU_UNITS:
+            raise ConfigError(
+                f"Fargate cpu must be one of {sorted(FARGATE_CPU_UNITS)} vCPU, got {self.cpu}"
+            )
+        if self.launch_type == "EC2" and not self.instance_type:
+            raise ConfigError("launch_type='EC2' needs instance_type, e.g. 'c7i.xlarge'")
+        if not self.image:
+            raise ConfigError(
+                "no worker image: run `starburst image build` or pass image='<uri:tag>'"
+            )
+
+    @property
+    def cpu_units(self) -> int:
+        return FARGATE_CPU_UNITS.get(self.cpu, int(self.cpu * 1024))
+
+    @property
+    def architecture(self) -> Literal["X86_64", "ARM64"]:
+        return architecture_for(self.instance_type)
+
+
+class TokenBucket:
+    """Client-side pacing of RunTask: ``burst`` tasks at once, ``rate`` per second after."""
+
+    def __init__(self, burst: float = 100, rate: float = 20) -> None:
+        self.burst, self.rate = burst, rate
+        self.tokens = burst
+        self.stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait_time(self, n: int) -> float:
+        """Seconds until ``n`` tokens are available (0 when they are); takes them if so."""
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= n:
+                self.tokens -= n
+                return 0.0
+            return (n - self.tokens) / self.rate
+
+    def take(self, n: int) -> None:
+        while (delay := self.wait_time(n)) > 0:
+            time.sleep(delay)  # pacing an API budget, not waiting on a result
+
+
+def quota_window(quota_vcpu: float | None, cpu: float, running: int, wanted: int) -> int:
+    """How many of ``wanted`` new tasks fit under the vCPU quota beside ``running`` ones."""
+    if quota_vcpu is None:
+        return wanted
+    room = int(quota_vcpu // cpu) - running
+    return max(0, min(wanted, room))
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    overrides = {
+        "containerOverrides": [
+            {"name": CONTAINER, "environment": [{"name": k, "value": v} for k, v in env.items()]}
+        ]
+    }
+    size = len(json.dumps(overrides))
+    if size > MAX_OVERRIDES:
+        raise ConfigError(
+            f"launch overrides are {size} characters, over ECS's {MAX_OVERRIDES}; "
+            "they should carry ids and locations only"
+        )
+    return overrides
+
+
+def _stop_status(task: Mapping[str, Any], logs: str) -> ExitStatus:
+    containers = task.get("containers") or [{}]
+    container = next((c for c in containers if c.get("name") == CONTAINER), containers[0])
+    stop_code = task.get("stopCode")
+    reason = task.get("stoppedReason") or ""
+    container_reason = container.get("reason") or ""
+    oom = "OutOfMemory" in reason or "OutOfMemory" in container_reason
+    spot = stop_code == "SpotInterruption" or "Spot Task was interrupted" in reason
+    summary = "; ".join(p for p in (stop_code, reason, container_reason) if p)
+    return ExitStatus(
+        code=container.get("exitCode"),
+        reason=summary or "stopped",
+        logs=logs,
+        stop_code=stop_code,
+        stopped_reason=reason,
+        out_of_memory=oom,
+        spot_interruption=spot,
+    )
+
+
+class EcsLauncher:
+    """Starts and stops one session's workers as ECS tasks."""
+
+    name = "ecs"
+
+    def __init__(self, config: AwsConfig, spec: EcsSpec, clients: AwsClients) -> None:
+        config.require("cluster", "subnets", "execution_role_arn", "task_role_arn")
+        self.config = config
+        self.spec = spec
+        self.clients = clients
+        self.bucket = TokenBucket()
+        self._task_definition: str | None = None
+        self._quota: float | Literal["unknown"] | None = "unknown"
+        self._describe_cache: dict[str, Mapping[str, Any]] = {}
+        self._described_at = 0.0
+        self._lock = threading.Lock()
+
+    def launch_info(self) -> dict[str, Any]:
+        """What the manifest records, so an attached client rebuilds this launcher."""
+        spec, cfg = self.spec, self.config
+        return {
+            "region": self.clients.region,
+            "cluster": cfg.cluster,
+            "subnets": list(cfg.subnets),
+            "security_groups": list(cfg.security_groups),
+            "image": spec.image,
+            "launch_type": spec.launch_type,
+            "use_spot": spec.use_spot,
+            "instance_type": spec.instance_type,
+            "cpu": spec.cpu,
+            "memory_mb": spec.memory_mb,
+        }
+
+    # -- task definition -----------------------------------------------------------
+
+    def _wanted_definition(self) -> dict[str, Any]:
+        spec, cfg = self.spec, self.config
+        definition: dict[str, Any] = {
+            "family": FAMILY,
+            "networkMode": "awsvpc",
+            "requiresCompatibilities": [spec.launch_type],
+            "cpu": str(spec.cpu_units),
+            "memory": str(spec.memory_mb),
+            "executionRoleArn": cfg.execution_role_arn,
+            "taskRoleArn": cfg.task_role_arn,
+            "runtimePlatform": {
+                "cpuArchitecture": spec.architecture,
+                "operatingSystemFamily": "LINUX",
+            },
+            "containerDefinitions": [
+                {
+                    "name": CONTAINER,
+                    "image": spec.image,
+                    "essential": True,
+                    "memory": spec.memory_mb,
+                    "stopTimeout": 120,  # the Spot notice: time to finish or hand back
+                    "logConfiguration": {
+                        "logDriver": "awslogs",
+                        "options": {
+                            "awslogs-group": cfg.log_group,
+                            "awslogs-region": self.clients.region,
+                            "awslogs-stream-prefix": cfg.log_stream_prefix,
+                        },
+                    },
+                }
+            ],
+            "tags": [{"key": "starburst", "value": "worker"}],
+        }
+        return definition
+
+    @staticmethod
+    def _matches(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+        container = (existing.get("containerDefinitions") or [{}])[0]
+        platform = existing.get("runtimePlatform") or {}
+        return (
+            str(existing.get("cpu")) == wanted["cpu"]
+            and str(existing.get("memory")) == wanted["memory"]
+            and container.get("image") == wanted["containerDefinitions"][0]["image"]
+            and platform.get("cpuArchitecture", "X86_64")
+            == wanted["runtimePlatform"]["cpuArchitecture"]
+            and existing.get("executionRoleArn") == wanted["executionRoleArn"]
+            and existing.get("taskRoleArn") == wanted["taskRoleArn"]
+            and wanted["requiresCompatibilities"][0] in existing.get("requiresCompatibilities", [])
+        )
+
+    def task_definition(self) -> str:
+        """An active revision that matches the spec, registered only when none does."""
+        with self._lock:
+            if self._task_definition:
+                return self._task_definition
+            ecs = self.clients("ecs")
+            wanted = self._wanted_definition()
+            try:
+                arns = ecs.list_task_definitions(
+                    familyPrefix=FAMILY, status="ACTIVE", sort="DESC"
+                ).get("taskDefinitionArns", [])
+                for arn in arns[:20]:
+                    existing = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+                    if self._matches(existing, wanted):
+                        self._task_definition = str(arn)
+                        return self._task_definition
+                registered = ecs.register_task_definition(**wanted)["taskDefinition"]
+            except Exception as err:
+                raise translate(err, "ecs:RegisterTaskDefinition", FAMILY) from err
+            self._task_definition = str(registered["taskDefinitionArn"])
+            return self._task_definition
+
+    # -- quota ----------------------------------------------------------------------
+
+    def vcpu_quota(self) -> float | None:
+        """The account's Fargate On-Demand vCPU quota, or None when it cannot be read."""
+        if self.spec.launch_type != "FARGATE":
+            return None
+        if self._quota == "unknown":
+            try:
+                quota = self.clients("service-quotas").get_service_quota(
+                    ServiceCode=FARGATE_VCPU_QUOTA[0], QuotaCode=FARGATE_VCPU_QUOTA[1]
+                )
+                self._quota = float(quota["Quota"]["Value"])
+            except Exception as err:
+                log.warning("cannot read the Fargate vCPU quota (%s); launching without it", err)
+                self._quota = None
+        return self._quota
+
+    # -- launching ------------------------------------------------------------------
+
+    def _run_params(self, session_id: str, count: int, env: Mapping[str, str]) -> dict[str, Any]:
+        spec, cfg = self.spec, self.config
+        params: dict[str, Any] = {
+            "cluster": cfg.cluster,
+            "taskDefinition": self.task_definition(),
+            "count": count,
+            "startedBy": session_id,
+            "tags": [{"key": SESSION_TAG, "value": session_id}],
+            "enableECSManagedTags": True,
+            "overrides": _env_overrides({**env, ENV_SESSION: session_id}),
+            "networkConfiguration": {
+                "awsvpcConfiguration": {
+                    "subnets": list(cfg.subnets),
+                    "securityGroups": list(cfg.security_groups),
+                    "assignPublicIp": "ENABLED" if spec.launch_type == "FARGATE" else "DISABLED",
+                }
+            },
+        }
+        if spec.launch_type == "FARGATE":
+            provider = "FARGATE_SPOT" if spec.use_spot else "FARGATE"
+        else:
+            assert spec.instance_type is not None
+            provider = cfg.capacity_providers.get(spec.instance_type, "")
+            if not provider:
+                raise ConfigError(
+                    f"no EC2 capacity provider for {spec.instance_type}; run "
+                    f"`starburst setup --ec2 {spec.instance_type}`"
+                )
+        params["capacityProviderStrategy"] = [{"capacityProvider": provider, "weight": 1}]
+        return params
+
+    def _run(self, session_id: str, count: int, env: Mapping[str, str]) -> list[str]:
+        """RunTask in batches of at most 10, paced; returns the task ARNs started."""
+        arns: list[str] = []
+        remaining = count
+        failures_left = 5
+        while remaining > 0:
+            batch = min(RUN_TASK_BATCH, remaining)
+            self.bucket.take(batch)
+            try:
+                resp = self.clients("ecs").run_task(**self._run_params(session_id, batch, env))
+            except StarburstError:
+                raise
+            except Exception as err:
+                raise translate(err, "ecs:RunTask", self.config.cluster) from err
+            started = [t["taskArn"] for t in resp.get("tasks", [])]
+            arns += started
+            remaining -= len(started)
+            if resp.get("failures") and not started:
+                failures_left -= 1
+                reasons = "; ".join(str(f.get("reason")) for f in resp["failures"])
+                if failures_left == 0:
+                    raise StarburstError(
+                        f"ECS could not start workers for {session_id}: {reasons}; "
+                        "check capacity, quotas and the cluster"
+                    )
+                time.sleep(2 ** (5 - failures_left))  # capacity backoff between attempts
+        return arns
+
+    def launch(
+        self, session_id: str, count: int, env: Mapping[str, str]
+    ) -> list[dict[str, object]]:
+        running = self.live_count(session_id)
+        count = quota_window(self.vcpu_quota(), self.spec.cpu, running, count)
+        arns = self._run(session_id, count, env) if count else []
+        now = time.time()
+        return [
+            {
+                "worker_id": f"w-ecs-{arn.rsplit('/', 1)[-1][:24]}",
+                "session_id": session_id,
+                "state": "starting",
+                "ecs_task_arn": arn,
+                "logs": self.log_stream(arn),
+                "updated": now,
+            }
+            for arn in arns
+        ]
+
+    def log_stream(self, task_arn: str) -> str:
+        """The awslogs stream ECS creates: ``<prefix>/<container>/<task id>``."""
+        task_id = task_arn.rsplit("/", 1)[-1]
+        return f"{self.config.log_group}:{self.config.log_stream_prefix}/{CONTAINER}/{task_id}"
+
+    # -- watching and stopping ---------------------------------------------------------
+
+    def _session_tasks(self, session_id: str, status: str = "RUNNING") -> list[str]:
+        ecs = self.clients("ecs")
+        arns: list[str] = []
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "cluster": self.config.cluster,
+                "startedBy": session_id,
+                "desiredStatus": status,
+            }
+            if token:
+                kwargs["nextToken"] = token
+            try:
+                resp = ecs.list_tasks(**kwargs)
+            except Exception as err:
+                raise translate(err, "ecs:ListTasks", self.config.cluster) from err
+            arns += resp.get("taskArns", [])
+            token = resp.get("nextToken")
+            if not token:
+                return arns
+
+    def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:
+        """Nothing to do: ECS itself knows the session's tasks (``startedBy``)."""
+
+    def live_count(self, session_id: str) -> int:
+        return len(self._session_tasks(session_id))
+
+    def describe(self, arns: Sequence[str]) -> list[Mapping[str, Any]]:
+        out: list[Mapping[str, Any]] = []
+        for start in range(0, len(arns), 100):
+            try:
+                resp = self.clients("ecs").describe_tasks(
+                    cluster=self.config.cluster,
+                    tasks=list(arns[start : start + 100]),
+                    include=["TAGS"],
+                )
+            except Exception as err:
+                raise translate(err, "ecs:DescribeTasks", self.config.cluster) from err
+            out += resp.get("tasks", [])
+        return out
+
+    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
+        arns = self._session_tasks(session_id)
+        stopped = 0
+        for task in self.describe(arns):
+            tags = {t.get("key"): t.get("value") for t in task.get("tags", [])}
+            if tags.get(SESSION_TAG) != session_id:
+                continue  # never another session's task
+            try:
+                self.clients("ecs").stop_task(
+                    cluster=self.config.cluster,
+                    task=task["taskArn"],
+                    reason=f"starburst cleanup of {session_id}",
+                )
+            except Exception as err:
+                raise translate(err, "ecs:StopTask", task["taskArn"]) from err
+            stopped += 1
+        return stopped
+
+    def start_task_worker(
+        self, session_id: str, task_id: str, env: Mapping[str, str]
+    ) -> TaskWorker:
+        arns = self._run(session_id, 1, {**env, ENV_TASK: task_id})
+        if not arns:
+            raise StarburstError(f"ECS started no worker for {task_id} of {session_id}")
+        arn = arns[0]
+        worker_id = f"w-ecs-{arn.rsplit('/', 1)[-1][:24]}"
+        return TaskWorker(session_id, task_id, worker_id, self.log_stream(arn), arn)
+
+    def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
+        """DescribeTasks for all of them, 100 at a time, at most once a second."""
+        now = time.monotonic()
+        if now - self._described_at >= 1.0:
+            self._described_at = now
+            for task in self.describe([w.handle for w in workers]):
+                self._describe_cache[task["taskArn"]] = task
+        out: list[ExitStatus | None] = []
+        for worker in workers:
+            described = self._describe_cache.get(worker.handle)
+            if described is None or described.get("lastStatus") != "STOPPED":
+                out.append(None)
+            else:
+                out.append(_stop_status(described, worker.logs))
+        return out

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SessionNotFound, StarburstError
+from .errors import ConfigError, SessionNotFound, StarburstError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -236,6 +236,96 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _region(args: argparse.Namespace) -> str:
+    import os
+
+    from .aws.settings import load_config
+
+    saved = load_config()
+    region = (
+        args.region
+        or (saved.region if saved else None)
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    if not region:
+        raise ConfigError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+    return region
+
+
+def _cmd_setup(args: argparse.Namespace) -> int:
+    from .aws.clients import AwsClients
+    from .aws.settings import AwsConfig, config_path, load_config, save_config
+    from .aws.setup import Setup
+
+    region = _region(args)
+    base = load_config() or AwsConfig(region=region)
+    base = base.with_overrides(cluster=args.cluster, prefix=args.prefix)
+    setup = Setup(AwsClients(region), dry_run=args.dry_run)
+    try:
+        config = setup.run(
+            base,
+            bucket=args.bucket,
+            expiry_days=args.expiry_days,
+            log_retention_days=args.log_retention_days,
+        )
+    except StarburstError:
+        if setup.created:  # what was made before the failure stays known to teardown
+            from dataclasses import replace
+
+            save_config(replace(base, created=[*base.created, *setup.created]))
+        raise
+    if not args.dry_run:
+        save_config(config)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "steps": [s.__dict__ for s in setup.steps],
+                    "config": config.to_json(),
+                },
+                indent=2,
+            )
+        )
+    else:
+        for step in setup.steps:
+            print(step)
+        if args.dry_run:
+            print("dry run: nothing was created")
+        else:
+            print(f"configuration saved to {config_path()}")
+    return EXIT_OK
+
+
+def _cmd_teardown(args: argparse.Namespace) -> int:
+    from .aws.clients import AwsClients
+    from .aws.settings import config_path, load_config, save_config
+    from .aws.setup import teardown
+
+    config = load_config()
+    if config is None:
+        raise ConfigError(f"nothing to tear down: no configuration at {config_path()}")
+    steps = teardown(
+        config, AwsClients(config.region), dry_run=args.dry_run, delete_data=args.delete_data
+    )
+    if not args.dry_run:
+        kept = [
+            item
+            for item, step in zip(reversed(config.created), steps, strict=True)
+            if step.action == "kept"
+        ]
+        from dataclasses import replace
+
+        save_config(replace(config, created=list(reversed(kept))))
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "steps": [s.__dict__ for s in steps]}, indent=2))
+    else:
+        for step in steps:
+            print(step)
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
 
@@ -312,6 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("seconds", type=float)
     p.set_defaults(func=_cmd_extend)
+    p = add("setup", "create the AWS resources of the ECS backend (idempotent)")
+    p.add_argument("--region")
+    p.add_argument("--bucket", help="default: starburst-<account>-<region>")
+    p.add_argument("--prefix", default=None)
+    p.add_argument("--cluster", default=None)
+    p.add_argument("--expiry-days", type=int, default=30, help="session data lifetime")
+    p.add_argument("--log-retention-days", type=int, default=30)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")
+    p.set_defaults(func=_cmd_setup)
+    p = add("teardown", "remove what setup created, and only that")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--delete-data", action="store_true", help="also empty the bucket")
+    p.set_defaults(func=_cmd_teardown)
     add("doctor", "check versions, the local server and AWS; say what to fix").set_defaults(
         func=_cmd_doctor
     )

@@ -1,0 +1,422 @@
+"""``starburst setup`` and ``starburst teardown``: the AWS resources the ECS backend uses.
+
+Setup is idempotent: each step looks first and creates only what is missing,
+recording what it created in the saved configuration. Teardown removes exactly
+what setup recorded, newest first, and nothing else. ``dry_run`` only looks.
+
+    account ─▶ S3 bucket (SSE-S3, public access blocked, owner enforced, old sessions expire)
+            ─▶ CloudWatch log group (retention) ─▶ ECR repository (lifecycle policy)
+            ─▶ IAM: task execution role, task role scoped to <bucket>/<prefix>/*
+            ─▶ default VPC subnets + security group (no ingress)
+            ─▶ ECS cluster (FARGATE, FARGATE_SPOT) ─▶ EC2 capacity providers, when asked
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..errors import ConfigError, StarburstError
+from .clients import AwsClients, translate
+from .settings import AwsConfig
+
+EXECUTION_ROLE = "starburst-task-execution"
+TASK_ROLE = "starburst-task"
+INSTANCE_ROLE = "starburst-ecs-instance"
+SECURITY_GROUP = "starburst-workers"
+EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+INSTANCE_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
+ECS_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the plan: what, and whether it exists or is (to be) created."""
+
+    kind: str
+    name: str
+    action: str  # "exists", "create", "created", "delete", "deleted", "kept"
+    detail: str = ""
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.action:<8} {self.kind:<22} {self.name}{extra}"
+
+
+def task_role_policy(bucket: str, prefix: str) -> dict[str, Any]:
+    """Least privilege for workers: their session prefix, nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "SessionObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+            },
+            {
+                "Sid": "ListSessions",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+            },
+        ],
+    }
+
+
+class Setup:
+    """Plans and applies setup against one account and region."""
+
+    def __init__(self, clients: AwsClients, *, dry_run: bool = False) -> None:
+        self.c = clients
+        self.dry_run = dry_run
+        self.steps: list[Step] = []
+        self.created: list[dict[str, str]] = []
+        self._account = ""
+
+    def _step(
+        self, kind: str, name: str, exists: bool, create: Callable[[], Any], detail: str = ""
+    ) -> None:
+        if exists:
+            self.steps.append(Step(kind, name, "exists", detail))
+            return
+        if self.dry_run:
+            self.steps.append(Step(kind, name, "create", detail))
+            return
+        # Recorded before creating: a step that fails half-way is still torn down.
+        self.created.append({"kind": kind, "name": name})
+        try:
+            create()
+        except StarburstError:
+            raise
+        except Exception as err:
+            raise translate(err, f"creating {kind}", name) from err
+        self.steps.append(Step(kind, name, "created", detail))
+
+    # -- each resource ----------------------------------------------------------------
+
+    def account(self) -> str:
+        try:
+            return str(self.c("sts").get_caller_identity()["Account"])
+        except Exception as err:
+            raise translate(err, "sts:GetCallerIdentity", "your credentials") from err
+
+    def bucket(self, bucket: str, prefix: str, account: str, expiry_days: int) -> None:
+        from botocore.exceptions import ClientError
+
+        s3 = self.c("s3")
+        exists = True
+        try:
+            s3.head_bucket(Bucket=bucket, ExpectedBucketOwner=account)
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code in {"403", "AccessDenied"}:
+                raise ConfigError(
+                    f"bucket {bucket} exists but is not owned by account {account}; "
+                    "choose another name with --bucket"
+                ) from err
+            exists = False
+
+        def create() -> None:
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if self.c.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.c.region}
+            s3.create_bucket(**kwargs)
+            s3.put_bucket_encryption(
+                Bucket=bucket,
+                ExpectedBucketOwner=account,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+            )
+            s3.put_public_access_block(
+                Bucket=bucket,
+                ExpectedBucketOwner=account,
+                PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": True,
+                    "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "RestrictPublicBuckets": True,
+                },
+            )
+            s3.put_bucket_ownership_controls(
+                Bucket=bucket,
+                ExpectedBucketOwner=account,
+                OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+            )
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=bucket,
+                ExpectedBucketOwner=account,
+                LifecycleConfiguration={
+                    "Rules": [
+                        {
+                            "ID": "starburst-expire-old-sessions",
+                            "Status": "Enabled",
+                            "Filter": {"Prefix": f"{prefix}/sessions/"},
+                            "Expiration": {"Days": expiry_days},
+                            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                        }
+                    ]
+                },
+            )
+
+        self._step("s3-bucket", bucket, exists, create, f"sessions expire after {expiry_days} days")
+
+    def log_group(self, name: str, retention_days: int) -> None:
+        logs = self.c("logs")
+        groups = logs.describe_log_groups(logGroupNamePrefix=name).get("logGroups", [])
+        exists = any(g["logGroupName"] == name for g in groups)
+
+        def create() -> None:
+            logs.create_log_group(logGroupName=name, tags={"starburst": "workers"})
+            logs.put_retention_policy(logGroupName=name, retentionInDays=retention_days)
+
+        self._step("log-group", name, exists, create, f"retention {retention_days} days")
+
+    def repository(self, name: str) -> None:
+        ecr = self.c("ecr")
+        try:
+            ecr.describe_repositories(repositoryNames=[name])
+            exists = True
+        except ecr.exceptions.RepositoryNotFoundException:
+            exists = False
+        policy = {
+            "rules": [
+                {
+                    "rulePriority": 1,
+                    "description": "keep the 20 newest worker images",
+                    "selection": {
+                        "tagStatus": "any",
+                        "countType": "imageCountMoreThan",
+                        "countNumber": 20,
+                    },
+                    "action": {"type": "expire"},
+                }
+            ]
+        }
+
+        def create() -> None:
+            ecr.create_repository(
+                repositoryName=name, imageScanningConfiguration={"scanOnPush": True}
+            )
+            ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=json.dumps(policy))
+
+        self._step("ecr-repository", name, exists, create)
+
+    def role(
+        self,
+        name: str,
+        trust: dict[str, Any],
+        managed: Sequence[str],
+        inline: dict[str, Any] | None,
+    ) -> str:
+        iam = self.c("iam")
+        try:
+            arn = str(iam.get_role(RoleName=name)["Role"]["Arn"])
+            exists = True
+        except iam.exceptions.NoSuchEntityException:
+            arn, exists = f"arn:aws:iam::{self._account}:role/{name}", False
+
+        def create() -> None:
+            iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(trust),
+                Tags=[{"Key": "starburst", "Value": "setup"}],
+            )
+            for policy in managed:
+                iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+            if inline is not None:
+                iam.put_role_policy(
+                    RoleName=name,
+                    PolicyName="starburst-session-data",
+                    PolicyDocument=json.dumps(inline),
+                )
+
+        self._step("iam-role", name, exists, create)
+        return arn
+
+    def network(self) -> tuple[list[str], str]:
+        ec2 = self.c("ec2")
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            raise ConfigError(
+                "this region has no default VPC; pass --subnets and --security-groups"
+            )
+        vpc = vpcs[0]["VpcId"]
+        subnets = [
+            s["SubnetId"]
+            for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+        ]
+        groups = ec2.describe_security_groups(
+            Filters=[
+                {"Name": "group-name", "Values": [SECURITY_GROUP]},
+                {"Name": "vpc-id", "Values": [vpc]},
+            ]
+        )["SecurityGroups"]
+        holder = {"id": groups[0]["GroupId"] if groups else ""}
+
+        def create() -> None:
+            holder["id"] = ec2.create_security_group(
+                GroupName=SECURITY_GROUP,
+                Description="starburst workers: outbound only",
+                VpcId=vpc,
+            )["GroupId"]
+
+        self._step("security-group", SECURITY_GROUP, bool(groups), create, f"in {vpc}")
+        if holder["id"] and not groups and not self.dry_run:
+            self.created[-1]["id"] = holder["id"]
+        return subnets, holder["id"]
+
+    def cluster(self, name: str) -> None:
+        ecs = self.c("ecs")
+        found = ecs.describe_clusters(clusters=[name]).get("clusters", [])
+        exists = any(c.get("status") == "ACTIVE" for c in found)
+
+        def create() -> None:
+            ecs.create_cluster(
+                clusterName=name,
+                capacityProviders=["FARGATE", "FARGATE_SPOT"],
+                tags=[{"key": "starburst", "value": "setup"}],
+            )
+
+        self._step("ecs-cluster", name, exists, create, "FARGATE, FARGATE_SPOT")
+
+    # -- the whole plan ------------------------------------------------------------------
+
+    def run(
+        self,
+        base: AwsConfig,
+        *,
+        bucket: str | None = None,
+        expiry_days: int = 30,
+        log_retention_days: int = 30,
+    ) -> AwsConfig:
+        self._account = self.account()
+        chosen_bucket = bucket or base.bucket or f"starburst-{self._account}-{self.c.region}"
+        self.bucket(chosen_bucket, base.prefix, self._account, expiry_days)
+        self.log_group(base.log_group, log_retention_days)
+        self.repository(base.ecr_repository)
+        execution = self.role(EXECUTION_ROLE, ECS_TRUST, [EXECUTION_POLICY], None)
+        task = self.role(TASK_ROLE, ECS_TRUST, [], task_role_policy(chosen_bucket, base.prefix))
+        subnets, group = (
+            (list(base.subnets), base.security_groups[0])
+            if base.subnets and base.security_groups
+            else self.network()
+        )
+        self.cluster(base.cluster)
+        repository_uri = (
+            f"{self._account}.dkr.ecr.{self.c.region}.amazonaws.com/{base.ecr_repository}"
+        )
+        return (
+            replace(
+                base,
+                region=self.c.region,
+                account_id=self._account,
+                bucket=chosen_bucket,
+                subnets=tuple(subnets),
+                security_groups=(group,) if group else (),
+                execution_role_arn=execution,
+                task_role_arn=task,
+                image=base.image or "",
+                created=[*base.created, *self.created],
+                capacity_providers=dict(base.capacity_providers),
+            )
+            if not self.dry_run
+            else replace(base, bucket=chosen_bucket, image=base.image or repository_uri)
+        )
+
+
+def teardown(
+    config: AwsConfig, clients: AwsClients, *, dry_run: bool = False, delete_data: bool = False
+) -> list[Step]:
+    """Remove what setup recorded in ``config.created``, newest first; only that."""
+    steps: list[Step] = []
+    for item in reversed(config.created):
+        kind, name = item["kind"], item["name"]
+        if dry_run:
+            steps.append(Step(kind, name, "delete"))
+            continue
+        try:
+            kept = _delete(clients, config, kind, name, item, delete_data)
+        except StarburstError:
+            raise
+        except Exception as err:
+            if _missing(err):
+                kept = ""  # already gone (or a failed setup never made it)
+            else:
+                raise translate(err, f"deleting {kind}", name) from err
+        steps.append(Step(kind, name, "kept" if kept else "deleted", kept or ""))
+    return steps
+
+
+def _missing(err: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(err, ClientError):
+        return False
+    code = str(err.response.get("Error", {}).get("Code", ""))
+    return "NotFound" in code or "NoSuch" in code or code in {"404", "ClusterNotFoundException"}
+
+
+def _delete(
+    c: AwsClients, config: AwsConfig, kind: str, name: str, item: dict[str, str], delete_data: bool
+) -> str:
+    """Delete one resource; returns why it was kept, or "" when deleted."""
+    if kind == "s3-bucket":
+        s3 = c("s3")
+        owner = {"ExpectedBucketOwner": config.account_id} if config.account_id else {}
+        listing = s3.list_objects_v2(Bucket=name, MaxKeys=1, **owner)
+        if listing.get("KeyCount", 0):
+            if not delete_data:
+                return "not empty: holds session data; rerun with --delete-data to remove it"
+            paginator = s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=name, **owner):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True}, **owner)
+        s3.delete_bucket(Bucket=name, **owner)
+    elif kind == "log-group":
+        c("logs").delete_log_group(logGroupName=name)
+    elif kind == "ecr-repository":
+        c("ecr").delete_repository(repositoryName=name, force=True)
+    elif kind == "iam-role":
+        iam = c("iam")
+        for policy in iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+            iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        for policy_name in iam.list_role_policies(RoleName=name).get("PolicyNames", []):
+            iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        iam.delete_role(RoleName=name)
+    elif kind == "security-group":
+        c("ec2").delete_security_group(GroupId=item["id"])
+    elif kind == "ecs-cluster":
+        ecs = c("ecs")
+        for arn in ecs.list_task_definitions(familyPrefix="starburst-worker").get(
+            "taskDefinitionArns", []
+        ):
+            ecs.deregister_task_definition(taskDefinition=arn)
+        ecs.delete_cluster(cluster=name)
+    else:
+        return f"unknown kind {kind}; remove it by hand"
+    return ""

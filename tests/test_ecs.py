@@ -1,0 +1,257 @@
+"""The ECS backend against moto's ECS, with real worker processes (see ecs_harness)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+import tasks
+from ecs_harness import OOM_REASON, SPOT_REASON, harness, manual_transitions
+
+from starburst_executor import DetachedExecutor, StarburstExecutor
+from starburst_executor.aws.settings import load_config
+from starburst_executor.errors import WorkerDied
+from starburst_executor.launch.ecs import architecture_for, quota_window
+
+pytestmark = pytest.mark.ecs
+TIMEOUT = 180
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst-worker:test"
+
+
+@pytest.fixture(scope="session")
+def moto_url():  # type: ignore[no-untyped-def]
+    from moto.server import ThreadedMotoServer
+
+    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"  # AWS managed policies exist
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    manual_transitions(url)
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_url, monkeypatch, tmp_path, starburst_home):  # type: ignore[no-untyped-def]
+    """Control plane on moto; the data plane on the embedded SeaweedFS server."""
+    monkeypatch.setenv("STARBURST_AWS_ENDPOINT", moto_url)
+    monkeypatch.setenv("STARBURST_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    return moto_url
+
+
+def starburst(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "starburst_executor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+
+
+def _active_clusters(ecs) -> list[str]:  # type: ignore[no-untyped-def]
+    arns = ecs.list_clusters()["clusterArns"]
+    found = ecs.describe_clusters(clusters=arns)["clusters"] if arns else []
+    return [c["clusterName"] for c in found if c["status"] == "ACTIVE"]  # deleted = INACTIVE
+
+
+def _inventory(url: str) -> dict[str, list[str]]:
+    kw = {"endpoint_url": url, "region_name": "us-east-1"}
+    iam = boto3.client("iam", **kw)
+    ec2 = boto3.client("ec2", **kw)
+    return {
+        "buckets": [b["Name"] for b in boto3.client("s3", **kw).list_buckets()["Buckets"]],
+        "clusters": _active_clusters(boto3.client("ecs", **kw)),
+        "roles": [r["RoleName"] for r in iam.list_roles()["Roles"] if "starburst" in r["RoleName"]],
+        "log_groups": [
+            g["logGroupName"]
+            for g in boto3.client("logs", **kw).describe_log_groups()["logGroups"]
+            if "starburst" in g["logGroupName"]
+        ],
+        "repositories": [
+            r["repositoryName"]
+            for r in boto3.client("ecr", **kw).describe_repositories()["repositories"]
+        ],
+        "security_groups": [
+            g["GroupName"]
+            for g in ec2.describe_security_groups()["SecurityGroups"]
+            if g["GroupName"].startswith("starburst")
+        ],
+    }
+
+
+def test_setup_is_idempotent_and_teardown_leaves_nothing(aws_env):
+    before = _inventory(aws_env)
+    plan = json.loads(starburst("setup", "--dry-run", "--json").stdout)
+    assert {s["action"] for s in plan["steps"]} == {"create"}
+    assert _inventory(aws_env) == before  # a dry run creates nothing
+
+    first = starburst("setup", "--json")
+    assert first.returncode == 0, first.stderr
+    steps = json.loads(first.stdout)["steps"]
+    assert {s["kind"] for s in steps} >= {
+        "s3-bucket",
+        "log-group",
+        "ecr-repository",
+        "iam-role",
+        "security-group",
+        "ecs-cluster",
+    }
+    assert all(s["action"] == "created" for s in steps)
+    config = load_config()
+    assert config is not None and config.bucket.startswith("starburst-123456789012")
+    assert config.execution_role_arn.endswith("starburst-task-execution")
+    assert config.subnets and config.security_groups
+
+    second = json.loads(starburst("setup", "--json").stdout)["steps"]
+    assert all(s["action"] == "exists" for s in second)  # idempotent
+
+    kw = {"endpoint_url": aws_env, "region_name": "us-east-1"}
+    s3 = boto3.client("s3", **kw)
+    enc = s3.get_bucket_encryption(Bucket=config.bucket)
+    assert (
+        enc["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"][
+            "SSEAlgorithm"
+        ]
+        == "AES256"
+    )
+    assert s3.get_public_access_block(Bucket=config.bucket)["PublicAccessBlockConfiguration"][
+        "BlockPublicPolicy"
+    ]
+    policy = boto3.client("iam", **kw).get_role_policy(
+        RoleName="starburst-task", PolicyName="starburst-session-data"
+    )["PolicyDocument"]
+    text = json.dumps(policy)
+    assert f"arn:aws:s3:::{config.bucket}/starburst/*" in text and '"s3:*"' not in text
+
+    down = starburst("teardown", "--json")
+    assert down.returncode == 0, down.stderr
+    assert _inventory(aws_env) == before
+
+
+def _ecs_config(aws_env):  # type: ignore[no-untyped-def]
+    result = starburst("setup", "--json")
+    assert result.returncode == 0, result.stderr
+    config = load_config()
+    assert config is not None
+    return config
+
+
+@pytest.fixture
+def ecs_session(aws_env, prefix, starburst_home, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    config = _ecs_config(aws_env)
+    from starburst_executor.store.local_server import LocalServer, read_credentials
+
+    # Data plane: the embedded SeaweedFS, reached with its keys as the "task role".
+    info = LocalServer(starburst_home).ensure_running()
+    access, secret = read_credentials(starburst_home)
+    monkeypatch.setenv("STARBURST_S3_ENDPOINT", info.endpoint_url)
+    monkeypatch.setenv("STARBURST_BUCKET", "starburst")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    logs = tmp_path / "ecs-logs"
+    logs.mkdir()
+    with harness(aws_env, config.cluster, logs) as h:
+        yield h
+    starburst("teardown", "--delete-data")
+
+
+def test_detached_on_ecs_completes_100_tasks_with_a_worker_stopped_mid_run(ecs_session, tmp_path):
+    h = ecs_session
+    path = tmp_path / "indices.txt"
+    ex = DetachedExecutor(max_workers=3, backend="ecs", image=IMAGE, lease_seconds=3)
+    try:
+        futures = [ex.submit(tasks.append_index, str(path), i) for i in range(100)]
+        live = h.wait_for_tasks(3, timeout=TIMEOUT)
+        for arn in live:
+            overrides = h.overrides[arn]
+            assert overrides["STARBURST_SESSION_ID"] == ex.session_id
+            assert not any("SECRET" in k or "KEY" in k for k in overrides)  # ids only
+        h.kill(live[0])  # a worker lost mid-run: its claim is taken over after the lease
+        results = [f.result(timeout=TIMEOUT) for f in futures]
+        assert results == list(range(100))
+        assert sorted(set(int(x) for x in path.read_text().split())) == list(range(100))
+        assert ex.status().completed == 100
+        assert len(h.procs) >= 3
+    finally:
+        ex.cleanup(force=True)
+    # cleanup stopped the session's ECS tasks; the harness kills their processes
+    deadline = time.monotonic() + 30
+    while [a for a in h.live() if h.overrides[a]["STARBURST_SESSION_ID"] == ex.session_id]:
+        assert time.monotonic() < deadline, "cleanup left ECS workers running"
+        time.sleep(0.05)
+
+
+def test_ephemeral_on_ecs_completes_20_and_reports_oom(ecs_session):
+    h = ecs_session
+    with StarburstExecutor(max_workers=4, backend="ecs", image=IMAGE) as ex:
+        assert list(ex.map(tasks.square, range(20), timeout=TIMEOUT)) == [i * i for i in range(20)]
+        started = set(h.procs)
+        doomed = ex.submit(tasks.sleep_for, 60)
+        arn = None
+        deadline = time.monotonic() + TIMEOUT
+        while arn is None:
+            assert time.monotonic() < deadline
+            new = [a for a in h.live() if a not in started]
+            arn = new[0] if new else None
+            time.sleep(0.05)
+        assert h.overrides[arn]["STARBURST_TASK_ID"] == doomed.task_id
+        h.kill(arn, OOM_REASON)
+        with pytest.raises(WorkerDied) as info:
+            doomed.result(timeout=TIMEOUT)
+        err = info.value
+        assert err.out_of_memory and "OutOfMemory" in err.stopped_reason
+        assert err.task_id == doomed.task_id and "memory" in str(err)
+        assert f"/worker/{arn.rsplit('/', 1)[-1]}" in err.logs
+    assert len([a for a in h.procs if a not in started]) == 1
+
+
+def test_spot_interruption_is_retried(ecs_session, tmp_path):
+    h = ecs_session
+    marker = tmp_path / "started"
+    with StarburstExecutor(max_workers=1, backend="ecs", image=IMAGE, use_spot=True) as ex:
+        future = ex.submit(tasks.touch_then_wait, str(marker), str(tmp_path / "release"))
+        first = h.wait_for_tasks(1, timeout=TIMEOUT)[0]
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        h.kill(first, SPOT_REASON)
+        (tmp_path / "release").write_text("go")
+        assert future.result(timeout=TIMEOUT) > 0
+        assert len(h.procs) == 2  # the interrupted task ran again on a new worker
+
+
+def test_task_definition_is_reused_when_it_matches(ecs_session):
+    from starburst_executor._runtime import open_runtime
+
+    first = open_runtime(backend="ecs", ecs_options={"image": IMAGE})
+    second = open_runtime(backend="ecs", ecs_options={"image": IMAGE})
+    other = open_runtime(backend="ecs", ecs_options={"image": IMAGE + "-other"})
+    try:
+        a = first.launcher.task_definition()  # type: ignore[attr-defined]
+        b = second.launcher.task_definition()  # type: ignore[attr-defined]
+        c = other.launcher.task_definition()  # type: ignore[attr-defined]
+        assert a == b and c != a
+    finally:
+        for runtime in (first, second, other):
+            runtime.close()
+
+
+def test_graviton_and_quota_window():
+    assert architecture_for("c7g.xlarge") == "ARM64"
+    assert architecture_for("m7gd.2xlarge") == "ARM64"
+    assert architecture_for("c7i.xlarge") == "X86_64"
+    assert architecture_for("c8a.large") == "X86_64"
+    assert quota_window(None, 4, 10, 7) == 7
+    assert quota_window(32, 4, 6, 7) == 2  # 8 fit, 6 running
+    assert quota_window(32, 4, 9, 7) == 0

@@ -40,6 +40,7 @@ ECS_OPTION_NAMES = (
     "cluster",
     "subnets",
     "security_groups",
+    "max_hourly_cost",
 )
 
 
@@ -147,6 +148,7 @@ def make_launcher(
         launch_type=launch_info.get("launch_type") or "FARGATE",
         use_spot=bool(launch_info.get("use_spot", False)),
         instance_type=launch_info.get("instance_type"),
+        max_hourly_cost=launch_info.get("max_hourly_cost"),
     )
     return EcsLauncher(config, spec, AwsClients(config.region))
 

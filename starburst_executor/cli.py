@@ -168,11 +168,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from .config import starburst_home
-    from .launch.local import LocalLauncher
-
-    logs = LocalLauncher(starburst_home() / "logs", strip_aws_env=True)
     ex = _attach(args.session)
+    printed: set[str] = set()
     try:
         if args.task:
             future = next((f for f in ex.futures if f.task_id == args.task), None)
@@ -190,21 +187,16 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             print(future.stdout or "", end="")
             print("-- stderr --")
             print(future.stderr or "", end="")
-            if future.worker_id:
-                print(f"-- worker log: {logs.log_path(args.session, future.worker_id)}")
             return EXIT_OK
-        offsets: dict[Path, int] = {}
+        positions: dict[str, Any] = {}
         while True:
-            for path in logs.session_logs(args.session):
-                start = offsets.get(path, 0)
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    chunk = f.read()
-                if chunk:
-                    if start == 0:
-                        print(f"== {path.stem}")
-                    print(chunk.decode(errors="replace"), end="", flush=True)
-                offsets[path] = start + len(chunk)
+            for location in ex.worker_logs():
+                text, positions[location] = _read_log(location, positions.get(location))
+                if text:
+                    if location not in printed:
+                        printed.add(location)
+                        print(f"== {location}")
+                    print(text, end="" if text.endswith("\n") else "\n", flush=True)
             if not args.follow:
                 break
             status = ex.status()
@@ -214,6 +206,26 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     finally:
         ex.detach()
     return EXIT_OK
+
+
+def _read_log(location: str, position: Any) -> tuple[str, Any]:
+    """New text of a log since ``position``: a file offset, or a CloudWatch token."""
+    if location.startswith("/"):
+        start = int(position or 0)
+        try:
+            with open(location, "rb") as f:
+                f.seek(start)
+                chunk = f.read()
+        except FileNotFoundError:
+            return "", start
+        return chunk.decode(errors="replace"), start + len(chunk)
+    from .aws.clients import AwsClients
+    from .aws.logs import read_events
+    from .aws.settings import AwsConfig, load_config
+
+    config = load_config() or AwsConfig(region="us-east-1")
+    lines, token = read_events(AwsClients(config.region), location, position)
+    return "\n".join(lines), token
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -326,6 +338,44 @@ def _cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_image(args: argparse.Namespace) -> int:
+    import tempfile
+    from dataclasses import replace
+
+    from .aws.clients import AwsClients
+    from .aws.image import build_image
+    from .aws.settings import load_config, save_config
+
+    config = load_config()
+    if config is None:
+        raise ConfigError("no AWS configuration: run `starburst setup` first")
+    requirements = Path(args.requirements).read_text() if args.requirements else ""
+    with tempfile.TemporaryDirectory(prefix="starburst-image-") as context:
+        result = build_image(
+            config,
+            AwsClients(config.region),
+            requirements=requirements,
+            context_dir=Path(context),
+            dry_run=args.dry_run,
+        )
+    if not args.dry_run:
+        save_config(replace(config, image=result.image))
+    data = {
+        "image": result.image,
+        "tag": result.tag,
+        "skipped": result.skipped,
+        "dry_run": args.dry_run,
+        "commands": result.commands,
+    }
+    if result.skipped:
+        text = f"{result.image} already in ECR: nothing to build"
+    else:
+        shown = "\n".join(" ".join(c) for c in result.commands)
+        text = f"{'would run' if args.dry_run else 'ran'}:\n{shown}\nimage: {result.image}"
+    _print(data, args.json, text)
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
 
@@ -415,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--delete-data", action="store_true", help="also empty the bucket")
     p.set_defaults(func=_cmd_teardown)
+    p = add("image", "build and push the worker image to ECR (skipped when its tag exists)")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--requirements", help="a requirements.txt the workers need")
+    p.add_argument("--dry-run", action="store_true", help="print the docker commands only")
+    p.set_defaults(func=_cmd_image)
     add("doctor", "check versions, the local server and AWS; say what to fix").set_defaults(
         func=_cmd_doctor
     )

@@ -116,6 +116,8 @@ class DetachedExecutor(SessionExecutor):
         launch_type, instance_type, use_spot, image, cluster, subnets, security_groups:
             ECS options (``"FARGATE"`` by default; ``"EC2"`` with an instance type, Spot
             with ``use_spot``); the rest defaults to what ``starburst setup`` saved.
+        max_hourly_cost: ECS only: launching stops (``CostLimitExceeded``) where the
+            running workers would cost more per hour than this, in USD.
         endpoint_url, bucket, prefix, region: an S3-compatible store to use instead of
             the embedded local server (or ``STARBURST_S3_ENDPOINT``/``STARBURST_BUCKET``).
     """
@@ -138,6 +140,7 @@ class DetachedExecutor(SessionExecutor):
         cluster: str | None = None,
         subnets: Sequence[str] | None = None,
         security_groups: Sequence[str] | None = None,
+        max_hourly_cost: float | None = None,
         backend: str | None = None,
         endpoint_url: str | None = None,
         bucket: str | None = None,
@@ -170,6 +173,7 @@ class DetachedExecutor(SessionExecutor):
                 "cluster": cluster,
                 "subnets": subnets,
                 "security_groups": security_groups,
+                "max_hourly_cost": max_hourly_cost,
             },
         )
         self._start_polling()
@@ -305,6 +309,37 @@ class DetachedExecutor(SessionExecutor):
         else:
             self._poller.sync()
         return [TaskOutcome.from_future(f) for f in futures if f.done()]
+
+    def cost(self) -> dict[str, object]:
+        """Rate per worker-hour, running workers, hourly estimate and cost so far.
+
+        Local workers have no cloud cost; the figures are then zero.
+        """
+        self._require_attached()
+        report = getattr(self._runtime.launcher, "cost", None)
+        if report is None:
+            return {
+                "rate_per_worker_hour": 0.0,
+                "rate_source": "local workers",
+                "running_workers": self._runtime.launcher.live_count(self.session_id),
+                "estimate_per_hour": 0.0,
+                "actual_to_date": 0.0,
+            }
+        result: dict[str, object] = report(self.session_id)
+        return result
+
+    def worker_logs(self) -> list[str]:
+        """Where this session's workers' logs are: file paths (local) or
+        ``"<log group>:<stream>"`` (ECS, CloudWatch), oldest first."""
+        self._require_attached()
+        registry = self._runtime.loop.run(self._session.workers())
+        seen: dict[str, float] = {}
+        for entry in registry:
+            location = entry.get("logs")
+            if isinstance(location, str) and location:
+                stamp = entry.get("updated")
+                seen.setdefault(location, float(stamp) if isinstance(stamp, (int, float)) else 0.0)
+        return sorted(seen, key=lambda loc: seen[loc])
 
     def cancel_pending(self) -> int:
         """Cancel, for every worker, each task no worker has claimed; returns how many."""

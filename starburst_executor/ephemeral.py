@@ -80,6 +80,7 @@ class StarburstExecutor(SessionExecutor):
         cluster: str | None = None,
         subnets: Sequence[str] | None = None,
         security_groups: Sequence[str] | None = None,
+        max_hourly_cost: float | None = None,
         backend: str | None = None,
         endpoint_url: str | None = None,
         bucket: str | None = None,
@@ -117,6 +118,7 @@ class StarburstExecutor(SessionExecutor):
                 "cluster": cluster,
                 "subnets": subnets,
                 "security_groups": security_groups,
+                "max_hourly_cost": max_hourly_cost,
             },
         )
         self._initializer = initializer

@@ -14,6 +14,7 @@
     ├── RemoteError                     a remote exception whose class cannot be rebuilt here
     ├── WorkerLost                      a task's worker died more than ``max_retries`` times
     ├── WorkerDied                      an ephemeral task's worker exited without a result
+    ├── CostLimitExceeded               launching would pass ``max_hourly_cost``
     ├── StoreError                      the object store refused or failed a request
     │   ├── AccessDenied                credentials lack a permission (names the action)
     │   ├── BucketNotFound              the bucket does not exist
@@ -31,6 +32,7 @@ __all__ = [
     "BucketNotFound",
     "ConfigError",
     "CorruptObject",
+    "CostLimitExceeded",
     "EnvironmentMismatch",
     "InvalidSessionId",
     "LocalServerError",
@@ -149,6 +151,10 @@ def _rebuild_worker_died(message: str, fields: dict[str, object]) -> WorkerDied:
     Exception.__init__(err, message)
     err.__dict__.update(fields)
     return err
+
+
+class CostLimitExceeded(StarburstError):
+    """Launching another worker would pass the session's ``max_hourly_cost``."""
 
 
 class StoreError(StarburstError):

@@ -87,7 +87,9 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
         task_log = starburst("logs", sid, "--task", futures[1].task_id)
         assert "hello from 1" in task_log.stdout and "careful with 1" in task_log.stdout
         worker_logs = starburst("logs", sid)
-        assert "== w-" in worker_logs.stdout and "hello from 0" in worker_logs.stdout
+        header = next(line for line in worker_logs.stdout.splitlines() if line.startswith("== "))
+        assert sid in header and header.endswith(".log")
+        assert "hello from 0" in worker_logs.stdout
 
         # cancel: hold the only worker, queue two tasks, cancel them from the CLI
         started, release = tmp_path / "started", tmp_path / "release"

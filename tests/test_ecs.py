@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -255,3 +256,89 @@ def test_graviton_and_quota_window():
     assert quota_window(None, 4, 10, 7) == 7
     assert quota_window(32, 4, 6, 7) == 2  # 8 fit, 6 running
     assert quota_window(32, 4, 9, 7) == 0
+
+
+def test_image_build_context_and_exact_docker_commands(aws_env, tmp_path):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.image import build_image, image_tag
+
+    config = _ecs_config(aws_env)
+    issued: list[tuple[list[str], bytes | None]] = []
+
+    def record(argv, stdin):  # type: ignore[no-untyped-def]
+        issued.append((list(argv), stdin))
+
+    context = tmp_path / "context"
+    result = build_image(
+        config,
+        AwsClients("us-east-1"),
+        requirements="numpy==2.3.0\n",
+        context_dir=context,
+        runner=record,
+    )
+    tag = image_tag("numpy==2.3.0\n")
+    assert result.tag == tag and result.image.endswith(f"/starburst-worker:{tag}")
+    assert (context / "Dockerfile").read_text().startswith("# Worker image")
+    assert (context / "starburst_executor" / "worker" / "runner.py").exists()
+    assert (context / "pyproject.toml").exists()
+    assert (context / "requirements.txt").read_text() == "numpy==2.3.0\n"
+    (login, password), (build, none) = issued
+    assert login[:3] == ["docker", "login", "--username"] and "--password-stdin" in login
+    assert password and password.decode() not in " ".join(login + build)  # stdin only
+    assert build[:5] == ["docker", "buildx", "build", "--platform", "linux/amd64,linux/arm64"]
+    assert ["--tag", result.image] == build[build.index("--tag") : build.index("--tag") + 2]
+    assert build[-1] == str(context) and "--push" in build and none is None
+
+    # Once ECR holds the tag, nothing is built again.
+    boto3.client("ecr", endpoint_url=aws_env, region_name="us-east-1").put_image(
+        repositoryName=config.ecr_repository,
+        imageManifest=json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"digest": "sha256:" + "0" * 64},
+            }
+        ),
+        imageManifestMediaType="application/vnd.docker.distribution.manifest.v2+json",
+        imageTag=tag,
+    )
+    issued.clear()
+    again = build_image(
+        config,
+        AwsClients("us-east-1"),
+        requirements="numpy==2.3.0\n",
+        context_dir=tmp_path / "c2",
+        runner=record,
+    )
+    assert again.skipped and not issued
+    starburst("teardown", "--delete-data")
+
+
+def test_cost_rates_and_the_hourly_cap(aws_env, monkeypatch):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.cost import actual_cost, ec2_rate, fargate_rate
+    from starburst_executor.errors import CostLimitExceeded
+    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+
+    rate = fargate_rate(4, 8192, spot=False)
+    assert rate.per_worker_hour == pytest.approx(4 * 0.04048 + 8 * 0.004445)
+    assert fargate_rate(4, 8192, spot=True).per_worker_hour < rate.per_worker_hour
+    spot = ec2_rate(AwsClients("us-east-1"), "c7i.xlarge", 4, spot=True)
+    assert spot.source == "spot-price-history"  # moto's spot price history
+    on_demand = ec2_rate(AwsClients("us-east-1"), "c7i.xlarge", 2, spot=False)
+    assert on_demand.source == "static-table"  # moto has no Pricing API: the fallback
+    assert on_demand.per_worker_hour == pytest.approx(0.1785 / 2)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    tasks_run = [{"startedAt": start, "stoppedAt": start + dt.timedelta(minutes=30)}] * 2
+    assert actual_cost(tasks_run, rate) == pytest.approx(rate.per_worker_hour)
+
+    config = _ecs_config(aws_env)
+    capped = EcsLauncher(
+        config,
+        EcsSpec(cpu=1, memory_mb=2048, image=IMAGE, max_hourly_cost=0.01),
+        AwsClients("us-east-1"),
+    )
+    with pytest.raises(CostLimitExceeded, match="max_hourly_cost"):
+        capped.launch("session-00000000000000aa", 1, {})
+    assert capped.live_count("session-00000000000000aa") == 0  # nothing was launched
+    starburst("teardown", "--delete-data")

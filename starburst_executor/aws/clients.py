@@ -27,22 +27,23 @@ class AwsClients:
         self._lock = threading.Lock()
         self.calls: list[str] = []  # "service:Operation", for the IAM action list and tests
 
-    def __call__(self, service: str) -> Any:
+    def __call__(self, service: str, *, attempts: int = 8) -> Any:
+        """A client; ``attempts`` bounds retries (small for optional lookups)."""
         with self._lock:
-            client = self._clients.get(service)
+            client = self._clients.get(f"{service}/{attempts}")
             if client is None:
                 import boto3
                 from botocore.config import Config
 
                 kwargs: dict[str, Any] = {
                     "region_name": self.region,
-                    "config": Config(retries={"mode": "standard", "max_attempts": 8}),
+                    "config": Config(retries={"mode": "standard", "max_attempts": attempts}),
                 }
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url
                 client = boto3.client(service, **kwargs)
                 client.meta.events.register("before-call", self._record)
-                self._clients[service] = client
+                self._clients[f"{service}/{attempts}"] = client
             return client
 
     def _record(self, model: Any = None, **_: Any) -> None:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..aws.clients import AwsClients, translate
+from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate
 from ..aws.settings import AwsConfig
 from ..config import ENV_SESSION, ENV_TASK
-from ..errors import ConfigError, StarburstError
+from ..errors import ConfigError, CostLimitExceeded, StarburstError
 from .base import ExitStatus, TaskWorker
 
 log = logging.getLogger("starburst_executor")
@@ -64,6 +65,7 @@ class EcsSpec:
     launch_type: LaunchType = "FARGATE"
     use_spot: bool = False
     instance_type: str | None = None
+    max_hourly_cost: float | None = None
 
     def __post_init__(self) -> None:
         if self.launch_type not in ("FARGATE", "EC2"):
@@ -171,6 +173,7 @@ class EcsLauncher:
         self._quota: float | Literal["unknown"] | None = "unknown"
         self._describe_cache: dict[str, Mapping[str, Any]] = {}
         self._described_at = 0.0
+        self._rate: Rate | None = None
         self._lock = threading.Lock()
 
     def launch_info(self) -> dict[str, Any]:
@@ -187,6 +190,7 @@ class EcsLauncher:
             "instance_type": spec.instance_type,
             "cpu": spec.cpu,
             "memory_mb": spec.memory_mb,
+            "max_hourly_cost": spec.max_hourly_cost,
         }
 
     # -- task definition -----------------------------------------------------------
@@ -271,7 +275,7 @@ class EcsLauncher:
             return None
         if self._quota == "unknown":
             try:
-                quota = self.clients("service-quotas").get_service_quota(
+                quota = self.clients("service-quotas", attempts=2).get_service_quota(
                     ServiceCode=FARGATE_VCPU_QUOTA[0], QuotaCode=FARGATE_VCPU_QUOTA[1]
                 )
                 self._quota = float(quota["Quota"]["Value"])
@@ -341,11 +345,55 @@ class EcsLauncher:
                 time.sleep(2 ** (5 - failures_left))  # capacity backoff between attempts
         return arns
 
+    # -- cost --------------------------------------------------------------------------
+
+    def rate(self) -> Rate:
+        """The hourly price of one worker of this spec."""
+        if self._rate is None:
+            spec = self.spec
+            if spec.launch_type == "FARGATE":
+                self._rate = fargate_rate(
+                    spec.cpu, spec.memory_mb, spot=spec.use_spot, arm=spec.architecture == "ARM64"
+                )
+            else:
+                assert spec.instance_type is not None
+                self._rate = ec2_rate(
+                    self.clients, spec.instance_type, spec.cpu, spot=spec.use_spot
+                )
+        return self._rate
+
+    def _cost_window(self, session_id: str, running: int, wanted: int) -> int:
+        cap = self.spec.max_hourly_cost
+        per_worker = self.rate().per_worker_hour
+        if cap is None or per_worker <= 0:
+            return wanted
+        allowed = max(0, min(wanted, int(cap // per_worker) - running))
+        if wanted and not allowed:
+            raise CostLimitExceeded(
+                f"session {session_id}: {running} workers at ${per_worker:.4f}/h each already "
+                f"reach max_hourly_cost=${cap:.2f}; raise it or wait for workers to finish"
+            )
+        return allowed
+
+    def cost(self, session_id: str) -> dict[str, object]:
+        """Rate, running workers, the hourly estimate and the cost so far."""
+        rate = self.rate()
+        running = self._session_tasks(session_id)
+        stopped = self._session_tasks(session_id, "STOPPED")
+        return {
+            "rate_per_worker_hour": rate.per_worker_hour,
+            "rate_source": rate.source,
+            "running_workers": len(running),
+            "estimate_per_hour": rate.estimate(len(running)),
+            "actual_to_date": actual_cost(self.describe(running + stopped), rate),
+        }
+
     def launch(
         self, session_id: str, count: int, env: Mapping[str, str]
     ) -> list[dict[str, object]]:
         running = self.live_count(session_id)
         count = quota_window(self.vcpu_quota(), self.spec.cpu, running, count)
+        count = self._cost_window(session_id, running, count)
         arns = self._run(session_id, count, env) if count else []
         now = time.time()
         return [
@@ -429,6 +477,8 @@ class EcsLauncher:
     def start_task_worker(
         self, session_id: str, task_id: str, env: Mapping[str, str]
     ) -> TaskWorker:
+        if self.spec.max_hourly_cost is not None:
+            self._cost_window(session_id, self.live_count(session_id), 1)
         arns = self._run(session_id, 1, {**env, ENV_TASK: task_id})
         if not arns:
             raise StarburstError(f"ECS started no worker for {task_id} of {session_id}")

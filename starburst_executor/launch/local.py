@@ -85,7 +85,12 @@ class LocalLauncher:
         with open(path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "starburst_executor.worker"],
-                env={**base, ENV_SESSION: session_id, ENV_WORKER: worker_id},
+                env={
+                    **base,
+                    ENV_SESSION: session_id,
+                    ENV_WORKER: worker_id,
+                    "STARBURST_WORKER_LOG": str(path),
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

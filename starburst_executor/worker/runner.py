@@ -130,6 +130,7 @@ class Worker:
         self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
         self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
         self._takeover = environ.get(ENV_TAKEOVER) == "1"
+        self._log_location = environ.get("STARBURST_WORKER_LOG", "")
         credentials = None
         if self.location.local_home:
             from pathlib import Path
@@ -190,6 +191,7 @@ class Worker:
             "updated": time.time(),
             "stats": self.stats.__dict__,
             "requests": dict(self.store.counter.snapshot()),
+            "logs": self._log_location,
             **extra,
         }
         with contextlib.suppress(StarburstError):

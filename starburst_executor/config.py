@@ -168,6 +168,7 @@ class SessionSettings:
     """What a session's workers enforce. Stored in the manifest; validated here."""
 
     max_workers: int
+    min_workers: int = 0
     cpu: float = 1.0
     memory_mb: int = 2048
     session_timeout: float = 300.0
@@ -179,6 +180,11 @@ class SessionSettings:
     def __post_init__(self) -> None:
         checks = [
             (self.max_workers >= 1, f"max_workers must be >= 1, got {self.max_workers}"),
+            (
+                0 <= self.min_workers <= self.max_workers,
+                f"min_workers must be between 0 and max_workers ({self.max_workers}), "
+                f"got {self.min_workers}",
+            ),
             (self.cpu > 0, f"cpu must be > 0, got {self.cpu}"),
             (self.session_timeout > 0, f"session_timeout must be > 0, got {self.session_timeout}"),
             (

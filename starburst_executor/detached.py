@@ -99,7 +99,9 @@ class DetachedExecutor(SessionExecutor):
     """A ``concurrent.futures.Executor`` whose session outlives the client.
 
     Args:
-        max_workers: workers serving the session at most (default: CPU count).
+        max_workers: workers serving the session at most (default: CPU count); workers are
+            launched while pending tasks outnumber running workers.
+        min_workers: workers kept while the session has pending work, however little.
         cpu: vCPUs per worker (ECS); recorded for local workers.
         memory: memory per worker, e.g. ``"8GB"`` (ECS); recorded for local workers.
         session_timeout: a worker exits after this many seconds without work.
@@ -126,6 +128,7 @@ class DetachedExecutor(SessionExecutor):
         self,
         max_workers: int | None = None,
         *,
+        min_workers: int = 0,
         cpu: float = 1.0,
         memory: int | str = "2GB",
         session_timeout: float = 300.0,
@@ -149,6 +152,7 @@ class DetachedExecutor(SessionExecutor):
     ) -> None:
         settings = SessionSettings(
             max_workers=max_workers if max_workers is not None else (os.cpu_count() or 1),
+            min_workers=min_workers,
             cpu=cpu,
             memory_mb=parse_memory_mb(memory),
             session_timeout=session_timeout,
@@ -357,8 +361,16 @@ class DetachedExecutor(SessionExecutor):
         return self.deadline
 
     def scale(self, workers: int) -> int:
-        """Launch workers until ``workers`` serve the session; returns how many started."""
+        """Make ``workers`` serve the session now: launch the missing ones, or ask the
+        extra ones to stop (each finishes its current task first). Returns the change,
+        positive when workers were launched, negative when some were stopped."""
         self._require_attached()
+        if workers < 0:
+            raise ValueError(f"scale() needs a worker count >= 0, got {workers}")
+        with self._scale_lock:
+            live = self._runtime.launcher.live_count(self.session_id)
+            if live > workers:
+                return -self._runtime.launcher.retire(self.session_id, live - workers)
         return self._top_up(workers)
 
     def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:
@@ -394,9 +406,11 @@ class DetachedExecutor(SessionExecutor):
             return False
 
     def _keep_workers(self, outstanding: int) -> None:
-        """Keep min(max_workers, outstanding) workers alive while work is pending."""
+        """The autoscaling policy: while work is pending, keep
+        max(min_workers, min(max_workers, outstanding)) workers alive."""
         if self._launch_workers and not self._detached and outstanding > 0:
-            self._top_up(min(self.settings.max_workers, outstanding))
+            wanted = min(self.settings.max_workers, outstanding)
+            self._top_up(max(self.settings.min_workers, wanted))
 
     def _top_up(self, workers: int) -> int:
         with self._scale_lock:

@@ -245,3 +245,35 @@ def test_attach_while_workers_start_does_not_launch_more(prefix, tmp_path):
         assert ex.futures[0].result(timeout=TIMEOUT) > 0
     finally:
         ex.cleanup(force=True)
+
+
+def _wait_live(ex: DetachedExecutor, count: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while ex._runtime.launcher.live_count(ex.session_id) != count:
+        assert time.monotonic() < deadline, f"never reached {count} live workers"
+        time.sleep(0.05)
+
+
+def test_scale_up_and_down_and_min_workers(prefix, tmp_path):
+    ex = DetachedExecutor(max_workers=4, min_workers=2)
+    try:
+        release = tmp_path / "r"
+        ex.submit(tasks.wait_for_file, str(release))
+        _wait_live(ex, 2)  # one pending task, but min_workers=2
+        assert ex.scale(3) == 1
+        _wait_live(ex, 3)
+        assert ex.scale(1) == -2  # asked to stop: idle ones exit at once
+        _wait_live(ex, 1)
+        release.write_text("go")
+        assert ex.futures[0].result(timeout=TIMEOUT) == "released"
+        with pytest.raises(ValueError):
+            ex.scale(-1)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_min_workers_cannot_exceed_max_workers(prefix):
+    from starburst_executor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_workers"):
+        DetachedExecutor(max_workers=2, min_workers=3)

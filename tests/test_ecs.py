@@ -342,3 +342,20 @@ def test_cost_rates_and_the_hourly_cap(aws_env, monkeypatch):
         capped.launch("session-00000000000000aa", 1, {})
     assert capped.live_count("session-00000000000000aa") == 0  # nothing was launched
     starburst("teardown", "--delete-data")
+
+
+def test_scale_on_ecs(ecs_session):
+    h = ecs_session
+    ex = DetachedExecutor(max_workers=4, backend="ecs", image=IMAGE)
+    try:
+        assert ex.scale(2) == 2
+        h.wait_for_tasks(2, timeout=TIMEOUT)
+        assert ex.cost()["running_workers"] == 2
+        assert ex.scale(0) == -2
+        deadline = time.monotonic() + TIMEOUT
+        while h.live():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ex._runtime.launcher.live_count(ex.session_id) == 0
+    finally:
+        ex.cleanup(force=True)

@@ -55,6 +55,10 @@ class Launcher(Protocol):
         """How many of the session's workers this launcher knows to be alive."""
         ...
 
+    def retire(self, session_id: str, count: int) -> int:
+        """Ask ``count`` of the session's workers to stop (they finish their task first)."""
+        ...
+
     def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
         """Stop the session's workers, and only those; returns how many were stopped."""
         ...

@@ -456,6 +456,18 @@ class EcsLauncher:
             out += resp.get("tasks", [])
         return out
 
+    def retire(self, session_id: str, count: int) -> int:
+        # StopTask sends SIGTERM; stopTimeout (120 s) lets the task finish or hand back.
+        victims = self._session_tasks(session_id)[:count]
+        for arn in victims:
+            try:
+                self.clients("ecs").stop_task(
+                    cluster=self.config.cluster, task=arn, reason=f"scaled down {session_id}"
+                )
+            except Exception as err:
+                raise translate(err, "ecs:StopTask", arn) from err
+        return len(victims)
+
     def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
         arns = self._session_tasks(session_id)
         stopped = 0

@@ -165,6 +165,14 @@ class LocalLauncher:
     def live_count(self, session_id: str) -> int:
         return len(self._pids(session_id))
 
+    def retire(self, session_id: str, count: int) -> int:
+        # SIGTERM: the worker finishes its current task, then exits.
+        victims = sorted(self._pids(session_id))[:count]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        return len(victims)
+
     def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
         self.adopt(session_id, registry)
         pids = {pid for pid in self._pids(session_id) if _serves(pid, session_id)}

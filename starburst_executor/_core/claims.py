@@ -32,6 +32,7 @@ from typing import Literal
 from ..errors import ObjectNotFound, PreconditionFailed
 from ..store.base import ObjectInfo, ObjectStore
 from .layout import SessionLayout
+from .writes import conditional_put
 
 ClaimState = Literal["running", "cancelled"]
 
@@ -78,21 +79,24 @@ async def try_claim(
 ) -> Claim | None:
     """Create the claim of a pending task; None when somebody else got there first."""
     claim = Claim(task_id, worker_id, 1, "", state)
-    try:
-        put = await store.put(layout.key("claims", task_id), claim.body(), if_none_match=True)
-    except PreconditionFailed:
-        return None
-    return Claim(task_id, worker_id, 1, put.etag, state)
+    etag = await conditional_put(
+        store, layout.key("claims", task_id), claim.body(), if_none_match=True
+    )
+    return None if etag is None else Claim(task_id, worker_id, 1, etag, state)
 
 
 async def renew(store: ObjectStore, layout: SessionLayout, claim: Claim) -> Claim | None:
     """Extend the lease; None when the claim was taken over (the lease is lost)."""
     nxt = Claim(claim.task_id, claim.worker_id, claim.attempt, "", claim.state, claim.renewals + 1)
     try:
-        put = await store.put(layout.key("claims", claim.task_id), nxt.body(), if_match=claim.etag)
-    except (PreconditionFailed, ObjectNotFound):
+        etag = await conditional_put(
+            store, layout.key("claims", claim.task_id), nxt.body(), if_match=claim.etag
+        )
+    except ObjectNotFound:
         return None
-    return Claim(nxt.task_id, nxt.worker_id, nxt.attempt, put.etag, nxt.state, nxt.renewals)
+    if etag is None:
+        return None
+    return Claim(nxt.task_id, nxt.worker_id, nxt.attempt, etag, nxt.state, nxt.renewals)
 
 
 async def read_claim(store: ObjectStore, layout: SessionLayout, task_id: str) -> Claim | None:
@@ -128,7 +132,21 @@ async def take_over(
         return None
     nxt = Claim(task_id, worker_id, previous.attempt + 1, "", previous.state)
     try:
-        put = await store.put(layout.key("claims", task_id), nxt.body(), if_match=expired.etag)
-    except (PreconditionFailed, ObjectNotFound):
+        etag = await conditional_put(
+            store, layout.key("claims", task_id), nxt.body(), if_match=expired.etag
+        )
+    except ObjectNotFound:
         return None
-    return previous, Claim(task_id, worker_id, nxt.attempt, put.etag, nxt.state)
+    if etag is None:
+        return None
+    return previous, Claim(task_id, worker_id, nxt.attempt, etag, nxt.state)
+
+
+async def hand_back(store: ObjectStore, layout: SessionLayout, claim: Claim) -> bool:
+    """Release a claim we still hold (conditional on its ETag), so the task is pending
+    again at once instead of after the lease. False when it was no longer ours."""
+    try:
+        await store.delete(layout.key("claims", claim.task_id), if_match=claim.etag)
+    except (PreconditionFailed, ObjectNotFound):
+        return False
+    return True

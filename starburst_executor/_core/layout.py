@@ -12,6 +12,7 @@
         results/t000000000       the one outcome (ok/error/cancel)  create-only, first writer wins
         failed/t000000000        empty index marker: outcome failed
         cancelled/t000000000     empty index marker: outcome cancelled
+        reexecuted/t000000000    empty marker: a worker took the task over (lease expired)
         workers/<worker_id>.json worker registry: pid, host, counters
 
 Reading state needs only listings: a task is pending when it has no claim,
@@ -104,9 +105,16 @@ class SessionLayout:
         return self.root + "manifest.json"
 
     def dir(self, kind: str) -> str:
-        """The listing prefix of ``tasks``, ``claims``, ``results``, ``failed``, ``cancelled``
-        or ``workers``."""
-        if kind not in {"tasks", "claims", "results", "failed", "cancelled", "workers"}:
+        """The listing prefix of one kind of key (see the drawing above)."""
+        if kind not in {
+            "tasks",
+            "claims",
+            "results",
+            "failed",
+            "cancelled",
+            "reexecuted",
+            "workers",
+        }:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.root}{kind}/"
 

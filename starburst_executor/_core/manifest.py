@@ -31,7 +31,7 @@ class Manifest:
     launch: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
-    def to_json(self) -> bytes:
+    def to_json(self, nonce: str = "") -> bytes:
         data = {
             "schema_version": self.schema_version,
             "session_id": self.session_id,
@@ -43,6 +43,8 @@ class Manifest:
             "fingerprint": self.fingerprint,
             "launch": self.launch,
         }
+        if nonce:
+            data["nonce"] = nonce
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from . import claims
 from .codec import Outcome
 from .layout import SessionLayout, check_session_id
 from .manifest import Manifest
+from .writes import conditional_put
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class SessionStatus:
     completed: int
     failed: int
     cancelled: int
+    reexecuted: int = 0
     last_activity: datetime | None = None
 
     @property
@@ -57,6 +60,7 @@ class SessionStatus:
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "reexecuted": self.reexecuted,
             "progress": round(self.progress, 6),
             "last_activity": self.last_activity.isoformat() if self.last_activity else None,
         }
@@ -78,9 +82,11 @@ class SessionStore:
         self.session_id = session_id
 
     async def create(self, manifest: Manifest) -> None:
-        try:
-            await self.store.put(self.layout.manifest, manifest.to_json(), if_none_match=True)
-        except PreconditionFailed:
+        body = manifest.to_json()
+        if (
+            await conditional_put(self.store, self.layout.manifest, body, if_none_match=True)
+            is None
+        ):
             raise StarburstError(
                 f"session {self.session_id} already exists; create a new executor "
                 "or attach to it with DetachedExecutor.attach"
@@ -99,9 +105,8 @@ class SessionStore:
         return Manifest.from_json(blob.body, key=self.layout.manifest), blob.etag
 
     async def put_task(self, tid: str, payload: bytes) -> None:
-        try:
-            await self.store.put(self.layout.key("tasks", tid), payload, if_none_match=True)
-        except PreconditionFailed:
+        key = self.layout.key("tasks", tid)
+        if await conditional_put(self.store, key, payload, if_none_match=True) is None:
             raise StarburstError(
                 f"task {tid} of session {self.session_id} already exists: another client "
                 "is submitting to this session; submit from one client at a time"
@@ -113,12 +118,8 @@ class SessionStore:
 
     async def write_outcome(self, outcome: Outcome) -> bool:
         """Write the task's one outcome; False when another outcome was there first."""
-        tid = outcome.task_id
-        try:
-            await self.store.put(
-                self.layout.key("results", tid), outcome.encode(), if_none_match=True
-            )
-        except PreconditionFailed:
+        key = self.layout.key("results", outcome.task_id)
+        if await conditional_put(self.store, key, outcome.encode(), if_none_match=True) is None:
             return False
         await self.write_marker(outcome)
         return True
@@ -130,6 +131,11 @@ class SessionStore:
             return
         with contextlib.suppress(PreconditionFailed):
             await self.store.put(self.layout.key(kind, outcome.task_id), b"", if_none_match=True)
+
+    async def mark_reexecuted(self, tid: str) -> None:
+        """Record that a worker took the task over after its lease expired."""
+        with contextlib.suppress(PreconditionFailed):
+            await self.store.put(self.layout.key("reexecuted", tid), b"", if_none_match=True)
 
     async def read_outcome(self, tid: str) -> Outcome:
         key = self.layout.key("results", tid)
@@ -148,14 +154,14 @@ class SessionStore:
         return True
 
     async def status(self) -> SessionStatus:
-        kinds = ("tasks", "claims", "results", "failed", "cancelled")
+        kinds = ("tasks", "claims", "results", "failed", "cancelled", "reexecuted")
         listings = await asyncio.gather(
             *(self.store.list_objects(self.layout.dir(k)) for k in kinds)
         )
         ids = [
             {t for o in listing.objects if (t := self.layout.tid_of(o.key))} for listing in listings
         ]
-        tasks, claimed, results, failed, cancelled = ids
+        tasks, claimed, results, failed, cancelled, reexecuted = ids
         finished = results & tasks
         running = (claimed & tasks) - finished
         stamps = [o.last_modified for listing in listings for o in listing.objects]
@@ -167,6 +173,7 @@ class SessionStore:
             completed=len(finished - failed - cancelled),
             failed=len(finished & failed),
             cancelled=len(finished & cancelled),
+            reexecuted=len(reexecuted & tasks),
             last_activity=max(stamps) if stamps else None,
         )
 
@@ -177,11 +184,11 @@ class SessionStore:
         while True:
             manifest, etag = await self.load()
             new = manifest.extended(seconds)
-            try:
-                await self.store.put(self.layout.manifest, new.to_json(), if_match=etag)
+            # The nonce makes our body unique, so a retried write is recognised as ours.
+            body = new.to_json(nonce=secrets.token_hex(8))
+            if await conditional_put(self.store, self.layout.manifest, body, if_match=etag):
                 return new
-            except PreconditionFailed:
-                continue  # another extend won; apply ours on top of it
+            # another extend won; apply ours on top of it
 
     async def request_stop(self) -> None:
         """Tell every worker of the session to exit (they see it in their next listing)."""

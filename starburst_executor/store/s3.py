@@ -226,6 +226,17 @@ class S3Store:
 
         return await self._call("ListObjectsV2", prefix, call)
 
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        params.update(self.location.owner_extra())
+        if if_match is not None:
+            params["IfMatch"] = f'"{strip_etag(if_match)}"'
+
+        async def call(client: Any) -> None:
+            await client.delete_object(**params)
+
+        await self._call("DeleteObject", key, call)
+
     async def delete_prefix(self, prefix: str) -> int:
         listing = await self.list_objects(prefix)
         keys = [o.key for o in listing.objects]

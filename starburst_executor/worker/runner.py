@@ -31,10 +31,10 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from .._core import claims
 from .._core.codec import Outcome, decode_call, fingerprint, fingerprint_mismatch
@@ -50,12 +50,13 @@ from .._core.manifest import Manifest
 from .._core.seeds import apply_task_seed
 from .._core.session import SessionStore
 from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
-from ..errors import EnvironmentMismatch, StarburstError, WorkerLost
+from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerLost
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 
 log = logging.getLogger("starburst_executor.worker")
+T = TypeVar("T")
 
 IDLE_MIN_DELAY = 0.05
 IDLE_MAX_DELAY = 30.0
@@ -131,6 +132,9 @@ class Worker:
         self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
         self._takeover = environ.get(ENV_TAKEOVER) == "1"
         self._log_location = environ.get("STARBURST_WORKER_LOG", "")
+        # SIGTERM (a Spot notice gives 120 s): finish within this grace or hand back.
+        self._term_grace = float(environ.get("STARBURST_TERM_GRACE", "100"))
+        self._term_deadline: float | None = None
         credentials = None
         if self.location.local_home:
             from pathlib import Path
@@ -152,8 +156,13 @@ class Worker:
     def install_signal_handlers(self) -> None:
         def on_term(signum: int, _frame: object) -> None:
             log.warning(
-                "worker %s got signal %d: finishing the current task", self.worker_id, signum
+                "worker %s got signal %d: no new claims; the current task finishes or is "
+                "handed back within %gs",
+                self.worker_id,
+                signum,
+                self._term_grace,
             )
+            self._term_deadline = time.monotonic() + self._term_grace
             self._terminating.set()
 
         signal.signal(signal.SIGTERM, on_term)
@@ -360,6 +369,7 @@ class Worker:
             if taken is not None:
                 previous, claim = taken
                 self.stats.takeovers += 1
+                self.loop.run(self.session.mark_reexecuted(tid))
                 return tid, claim, previous
         return None
 
@@ -382,13 +392,35 @@ class Worker:
             )
             outcome = Outcome.failure(tid, lost, **meta)
         else:
-            outcome = self._execute(tid, claim, meta)
-        if not self.loop.run(self.session.write_outcome(outcome)):
+            executed = self._execute(tid, claim, meta)
+            if executed is None:
+                return
+            outcome = executed
+        written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
+        if written is False:
             self.stats.duplicates_dropped += 1
             log.warning("task %s already had an outcome; this late one was dropped", tid)
         self.stats.tasks_run += 1
 
-    def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome:
+    def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
+        """Retry a store call through an outage (server restart, throttling) for as long
+        as a lease lasts; after that the lease has expired and another worker owns the
+        task, so giving up loses nothing."""
+        delay, deadline = 0.5, time.monotonic() + max(60.0, self.settings.lease_seconds)
+        while True:
+            try:
+                return self.loop.run(make())
+            except (CorruptObject, EnvironmentMismatch):
+                raise
+            except StarburstError as err:
+                if time.monotonic() > deadline:
+                    log.error("giving up on the %s: %s", what, err)
+                    return None
+                log.warning("writing the %s failed (%s); retrying in %.1fs", what, err, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome | None:
         started = time.time()
         holder = {"claim": claim}
         stop_renewing = threading.Event()
@@ -403,7 +435,11 @@ class Worker:
                     raise EnvironmentMismatch(
                         f"task {tid} of session {self.session_id}: {self._mismatch}"
                     )
-                blob = self.loop.run(self.store.get(key))
+                blob = self._durably(lambda: self.store.get(key), f"payload {key}")
+                if blob is None:  # the store stayed away: let another worker try later
+                    with contextlib.suppress(StarburstError):
+                        self.loop.run(claims.hand_back(self.store, self.layout, holder["claim"]))
+                    return None
                 fn, args, kwargs = decode_call(blob.body, key=key)
             except StarburstError as err:
                 return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
@@ -426,7 +462,13 @@ class Worker:
 
     def _renew_loop(self, holder: dict[str, claims.Claim], stop: threading.Event) -> None:
         interval = self.settings.lease_seconds / 3
-        while not stop.wait(interval):
+        next_renewal = time.monotonic() + interval
+        while not stop.wait(min(interval, 0.25)):
+            if self._term_deadline is not None and time.monotonic() >= self._term_deadline:
+                self._hand_back(holder["claim"])
+            if time.monotonic() < next_renewal:
+                continue
+            next_renewal = time.monotonic() + interval
             try:
                 renewed = self.loop.run(claims.renew(self.store, self.layout, holder["claim"]))
             except StarburstError as err:
@@ -437,6 +479,24 @@ class Worker:
                 log.warning("lease of task %s was taken over", holder["claim"].task_id)
                 return
             holder["claim"] = renewed
+
+    def _hand_back(self, claim: claims.Claim) -> None:
+        """Out of time after SIGTERM: release the claim so another worker runs the task
+        now, then exit. A result this process might still have written would be a late
+        duplicate anyway (outcomes are create-only)."""
+        released = False
+        with contextlib.suppress(StarburstError):
+            released = self.loop.run(claims.hand_back(self.store, self.layout, claim), timeout=10)
+        log.warning(
+            "worker %s: task %s %s before the end of the notice; exiting",
+            self.worker_id,
+            claim.task_id,
+            "handed back" if released else "could not be handed back (lease will expire)",
+        )
+        with contextlib.suppress(Exception):
+            self._register("exited", reason=f"terminated; handed back {claim.task_id}")
+        logging.shutdown()
+        os._exit(0)  # the main thread is inside the user's function: end the process here
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:

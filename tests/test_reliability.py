@@ -1,0 +1,157 @@
+"""Never lose a result: injected S3 faults, killed clients, a restarted server, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import tasks
+from fault_proxy import FaultProxy
+
+from starburst_executor import DetachedExecutor
+from starburst_executor.store.local_server import LocalServer, read_credentials
+
+TIMEOUT = 240
+
+
+@pytest.fixture
+def via_proxy(starburst_home, prefix, monkeypatch):  # type: ignore[no-untyped-def]
+    """Route the library and its workers through a fault-injecting proxy."""
+    info = LocalServer(starburst_home).ensure_running()
+    access, secret = read_credentials(starburst_home)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+
+    def start(fraction: float, seed: int = 1) -> FaultProxy:
+        proxy = FaultProxy(info.endpoint_url, fraction, seed=seed).__enter__()
+        monkeypatch.setenv("STARBURST_S3_ENDPOINT", proxy.url)
+        monkeypatch.setenv("STARBURST_BUCKET", "starburst")
+        started.append(proxy)
+        return proxy
+
+    started: list[FaultProxy] = []
+    yield start
+    for proxy in started:
+        proxy.__exit__()
+
+
+def test_every_task_has_exactly_one_outcome_under_injected_faults(via_proxy, tmp_path):
+    proxy = via_proxy(0.08)
+    path = tmp_path / "ran.txt"
+    ex = DetachedExecutor(max_workers=3, lease_seconds=6)
+    try:
+        futures = [ex.submit(tasks.append_index, str(path), i) for i in range(150)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(150))
+        status = ex.status()
+        assert status.completed == 150 and status.failed == 0
+    finally:
+        ex.cleanup(force=True)
+    assert proxy.faults >= 20, proxy.injected
+    assert set(proxy.injected) == {"error500", "slowdown503", "reset", "delay", "lost_response"}
+    ran = Counter(int(x) for x in path.read_text().split())
+    assert sorted(ran) == list(range(150))  # every task ran; reruns (lease takeovers) allowed
+    assert sum(ran.values()) - 150 <= status.reexecuted
+
+
+def test_client_killed_mid_submit_leaves_a_consistent_session(prefix, tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from starburst_executor import DetachedExecutor
+        ex = DetachedExecutor(max_workers=2)
+        print(ex.session_id, flush=True)
+        for i in range(10_000):
+            f = ex.submit(pow, i, 2)
+            print(f.task_id, flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    returned = [proc.stdout.readline().strip() for _ in range(60)]
+    proc.kill()  # SIGKILL in the middle of the submit loop
+    proc.wait()
+    ex = DetachedExecutor.attach(sid)
+    try:
+        ids = [f.task_id for f in ex.futures]
+        assert set(returned) <= set(ids)  # every submit that returned is there
+        assert ids == sorted(ids) and len(ids) in (len(returned), len(returned) + 1)
+        results = [f.result(timeout=TIMEOUT) for f in ex.futures]
+        assert results == [i * i for i in range(len(ids))]
+        assert ex.status().completed == len(ids)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_restarted_local_server_is_ridden_through(tmp_path, monkeypatch):
+    home = tmp_path / "own-home"
+    monkeypatch.setenv("STARBURST_HOME", str(home))
+    monkeypatch.setenv("STARBURST_PREFIX", "restart")
+    server = LocalServer(home)
+    first = server.ensure_running()
+    ex = DetachedExecutor(max_workers=2, lease_seconds=6)
+    try:
+        futures = [ex.submit(tasks.sleep_for, 0.05) for _ in range(60)]
+        futures[5].result(timeout=TIMEOUT)
+        os.kill(first.pid, signal.SIGKILL)  # the S3 server dies mid-session
+        os.waitpid(first.pid, 0)
+        second = server.ensure_running()  # same data, same port
+        assert second.endpoint_url == first.endpoint_url
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [0.05] * 60
+        assert ex.status().completed == 60
+        ex.cleanup(force=True)
+    finally:
+        server.stop()
+
+
+def test_sigterm_mid_task_hands_it_back_to_another_worker(prefix, tmp_path, monkeypatch):
+    monkeypatch.setenv("STARBURST_TERM_GRACE", "1")  # the 120 s Spot notice, shortened
+    started, release = tmp_path / "started", tmp_path / "release"
+    ex = DetachedExecutor(max_workers=1, lease_seconds=600)  # takeover would take 10 min
+    try:
+        future = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        deadline = time.monotonic() + TIMEOUT
+        while not started.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        first_pid = int(started.read_text())
+        started.unlink()
+        os.kill(first_pid, signal.SIGTERM)
+        # Handed back: a new worker (launched by the executor) claims it at once.
+        while not started.exists():
+            assert time.monotonic() < deadline, "the task was not handed back"
+            time.sleep(0.02)
+        release.write_text("go")
+        second_pid = future.result(timeout=TIMEOUT)
+        assert second_pid != first_pid
+    finally:
+        release.write_text("go")
+        ex.cleanup(force=True)
+
+
+def test_no_credentials_in_manifest_registry_logs_or_errors(prefix, starburst_home):
+    _, secret = read_credentials(starburst_home)
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        future = ex.submit(tasks.fail_if, 1, 1)
+        with pytest.raises(tasks.CustomError) as info:
+            future.result(timeout=TIMEOUT)
+        store, layout = ex._runtime.store, ex._session.layout
+        everything = ex._runtime.loop.run(store.list_objects(layout.root))
+        for obj in everything.objects:
+            body = ex._runtime.loop.run(store.get(obj.key)).body
+            assert secret.encode() not in body, obj.key
+        for log in Path(starburst_home / "logs" / ex.session_id).glob("*.log"):
+            assert secret not in log.read_text()
+        assert secret not in str(info.value) and secret not in repr(ex.status())
+    finally:
+        ex.cleanup(force=True)

@@ -44,6 +44,18 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+DEFAULT_MAX_OBJECT_BYTES = 5 * 1024**3  # one S3 PUT carries at most 5 GiB
+
+
+def max_object_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """The largest pickled call or result (``STARBURST_MAX_OBJECT_BYTES`` lowers it)."""
+    env = os.environ if environ is None else environ
+    try:
+        return int(env.get("STARBURST_MAX_OBJECT_BYTES", DEFAULT_MAX_OBJECT_BYTES))
+    except ValueError:
+        raise ConfigError("STARBURST_MAX_OBJECT_BYTES must be a number of bytes") from None
+
+
 def starburst_home(environ: Mapping[str, str] | None = None) -> Path:
     """The per-user state directory (``STARBURST_HOME`` overrides it)."""
     env = os.environ if environ is None else environ

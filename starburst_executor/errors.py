@@ -10,6 +10,7 @@
     ├── SchemaVersionError              a manifest written by a newer release
     ├── EnvironmentMismatch             worker and client differ in Python/cloudpickle/package
     ├── PicklingError                   a function, argument or result cannot be pickled
+    │   └── PayloadTooLarge             a pickled call or result is over the object limit
     ├── CorruptObject                   a payload or result object cannot be decoded
     ├── RemoteError                     a remote exception whose class cannot be rebuilt here
     ├── WorkerLost                      a task's worker died more than ``max_retries`` times
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidSessionId",
     "LocalServerError",
     "ObjectNotFound",
+    "PayloadTooLarge",
     "PicklingError",
     "PreconditionFailed",
     "RemoteError",
@@ -80,6 +82,10 @@ class EnvironmentMismatch(StarburstError):
 
 class PicklingError(StarburstError):
     """A function, argument, result or exception cannot be pickled."""
+
+
+class PayloadTooLarge(PicklingError):
+    """A pickled call or result is larger than one S3 object may be."""
 
 
 class CorruptObject(StarburstError):

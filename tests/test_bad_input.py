@@ -112,3 +112,44 @@ def test_worker_with_a_different_environment_fails_each_task_naming_both(prefix)
         assert sid in str(future.exception())
     finally:
         ex.cleanup(force=True)
+
+
+def test_payload_and_result_over_the_object_limit(prefix, monkeypatch):
+    from starburst_executor.errors import PayloadTooLarge
+
+    monkeypatch.setenv("STARBURST_MAX_OBJECT_BYTES", str(1024 * 1024))
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        with pytest.raises(PayloadTooLarge, match=r"over the 1,048,576-byte limit"):
+            ex.submit(len, b"x" * (2 * 1024 * 1024))
+        assert ex.status().total == 0  # nothing half-written
+        future = ex.submit(bytes, 2 * 1024 * 1024)  # the result is too big, in the worker
+        with pytest.raises(PayloadTooLarge, match=future.task_id):
+            future.result(timeout=TIMEOUT)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_expired_session_refuses_work_and_workers_leave(prefix):
+    import time
+
+    from starburst_executor.errors import SessionExpired
+
+    ex = DetachedExecutor(max_workers=1, absolute_timeout=3)
+    try:
+        assert ex.submit(abs, -2).result(timeout=TIMEOUT) == 2
+        deadline = time.monotonic() + 30
+        while time.time() <= ex._manifest.deadline:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(SessionExpired, match=rf"{ex.session_id}.*extend"):
+            ex.submit(abs, -3)
+        registry = []
+        while time.monotonic() < deadline:
+            registry = ex._runtime.loop.run(ex._session.workers())
+            if registry and all(w["state"] == "exited" for w in registry):
+                break
+            time.sleep(0.2)
+        assert registry and all("deadline" in str(w.get("reason")) for w in registry)
+    finally:
+        ex.cleanup(force=True)

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import cloudpickle
 
 from .._version import __version__
-from ..errors import CorruptObject, PicklingError, RemoteError
+from ..config import max_object_bytes
+from ..errors import CorruptObject, PayloadTooLarge, PicklingError, RemoteError
 
 MAGIC_PAYLOAD = b"SBP1"
 MAGIC_OUTCOME = b"SBO1"
@@ -82,6 +83,13 @@ def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
             "(locks, sockets, generators and open connections cannot be sent to a worker)"
         ) from err
+    limit = max_object_bytes()
+    if len(blob) > limit:
+        raise PayloadTooLarge(
+            f"the pickled call to {getattr(fn, '__qualname__', fn)!s} is {len(blob):,} bytes, "
+            f"over the {limit:,}-byte limit of one stored object; put large inputs in S3 "
+            "yourself and pass their keys"
+        )
     return MAGIC_PAYLOAD + blob
 
 
@@ -130,6 +138,14 @@ class Outcome:
                 f"({err}); return plain data instead"
             )
             return cls.failure(task_id, wrapped, **meta)
+        limit = max_object_bytes()
+        if len(blob) > limit:
+            too_big = PayloadTooLarge(
+                f"task {task_id} returned {len(blob):,} pickled bytes, over the "
+                f"{limit:,}-byte limit of one stored object; write large results to S3 "
+                "yourself and return their keys"
+            )
+            return cls.failure(task_id, too_big, **meta)
         return cls(task_id, "ok", value=blob, **meta)
 
     @classmethod

@@ -9,6 +9,7 @@ outcome; the session, its manifest and its task keys are the same, so
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import time
 import weakref
@@ -28,6 +29,14 @@ from .config import SessionSettings
 from .errors import SessionExpired
 
 R = TypeVar("R")
+
+
+AUTO_CHUNKS_PER_WORKER = 4
+
+
+def auto_chunksize(items: int, workers: int) -> int:
+    """Items per remote task for ``map``: ~4 chunks per worker (1 for short maps)."""
+    return max(1, math.ceil(items / (AUTO_CHUNKS_PER_WORKER * max(1, workers))))
 
 
 def utc(ts: float) -> datetime:
@@ -156,21 +165,23 @@ class SessionExecutor(concurrent.futures.Executor):
         fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         progress: bool = False,
     ) -> Iterator[R]:
         """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task.
 
-        With ``progress=True`` a bar counts the results as they are consumed (tqdm
-        when installed).
+        ``chunksize=None`` (the default; the standard library's is 1) chooses one: about
+        ``AUTO_CHUNKS_PER_WORKER`` chunks per worker, so a long map costs a fraction of a
+        request per item while every worker stays busy. With ``progress=True`` a bar
+        counts the results as they are consumed (tqdm when installed).
         """
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        total = 0
-        if progress:
-            lists = [list(it) for it in iterables]
-            total = min(map(len, lists), default=0)
-            iterables = tuple(lists)
+        lists = [list(it) for it in iterables]  # the standard library consumes them eagerly too
+        total = min(map(len, lists), default=0)
+        if chunksize is None:
+            chunksize = auto_chunksize(total, self.settings.max_workers)
+        iterables = tuple(lists)
         results = chain_results(
             super().map(
                 partial(process_chunk, fn),

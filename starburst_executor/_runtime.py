@@ -13,7 +13,6 @@ An attached session's launcher is rebuilt from its manifest (``backend`` and
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,8 @@ from .config import (
     LOCAL_BUCKET,
     SessionSettings,
     StoreLocation,
+    backend_from_env,
+    encryption_from_env,
     starburst_home,
     user_location_overrides,
 )
@@ -62,7 +63,7 @@ class Runtime:
 
 
 def choose_backend(backend: str | None) -> str:
-    chosen = backend or os.environ.get("STARBURST_BACKEND") or "local"
+    chosen = backend or backend_from_env() or "local"
     if chosen not in BACKENDS:
         raise ConfigError(f"unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}")
     return chosen
@@ -87,12 +88,14 @@ def resolve_location(
 
         saved = load_config() or AwsConfig(region=chosen_region)
         saved.require("bucket")
+        sse, kms_key = encryption_from_env()
         location = StoreLocation(
             bucket=saved.bucket,
             prefix=prefix or saved.prefix,
             region=saved.region,
             expected_bucket_owner=saved.account_id or None,
-            sse="AES256",
+            sse=sse,
+            sse_kms_key_id=kms_key,
         )
         return location, None
     if endpoint is None and chosen_bucket is None:

@@ -8,6 +8,9 @@ Environment variables (read when a function here is called, never at import):
 ``STARBURST_BUCKET``       the bucket on that endpoint
 ``STARBURST_PREFIX``       key prefix for sessions (default ``starburst``)
 ``STARBURST_REGION``       region name (default ``us-east-1``)
+``STARBURST_BACKEND``      ``local`` (default) or ``ecs``
+``STARBURST_SSE``          ``AES256`` (default on AWS) or ``aws:kms``
+``STARBURST_SSE_KMS_KEY_ID`` the KMS key for ``aws:kms``
 =========================  ==================================================
 
 A worker receives its session through the ``WORKER_ENV`` variables only, the
@@ -141,6 +144,19 @@ class StoreLocation:
             sse=environ.get("STARBURST_SSE") or None,
             sse_kms_key_id=environ.get("STARBURST_SSE_KMS_KEY_ID") or None,
         )
+
+
+def backend_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``STARBURST_BACKEND``: ``local`` or ``ecs``."""
+    env = os.environ if environ is None else environ
+    return env.get("STARBURST_BACKEND") or None
+
+
+def encryption_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """Server-side encryption for AWS: ``STARBURST_SSE`` (default ``AES256``, or
+    ``aws:kms``) and ``STARBURST_SSE_KMS_KEY_ID``."""
+    env = os.environ if environ is None else environ
+    return env.get("STARBURST_SSE") or "AES256", env.get("STARBURST_SSE_KMS_KEY_ID") or None
 
 
 def user_location_overrides(

@@ -10,6 +10,7 @@ through untouched, so SigV4 signatures still verify upstream.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 from collections import Counter
@@ -63,6 +64,8 @@ class FaultProxy:
         return sum(self.injected.values())
 
     def _serve(self) -> None:
+        # An injected reset is the point, not an error worth a traceback.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._start())
         self._ready.set()

@@ -37,7 +37,7 @@ class ResultPoller:
         session: SessionStore,
         loop: LoopThread,
         *,
-        min_delay: float = 0.01,
+        min_delay: float = 0.005,
         max_delay: float = 1.0,
         concurrency: int = 32,
         maintain: Callable[[int], None] | None = None,

@@ -8,7 +8,7 @@
                       │ GET tasks/<t>, run it on the main thread, renewing the lease
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
-                    idle: back off 50 ms doubling to 30 s; exit after ``session_timeout``
+                    idle: back off 5 ms doubling to 30 s; exit after ``session_timeout``
                     idle, at the deadline, on the stop marker, or on SIGTERM
 
 The user's function runs on the main thread (signals, libraries that insist on
@@ -58,7 +58,7 @@ from ..store.s3 import S3Store
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
-IDLE_MIN_DELAY = 0.05
+IDLE_MIN_DELAY = 0.005  # right after a task: a warm worker answers the next call fast
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 
@@ -233,6 +233,9 @@ class Worker:
             if picked is None:
                 if time.monotonic() - idle_since > self.settings.session_timeout:
                     return f"idle for {self.settings.session_timeout:g}s"
+                log.debug(
+                    "idle poll: next in %.3fs, %d requests so far", delay, self.store.counter.total
+                )
                 self._terminating.wait(delay)
                 delay = min(delay * 2, IDLE_MAX_DELAY)
                 continue

@@ -63,7 +63,9 @@ class ResultPoller:
         """Start watching ``future``'s task."""
         with self._lock:
             self._pending[future.task_id] = future
-        if self._deep_sleep:  # only a long wait is cut short; submits must not force LISTs
+        # A long wait is cut short; so is any wait while few futures are pending (one
+        # call at a time should not wait out a backoff). Bulk submits never force LISTs.
+        if self._deep_sleep or len(self._pending) <= BATCH_TARGET:
             self._wake.set()
 
     def pending_count(self) -> int:
@@ -116,7 +118,7 @@ class ResultPoller:
                 )
                 resolved = 0
             self.rounds += 1
-            delay = self._next_delay(delay, resolved)
+            delay = self._next_delay(delay, resolved, len(pending) - resolved)
             self._wake.clear()
             self._deep_sleep = delay > TRICKLE_MAX_DELAY
             if self._wake.wait(delay):
@@ -125,11 +127,14 @@ class ResultPoller:
                 delay = self._min_delay
                 self._stop.wait(delay)
 
-    def _next_delay(self, delay: float, resolved: int) -> float:
-        """Back off while nothing changes; while results trickle in, let a few gather
-        per LIST (a round costs the same for one result as for a page of them)."""
+    def _next_delay(self, delay: float, resolved: int, still_pending: int) -> float:
+        """Back off while nothing changes; while many results trickle in, let a few
+        gather per LIST (a round costs the same for one result as for a page of them);
+        with few futures left, look again at once."""
         if resolved == 0:
             return min(delay * 2, self._max_delay)
+        if still_pending <= BATCH_TARGET:
+            return self._min_delay
         if resolved < BATCH_TARGET:
             return min(delay * 1.25, TRICKLE_MAX_DELAY)
         return max(delay / 2, self._min_delay)

@@ -8,7 +8,8 @@
                       │ GET tasks/<t>, run it on the main thread, renewing the lease
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
-                    idle: back off 5 ms doubling to 30 s; exit after ``session_timeout``
+                    idle: 10 ms polls for 0.5 s after a task, then doubling to 30 s;
+                    exit after ``session_timeout``
                     idle, at the deadline, on the stop marker, or on SIGTERM
 
 The user's function runs on the main thread (signals, libraries that insist on
@@ -58,7 +59,9 @@ from ..store.s3 import S3Store
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
-IDLE_MIN_DELAY = 0.005  # right after a task: a warm worker answers the next call fast
+IDLE_MIN_DELAY = 0.01
+HOT_SECONDS = 0.5  # polls stay at IDLE_MIN_DELAY this long after a task: warm calls are fast
+FOREIGN_AFTER = 0.05  # another residue's task is taken once it has waited this long
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 
@@ -104,7 +107,7 @@ class _View:
     claimed_below: int = 0  # every task below this index has a claim
     claims: dict[str, ObjectInfo] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
-    seen_pending: set[str] = field(default_factory=set)  # pending at the previous refresh
+    first_seen: dict[str, float] = field(default_factory=dict)  # pending since (monotonic)
     server_time: datetime | None = None
     refreshed: float = 0.0
     stop_seen: bool = False
@@ -230,6 +233,10 @@ class Worker:
                 return "session stopped"
             if self._past_deadline(view):
                 return "session deadline reached"
+            if picked is None and view.pending:
+                # Work exists but belongs to busy peers for now: look again soon.
+                self._terminating.wait(FOREIGN_AFTER)
+                continue
             if picked is None:
                 if time.monotonic() - idle_since > self.settings.session_timeout:
                     return f"idle for {self.settings.session_timeout:g}s"
@@ -237,7 +244,8 @@ class Worker:
                     "idle poll: next in %.3fs, %d requests so far", delay, self.store.counter.total
                 )
                 self._terminating.wait(delay)
-                delay = min(delay * 2, IDLE_MAX_DELAY)
+                if time.monotonic() - idle_since > HOT_SECONDS:
+                    delay = min(delay * 2, IDLE_MAX_DELAY)
                 continue
             tid, claim, previous = picked
             self._handle(tid, claim, previous)
@@ -302,8 +310,9 @@ class Worker:
         if skip:
             view.claimed_below = task_index(view.tasks[skip - 1]) + 1
             del view.tasks[:skip]
-        view.seen_pending = set(view.pending)
         view.pending = [t for t in view.tasks if t not in view.claims]
+        now = time.monotonic()
+        view.first_seen = {t: view.first_seen.get(t, now) for t in view.pending}
         view.refreshed = time.monotonic()
 
     def _next_task(self, view: _View) -> tuple[str, claims.Claim, claims.Claim | None] | None:
@@ -328,15 +337,16 @@ class Worker:
 
         Workers start on random residues and step to the next one after a lost race,
         so they settle on distinct classes and rarely race for one key. A task of
-        another class is taken, oldest first, once it has stayed pending over two
-        refreshes (its class may have no live worker).
+        another class is taken, oldest first, once it has waited ``FOREIGN_AFTER``
+        (its class may have no live worker, or its worker is busy).
         """
         width = self.settings.max_workers
         for tid in view.pending:
             if task_index(tid) % width == self._slot:
                 return tid
+        now = time.monotonic()
         for tid in view.pending:
-            if tid in view.seen_pending:
+            if now - view.first_seen.get(tid, now) >= FOREIGN_AFTER:
                 return tid
         return None
 

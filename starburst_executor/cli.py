@@ -280,6 +280,9 @@ def _cmd_setup(args: argparse.Namespace) -> int:
             bucket=args.bucket,
             expiry_days=args.expiry_days,
             log_retention_days=args.log_retention_days,
+            ec2_instance_types=args.ec2 or (),
+            ec2_spot=args.ec2_spot,
+            ec2_max=args.ec2_max,
         )
     except StarburstError:
         if setup.created:  # what was made before the failure stays known to teardown
@@ -460,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expiry-days", type=int, default=30, help="session data lifetime")
     p.add_argument("--log-retention-days", type=int, default=30)
     p.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")
+    p.add_argument(
+        "--ec2", action="append", metavar="INSTANCE_TYPE", help="add an EC2 capacity provider"
+    )
+    p.add_argument("--ec2-spot", action="store_true", help="EC2 capacity on Spot")
+    p.add_argument("--ec2-max", type=int, default=10, help="instances per EC2 provider")
     p.set_defaults(func=_cmd_setup)
     p = add("teardown", "remove what setup created, and only that")
     p.add_argument("--dry-run", action="store_true")

@@ -87,6 +87,26 @@ def _inventory(url: str) -> dict[str, list[str]]:
             for g in ec2.describe_security_groups()["SecurityGroups"]
             if g["GroupName"].startswith("starburst")
         ],
+        "launch_templates": [
+            t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]
+        ],
+        "auto_scaling_groups": [
+            g["AutoScalingGroupName"]
+            for g in boto3.client("autoscaling", **kw).describe_auto_scaling_groups()[
+                "AutoScalingGroups"
+            ]
+        ],
+        "instance_profiles": [
+            p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
+        ],
+        "capacity_providers": [
+            p["name"]
+            # moto needs the names; these are the ones the tests ask setup for
+            for p in boto3.client("ecs", **kw).describe_capacity_providers(
+                capacityProviders=["starburst-c7g-xlarge"]
+            )["capacityProviders"]
+            if p["name"].startswith("starburst") and p.get("status") == "ACTIVE"
+        ],
     }
 
 
@@ -359,3 +379,45 @@ def test_scale_on_ecs(ecs_session):
         assert ex._runtime.launcher.live_count(ex.session_id) == 0
     finally:
         ex.cleanup(force=True)
+
+
+def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
+    before = _inventory(aws_env)
+    result = starburst("setup", "--ec2", "c7g.xlarge", "--ec2-spot", "--json")
+    assert result.returncode == 0, result.stderr
+    kinds = {s["kind"] for s in json.loads(result.stdout)["steps"]}
+    assert {"launch-template", "auto-scaling-group", "capacity-provider"} <= kinds
+    config = load_config()
+    assert config is not None
+    assert config.capacity_providers == {"c7g.xlarge": "starburst-c7g-xlarge"}
+    kw = {"endpoint_url": aws_env, "region_name": "us-east-1"}
+    template = boto3.client("ec2", **kw).describe_launch_template_versions(
+        LaunchTemplateName="starburst-c7g-xlarge"
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert template["InstanceType"] == "c7g.xlarge"
+    assert template["InstanceMarketOptions"]["MarketType"] == "spot"
+    cluster = boto3.client("ecs", **kw).describe_clusters(clusters=[config.cluster])["clusters"][0]
+    assert "starburst-c7g-xlarge" in cluster["capacityProviders"]
+
+    from starburst_executor._runtime import open_runtime
+
+    runtime = open_runtime(
+        backend="ecs",
+        ecs_options={"image": IMAGE, "launch_type": "EC2", "instance_type": "c7g.xlarge"},
+    )
+    try:
+        launcher = runtime.launcher
+        arn = launcher.task_definition()  # type: ignore[attr-defined]
+        definition = boto3.client("ecs", **kw).describe_task_definition(taskDefinition=arn)[
+            "taskDefinition"
+        ]
+        assert definition["runtimePlatform"]["cpuArchitecture"] == "ARM64"
+        params = launcher._run_params("session-00000000000000bb", 1, {})  # type: ignore[attr-defined]
+        assert params["capacityProviderStrategy"] == [
+            {"capacityProvider": "starburst-c7g-xlarge", "weight": 1}
+        ]
+    finally:
+        runtime.close()
+    down = starburst("teardown", "--json")
+    assert down.returncode == 0, down.stderr
+    assert _inventory(aws_env) == before

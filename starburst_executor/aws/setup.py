@@ -8,11 +8,16 @@ what setup recorded, newest first, and nothing else. ``dry_run`` only looks.
             ─▶ CloudWatch log group (retention) ─▶ ECR repository (lifecycle policy)
             ─▶ IAM: task execution role, task role scoped to <bucket>/<prefix>/*
             ─▶ default VPC subnets + security group (no ingress)
-            ─▶ ECS cluster (FARGATE, FARGATE_SPOT) ─▶ EC2 capacity providers, when asked
+            ─▶ ECS cluster (FARGATE, FARGATE_SPOT)
+            ─▶ per EC2 instance type asked: instance profile, launch template (Spot when
+               asked; ECS-optimized AMI, arm64 for Graviton), auto-scaling group 0..N,
+               capacity provider with managed scaling
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -312,6 +317,9 @@ class Setup:
         bucket: str | None = None,
         expiry_days: int = 30,
         log_retention_days: int = 30,
+        ec2_instance_types: Sequence[str] = (),
+        ec2_spot: bool = False,
+        ec2_max: int = 10,
     ) -> AwsConfig:
         self._account = self.account()
         chosen_bucket = bucket or base.bucket or f"starburst-{self._account}-{self.c.region}"
@@ -326,26 +334,130 @@ class Setup:
             else self.network()
         )
         self.cluster(base.cluster)
-        repository_uri = (
-            f"{self._account}.dkr.ecr.{self.c.region}.amazonaws.com/{base.ecr_repository}"
-        )
-        return (
-            replace(
-                base,
-                region=self.c.region,
-                account_id=self._account,
-                bucket=chosen_bucket,
-                subnets=tuple(subnets),
-                security_groups=(group,) if group else (),
-                execution_role_arn=execution,
-                task_role_arn=task,
-                image=base.image or "",
-                created=[*base.created, *self.created],
-                capacity_providers=dict(base.capacity_providers),
+        providers = dict(base.capacity_providers)
+        for instance_type in ec2_instance_types:
+            providers[instance_type] = self.capacity_provider(
+                base.cluster, instance_type, subnets, group, spot=ec2_spot, max_size=ec2_max
             )
-            if not self.dry_run
-            else replace(base, bucket=chosen_bucket, image=base.image or repository_uri)
+        if ec2_instance_types and not self.dry_run:
+            self.c("ecs").put_cluster_capacity_providers(
+                cluster=base.cluster,
+                capacityProviders=["FARGATE", "FARGATE_SPOT", *sorted(set(providers.values()))],
+                defaultCapacityProviderStrategy=[],
+            )
+        return replace(
+            base,
+            region=self.c.region,
+            account_id=self._account,
+            bucket=chosen_bucket,
+            subnets=tuple(subnets),
+            security_groups=(group,) if group else (),
+            execution_role_arn=execution,
+            task_role_arn=task,
+            created=[*base.created, *self.created],
+            capacity_providers=providers,
         )
+
+    def _ecs_ami(self, instance_type: str) -> str:
+        from ..launch.ecs import architecture_for
+
+        arm = architecture_for(instance_type) == "ARM64"
+        name = "/aws/service/ecs/optimized-ami/amazon-linux-2023/" + (
+            "arm64/recommended/image_id" if arm else "recommended/image_id"
+        )
+        try:
+            return str(self.c("ssm", attempts=2).get_parameter(Name=name)["Parameter"]["Value"])
+        except Exception:
+            images = self.c("ec2").describe_images(
+                Owners=["amazon"],
+                Filters=[{"Name": "architecture", "Values": ["arm64" if arm else "x86_64"]}],
+            )["Images"]
+            ecs = [i for i in images if "ecs" in (i.get("Name") or "").lower()] or images
+            if not ecs:
+                raise ConfigError(
+                    f"no ECS-optimized AMI found for {instance_type}; check the region"
+                ) from None
+            return str(sorted(ecs, key=lambda i: i.get("CreationDate", ""))[-1]["ImageId"])
+
+    def capacity_provider(
+        self,
+        cluster: str,
+        instance_type: str,
+        subnets: Sequence[str],
+        group: str,
+        *,
+        spot: bool,
+        max_size: int,
+    ) -> str:
+        """Instance profile, launch template (Spot when asked), auto-scaling group and
+        the ECS capacity provider that scales it, for one instance type."""
+        name = f"starburst-{instance_type.replace('.', '-')}"
+        iam, ec2, asg, ecs = self.c("iam"), self.c("ec2"), self.c("autoscaling"), self.c("ecs")
+        self.role(INSTANCE_ROLE, EC2_TRUST, [INSTANCE_POLICY], None)
+        profiles = {
+            p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
+        }
+
+        def make_profile() -> None:
+            iam.create_instance_profile(InstanceProfileName=INSTANCE_ROLE)
+            iam.add_role_to_instance_profile(
+                InstanceProfileName=INSTANCE_ROLE, RoleName=INSTANCE_ROLE
+            )
+
+        self._step("instance-profile", INSTANCE_ROLE, INSTANCE_ROLE in profiles, make_profile)
+        templates = ec2.describe_launch_templates(
+            Filters=[{"Name": "launch-template-name", "Values": [name]}]
+        ).get("LaunchTemplates", [])
+
+        def make_template() -> None:
+            data: dict[str, Any] = {
+                "ImageId": self._ecs_ami(instance_type),
+                "InstanceType": instance_type,
+                "IamInstanceProfile": {"Name": INSTANCE_ROLE},
+                "SecurityGroupIds": [group],
+                "UserData": base64.b64encode(
+                    f"#!/bin/bash\necho ECS_CLUSTER={cluster} >> /etc/ecs/ecs.config\n".encode()
+                ).decode(),
+            }
+            if spot:
+                data["InstanceMarketOptions"] = {"MarketType": "spot"}
+            ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData=data)
+
+        self._step("launch-template", name, bool(templates), make_template, "Spot" if spot else "")
+        groups = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+
+        def make_group() -> None:
+            asg.create_auto_scaling_group(
+                AutoScalingGroupName=name,
+                LaunchTemplate={"LaunchTemplateName": name, "Version": "$Latest"},
+                MinSize=0,
+                MaxSize=max_size,
+                DesiredCapacity=0,
+                VPCZoneIdentifier=",".join(subnets),
+                Tags=[{"Key": "starburst", "Value": "setup", "PropagateAtLaunch": True}],
+            )
+
+        self._step("auto-scaling-group", name, bool(groups), make_group, f"0..{max_size}")
+        found = ecs.describe_capacity_providers(capacityProviders=[name]).get(
+            "capacityProviders", []
+        )
+        exists = any(p.get("status") == "ACTIVE" for p in found)
+
+        def make_provider() -> None:
+            arn = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+                "AutoScalingGroups"
+            ][0]["AutoScalingGroupARN"]
+            ecs.create_capacity_provider(
+                name=name,
+                autoScalingGroupProvider={
+                    "autoScalingGroupArn": arn,
+                    "managedScaling": {"status": "ENABLED", "targetCapacity": 100},
+                    "managedTerminationProtection": "DISABLED",
+                },
+            )
+
+        self._step("capacity-provider", name, exists, make_provider, instance_type)
+        return name
 
 
 def teardown(
@@ -410,6 +522,26 @@ def _delete(
         iam.delete_role(RoleName=name)
     elif kind == "security-group":
         c("ec2").delete_security_group(GroupId=item["id"])
+    elif kind == "capacity-provider":
+        ecs = c("ecs")
+        with contextlib.suppress(Exception):  # detach from the cluster first
+            ecs.put_cluster_capacity_providers(
+                cluster=config.cluster,
+                capacityProviders=["FARGATE", "FARGATE_SPOT"],
+                defaultCapacityProviderStrategy=[],
+            )
+        ecs.delete_capacity_provider(capacityProvider=name)
+    elif kind == "auto-scaling-group":
+        c("autoscaling").delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+    elif kind == "launch-template":
+        c("ec2").delete_launch_template(LaunchTemplateName=name)
+    elif kind == "instance-profile":
+        iam = c("iam")
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(
+                InstanceProfileName=name, RoleName=role["RoleName"]
+            )
+        iam.delete_instance_profile(InstanceProfileName=name)
     elif kind == "ecs-cluster":
         ecs = c("ecs")
         for arn in ecs.list_task_definitions(familyPrefix="starburst-worker").get(

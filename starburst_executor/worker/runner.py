@@ -8,7 +8,7 @@
                       │ GET tasks/<t>, run it on the main thread, renewing the lease
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
-                    idle: 10 ms polls for 0.5 s after a task, then doubling to 30 s;
+                    idle: 10 ms polls for 0.25 s after a task, then doubling to 30 s;
                     exit after ``session_timeout``
                     idle, at the deadline, on the stop marker, or on SIGTERM
 
@@ -60,7 +60,7 @@ log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
 IDLE_MIN_DELAY = 0.01
-HOT_SECONDS = 0.5  # polls stay at IDLE_MIN_DELAY this long after a task: warm calls are fast
+HOT_SECONDS = 0.25  # polls stay at IDLE_MIN_DELAY this long after a task: warm calls are fast
 FOREIGN_AFTER = 0.05  # another residue's task is taken once it has waited this long
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
@@ -345,10 +345,9 @@ class Worker:
             if task_index(tid) % width == self._slot:
                 return tid
         now = time.monotonic()
-        for tid in view.pending:
-            if now - view.first_seen.get(tid, now) >= FOREIGN_AFTER:
-                return tid
-        return None
+        stale = [t for t in view.pending if now - view.first_seen.get(t, now) >= FOREIGN_AFTER]
+        # Among the oldest few, each worker prefers a different one (a hash of its id).
+        return min(stale[:width], key=lambda t: hash((self.worker_id, t)), default=None)
 
     def _take_over_expired(
         self, view: _View

@@ -180,16 +180,7 @@ class ObjectNotFound(StoreError):
 
 
 class PreconditionFailed(StoreError):
-    """A conditional write lost its race (HTTP 412 or 409).
-
-    Attributes:
-        retried: the SDK had retried the request, so the write that "won" may be this
-            request's own earlier attempt.
-    """
-
-    def __init__(self, message: str, *, retried: bool = True) -> None:
-        super().__init__(message)
-        self.retried = retried
+    """A conditional write lost its race (HTTP 412 or 409)."""
 
 
 class LocalServerError(StarburstError):

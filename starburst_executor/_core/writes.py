@@ -1,10 +1,11 @@
 """Conditional writes that survive retries.
 
 A conditional PUT whose response is lost (a reset, a 503 after the server applied it)
-is retried by the SDK and then answers 412 against *our own* write. So a 412 after a
-retry is read back once: when the object holds exactly our bytes, the write was ours and
-succeeded; otherwise somebody else won. A 412 on the first attempt is a plain lost race
-and costs nothing more. This makes every create-only and IfMatch write idempotent.
+is retried and then answers 412 against *our own* write. So every 412 is read back
+once: when the object holds exactly our bytes, the write was ours and succeeded;
+otherwise somebody else won. This makes every create-only and IfMatch write idempotent.
+(The SDK's retry count cannot decide it: a dropped pooled connection is retried below
+it, unreported.)
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ async def conditional_put(
     """The new ETag, or None when another writer's object is there."""
     try:
         put = await store.put(key, body, if_none_match=if_none_match, if_match=if_match)
-    except PreconditionFailed as err:
-        if not err.retried:
-            return None
+    except PreconditionFailed:
         try:
             current = await store.get(key)
         except ObjectNotFound:

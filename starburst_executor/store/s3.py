@@ -64,11 +64,7 @@ def translate_error(err: Exception, *, operation: str, bucket: str, key: str) ->
         code = str(err.response.get("Error", {}).get("Code", ""))
         status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         if code in _CONFLICT_CODES or status in {"412", "409"}:
-            attempts = err.response.get("ResponseMetadata", {}).get("RetryAttempts")
-            return PreconditionFailed(
-                f"conditional {operation} on {where} lost its race ({code})",
-                retried=attempts != 0,
-            )
+            return PreconditionFailed(f"conditional {operation} on {where} lost its race ({code})")
         if code in _MISSING_CODES or (status == "404" and code != "NoSuchBucket"):
             return ObjectNotFound(f"no object at {where}")
         if code == "NoSuchBucket":

@@ -256,11 +256,14 @@ class DetachedExecutor(SessionExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; optionally cancel unclaimed tasks; wait for every result.
 
-        After waiting, the session's workers are told to exit.
+        After waiting, the session's workers are told to exit. A detached executor
+        returns at once: its work goes on without it (``with`` blocks may detach).
         """
         with self._lock:
             self._closed = True
             futures = list(self._futures)
+            if self._detached:
+                return
         if cancel_futures:
             for future in futures:
                 if not future.done():

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import subprocess
-import sys
 import time
 
 import tasks
+from helpers import starburst
 
 from starburst_executor import DetachedExecutor
-
-
-def starburst(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "starburst_executor.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
 
 
 def test_sessions_status_extend_cleanup_on_a_live_session(prefix):

@@ -277,3 +277,15 @@ def test_min_workers_cannot_exceed_max_workers(prefix):
 
     with pytest.raises(ConfigError, match="min_workers"):
         DetachedExecutor(max_workers=2, min_workers=3)
+
+
+def test_detach_inside_a_with_block_does_not_wait(prefix):
+    with DetachedExecutor(max_workers=1) as ex:
+        future = ex.submit(tasks.sleep_for, 0.5)
+        sid = ex.detach()
+    assert not future.done()  # the client let go; the work goes on
+    other = DetachedExecutor.attach(sid)
+    try:
+        assert other.futures[0].result(timeout=TIMEOUT) == 0.5
+    finally:
+        other.cleanup(force=True)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import time
 
 import boto3
 import pytest
 import tasks
 from ecs_harness import OOM_REASON, SPOT_REASON, harness, manual_transitions
+from helpers import starburst
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor.aws.settings import load_config
@@ -47,16 +46,6 @@ def aws_env(moto_url, monkeypatch, tmp_path, starburst_home):  # type: ignore[no
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     return moto_url
-
-
-def starburst(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "starburst_executor.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
 
 
 def _active_clusters(ecs) -> list[str]:  # type: ignore[no-untyped-def]

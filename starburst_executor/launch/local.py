@@ -19,29 +19,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._core.layout import new_worker_id
+from .._procs import pid_alive
 from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER
 from .base import ExitStatus, TaskWorker
 
 STOP_GRACE = 5.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
 def _serves(pid: int, session_id: str) -> bool:
     """True when ``pid`` is a live worker of ``session_id`` (guards against pid reuse)."""
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -158,7 +145,7 @@ class LocalLauncher:
         procs = self._procs.get(session_id, [])
         self._procs[session_id] = [p for p in procs if p.poll() is None]
         own = {p.pid for p in self._procs[session_id]}
-        adopted = {pid for pid in self._adopted.get(session_id, set()) if _alive(pid)}
+        adopted = {pid for pid in self._adopted.get(session_id, set()) if pid_alive(pid)}
         self._adopted[session_id] = adopted
         return own | adopted
 
@@ -196,4 +183,4 @@ class LocalLauncher:
         """True while ``pid`` is still running (reaps it if it is our child)."""
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        return _alive(pid)
+        return pid_alive(pid)

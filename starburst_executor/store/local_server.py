@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._procs import pid_alive
 from ..config import LOCAL_BUCKET, starburst_home
 from ..errors import LocalServerError
 
@@ -115,21 +116,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_weed(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
     return bool(cmdline) and cmdline[0].endswith(b"weed") and b"mini" in cmdline
 
 
@@ -199,7 +190,7 @@ class LocalServer:
             return None
         self._check_owner(state)
         pid = int(state.get("pid", 0))
-        if pid and _pid_alive(pid) and _is_weed(pid) and self._answers(state):
+        if pid and pid_alive(pid) and _is_weed(pid) and self._answers(state):
             return self._info(state)
         return None
 
@@ -347,7 +338,7 @@ class LocalServer:
         )
 
     def _kill(self, pid: int) -> None:
-        if not pid or not _pid_alive(pid) or not _is_weed(pid):
+        if not pid or not pid_alive(pid) or not _is_weed(pid):
             return
         # weed can hang on SIGTERM: escalate to SIGKILL after a grace period.
         with contextlib.suppress(ProcessLookupError):
@@ -356,7 +347,7 @@ class LocalServer:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
@@ -372,6 +363,6 @@ class LocalServer:
                 return False
             self._check_owner(state)
             pid = int(state.get("pid", 0))
-            was_running = _pid_alive(pid) and _is_weed(pid)
+            was_running = pid_alive(pid) and _is_weed(pid)
             self._kill(pid)
             return was_running

@@ -187,6 +187,12 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             print(future.stdout or "", end="")
             print("-- stderr --")
             print(future.stderr or "", end="")
+            error = future.exception() if not future.cancelled() else None
+            if error is not None:
+                print("-- error --")
+                print(f"{type(error).__name__}: {error}")
+                if error.__cause__ is not None:
+                    print(str(error.__cause__).strip().strip('"').strip())
             return EXIT_OK
         positions: dict[str, Any] = {}
         while True:

@@ -154,13 +154,25 @@ def check_aws() -> list[Check]:
 
 
 def check_ecs_setup() -> Check:
-    return Check(
-        "ecs setup",
-        "warn",
-        "no ECS configuration: bucket, cluster, quota and image are not checked",
-        "the ECS backend is not in this release; the local default and any S3-compatible "
-        "store work now",
-    )
+    from .aws.settings import config_path, load_config
+    from .errors import ConfigError
+
+    try:
+        config = load_config()
+    except ConfigError as err:
+        return Check("ecs setup", "fail", str(err), "rerun `starburst setup`")
+    if config is None:
+        return Check(
+            "ecs setup",
+            "warn",
+            f"no ECS configuration at {config_path()}",
+            "for AWS: `starburst setup`, then `starburst image build` (the local default "
+            "needs neither)",
+        )
+    detail = f"cluster {config.cluster}, bucket {config.bucket}, region {config.region}"
+    if not config.image:
+        return Check("ecs setup", "warn", detail + ", no worker image", "`starburst image build`")
+    return Check("ecs setup", "ok", f"{detail}, image {config.image}")
 
 
 def run_checks() -> list[Check]:

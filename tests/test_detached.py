@@ -158,6 +158,7 @@ def test_worker_killed_mid_task_is_taken_over_after_the_lease(prefix, tmp_path):
         assert future.result(timeout=TIMEOUT) == "survived"
         assert future.attempt == 2
         assert (tmp_path / "killed").exists()
+        assert ex.status().reexecuted == 1  # the takeover is reported
     finally:
         ex.cleanup(force=True)
 

@@ -186,6 +186,7 @@ class DetachedExecutor(SessionExecutor):
         self._scale_lock = threading.Lock()
         self._detached = False
         self._launch_workers = launch_workers
+        self._submit_wanted = 0
         self._poller = ResultPoller(self._session, self._runtime.loop, maintain=self._keep_workers)
         for future in self._futures:
             self._poller.track(future)
@@ -250,7 +251,13 @@ class DetachedExecutor(SessionExecutor):
         """Store the call in S3 and return its future once it is durable."""
         future = self._store_call(fn, args, kwargs, self._cancel_task)
         self._poller.track(future)
-        self._keep_workers(self._poller.pending_count())
+        # Only while the wanted worker count grows (the first max_workers submits): on
+        # ECS a live count is a ListTasks call, too dear for every submit. Replacing dead
+        # workers is the poller's once-a-second job.
+        wanted = min(self.settings.max_workers, self._poller.pending_count())
+        if wanted > self._submit_wanted:
+            self._submit_wanted = wanted
+            self._keep_workers(wanted)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

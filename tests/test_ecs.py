@@ -180,7 +180,12 @@ def test_detached_on_ecs_completes_100_tasks_with_a_worker_stopped_mid_run(ecs_s
     path = tmp_path / "indices.txt"
     ex = DetachedExecutor(max_workers=3, backend="ecs", image=IMAGE, lease_seconds=3)
     try:
+        calls = ex._runtime.launcher.clients.calls  # type: ignore[attr-defined]
+        before = len(calls)
         futures = [ex.submit(tasks.append_index, str(path), i) for i in range(100)]
+        list_tasks = [c for c in calls[before:] if c.endswith(":ListTasks")]
+        # Not a ListTasks per submit: only while the wanted count grows, and once a second.
+        assert len(list_tasks) < 20, len(list_tasks)
         live = h.wait_for_tasks(3, timeout=TIMEOUT)
         for arn in live:
             overrides = h.overrides[arn]

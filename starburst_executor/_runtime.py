@@ -190,9 +190,7 @@ def open_runtime(
         if settings is not None:
             launch_info.update(cpu=settings.cpu, memory_mb=settings.memory_mb)
     launcher = make_launcher(chosen, location, launch_info, settings)
-    describe = getattr(launcher, "launch_info", None)
-    if describe is not None:
-        launch_info = describe()
+    launch_info = launcher.launch_info()
     loop = LoopThread("starburst-io")
     store = S3Store(location, credentials=credentials)
     return Runtime(location, chosen, loop, store, launcher, launch_info)

@@ -330,17 +330,7 @@ class DetachedExecutor(SessionExecutor):
         Local workers have no cloud cost; the figures are then zero.
         """
         self._require_attached()
-        report = getattr(self._runtime.launcher, "cost", None)
-        if report is None:
-            return {
-                "rate_per_worker_hour": 0.0,
-                "rate_source": "local workers",
-                "running_workers": self._runtime.launcher.live_count(self.session_id),
-                "estimate_per_hour": 0.0,
-                "actual_to_date": 0.0,
-            }
-        result: dict[str, object] = report(self.session_id)
-        return result
+        return self._runtime.launcher.cost(self.session_id)
 
     def worker_logs(self) -> list[str]:
         """Where this session's workers' logs are: file paths (local) or

@@ -265,6 +265,13 @@ def test_scale_up_and_down_and_min_workers(prefix, tmp_path):
         _wait_live(ex, 3)
         assert ex.scale(1) == -2  # asked to stop: idle ones exit at once
         _wait_live(ex, 1)
+        assert ex.cost() == {
+            "rate_per_worker_hour": 0.0,
+            "rate_source": "local workers",
+            "running_workers": 1,
+            "estimate_per_hour": 0.0,
+            "actual_to_date": 0.0,
+        }
         release.write_text("go")
         assert ex.futures[0].result(timeout=TIMEOUT) == "released"
         with pytest.raises(ValueError):

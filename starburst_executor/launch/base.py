@@ -55,6 +55,14 @@ class Launcher(Protocol):
         """How many of the session's workers this launcher knows to be alive."""
         ...
 
+    def launch_info(self) -> dict[str, Any]:
+        """What the session's manifest records to rebuild this launcher after attach."""
+        ...
+
+    def cost(self, session_id: str) -> dict[str, object]:
+        """Rate per worker-hour, running workers, hourly estimate and cost so far."""
+        ...
+
     def retire(self, session_id: str, count: int) -> int:
         """Ask ``count`` of the session's workers to stop (they finish their task first)."""
         ...

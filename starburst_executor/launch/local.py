@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._core.layout import new_worker_id
 from .._procs import pid_alive
@@ -151,6 +152,18 @@ class LocalLauncher:
 
     def live_count(self, session_id: str) -> int:
         return len(self._pids(session_id))
+
+    def launch_info(self) -> dict[str, Any]:
+        return {}  # local workers need nothing recorded to be found again
+
+    def cost(self, session_id: str) -> dict[str, object]:
+        return {
+            "rate_per_worker_hour": 0.0,
+            "rate_source": "local workers",
+            "running_workers": self.live_count(session_id),
+            "estimate_per_hour": 0.0,
+            "actual_to_date": 0.0,
+        }
 
     def retire(self, session_id: str, count: int) -> int:
         # SIGTERM: the worker finishes its current task, then exits.

@@ -33,16 +33,6 @@ from .store.local_server import LocalServer, read_credentials
 from .store.s3 import S3Store
 
 BACKENDS = ("local", "ecs")
-ECS_OPTION_NAMES = (
-    "launch_type",
-    "instance_type",
-    "use_spot",
-    "image",
-    "cluster",
-    "subnets",
-    "security_groups",
-    "max_hourly_cost",
-)
 
 
 @dataclass

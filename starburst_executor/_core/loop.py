@@ -7,7 +7,6 @@ workers are synchronous. Each owns one ``LoopThread`` and hands it coroutines.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -32,10 +31,6 @@ class LoopThread:
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopThread.run called from its own loop; await instead")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` without waiting for it."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
         if self.loop.is_closed():

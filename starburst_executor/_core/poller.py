@@ -53,7 +53,6 @@ class ResultPoller:
         self._wake = threading.Event()
         self._deep_sleep = True
         self._stop = threading.Event()
-        self.rounds = 0
         self._thread = threading.Thread(
             target=self._run, name=f"starburst-poller-{session.session_id}", daemon=True
         )
@@ -117,7 +116,6 @@ class ResultPoller:
                     "polling session %s failed, retrying: %s", self._session.session_id, err
                 )
                 resolved = 0
-            self.rounds += 1
             delay = self._next_delay(delay, resolved, len(pending) - resolved)
             self._wake.clear()
             self._deep_sleep = delay > TRICKLE_MAX_DELAY

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,10 @@ class TaskFuture(concurrent.futures.Future[Any]):
         self.task_id = task_id
         self._canceller = canceller
         self._outcome: Outcome | None = None
+        # Serialises cancel-then-notify: Future.cancel() answers True for a future that
+        # is already cancelled, so without it two cancellers could both notify waiters
+        # and the second set_running_or_notify_cancel() would raise.
+        self._cancel_lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.session_id}/{self.task_id} {self._state.lower()}>"
@@ -67,11 +72,17 @@ class TaskFuture(concurrent.futures.Future[Any]):
     # Executor-only methods below.
 
     def _mark_cancelled(self) -> bool:
-        if not super().cancel():
-            return self.cancelled()
-        # Wake as_completed/wait waiters, as executors do for a cancelled future.
-        self.set_running_or_notify_cancel()
-        return True
+        """Cancel and notify waiters exactly once, whatever other threads do meanwhile."""
+        with self._cancel_lock:
+            if not super().cancel():
+                return self.cancelled()
+            # Checked and changed under the Future's own (re-entrant) lock: a dispatcher
+            # may notify the cancel itself in between.
+            with self._condition:
+                if self._state == concurrent.futures._base.CANCELLED:
+                    # Wake as_completed/wait waiters, as executors do for a cancelled future.
+                    self.set_running_or_notify_cancel()
+            return True
 
     def _resolve(self, outcome: Outcome) -> None:
         """Set the result or exception from a decoded outcome (executor only)."""

@@ -149,11 +149,15 @@ class ResultPoller:
         outcomes = self._loop.run(self._fetch(ready))
         for tid, outcome in outcomes:
             future = pending[tid]
-            if isinstance(outcome, Outcome):
-                future._resolve(outcome)
-            elif isinstance(outcome, CorruptObject):
-                future._fail(outcome)
-            # any other store error: the result stays listed, the next round retries it
+            try:
+                if isinstance(outcome, Outcome):
+                    future._resolve(outcome)
+                elif isinstance(outcome, CorruptObject):
+                    future._fail(outcome)
+                # any other store error: the result stays listed, the next round retries it
+            except Exception as err:  # one future's trouble must not stop the others
+                log.exception("resolving %s of session %s failed", tid, self._session.session_id)
+                future._fail(err)
         return len(outcomes)
 
     async def _fetch(self, tids: list[str]) -> list[tuple[str, Outcome | StarburstError]]:

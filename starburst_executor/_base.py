@@ -72,24 +72,26 @@ class SessionExecutor(concurrent.futures.Executor):
             settings=settings,
             ecs_options=ecs_options,
         )
-        now = time.time()
-        manifest = Manifest(
-            session_id=new_session_id(),
-            mode=mode,
-            backend=runtime.backend,
-            created=now,
-            deadline=now + settings.absolute_timeout,
-            settings=settings,
-            fingerprint=fingerprint(),
-            launch=runtime.launch_info,
-        )
-        session = SessionStore(runtime.store, runtime.location.prefix, manifest.session_id)
+        session = SessionStore(runtime.store, runtime.location.prefix, new_session_id())
         try:
+            # The deadline is on the store's clock, as workers judge it: a client clock
+            # that is hours off moves neither the deadline nor any lease.
+            now = runtime.loop.run(session.server_time()).timestamp()
+            manifest = Manifest(
+                session_id=session.session_id,
+                mode=mode,
+                backend=runtime.backend,
+                created=now,
+                deadline=now + settings.absolute_timeout,
+                settings=settings,
+                fingerprint=fingerprint(),
+                launch=runtime.launch_info,
+            )
             runtime.loop.run(session.create(manifest))
         except BaseException:
             runtime.close()
             raise
-        self._init_state(runtime, session, manifest, [])
+        self._init_state(runtime, session, manifest, [], clock_offset=now - time.time())
 
     def _init_state(
         self,
@@ -97,8 +99,11 @@ class SessionExecutor(concurrent.futures.Executor):
         session: SessionStore,
         manifest: Manifest,
         futures: list[TaskFuture],
+        *,
+        clock_offset: float,
     ) -> None:
         self._runtime = runtime
+        self._clock_offset = clock_offset  # the store's clock minus ours
         self._session = session
         self._manifest = manifest
         self._futures = futures
@@ -148,7 +153,7 @@ class SessionExecutor(concurrent.futures.Executor):
                     f"cannot schedule new futures after shutdown or detach "
                     f"(session {self.session_id})"
                 )
-            if time.time() > self._manifest.deadline:
+            if self._server_now() > self._manifest.deadline:
                 raise SessionExpired(
                     f"session {self.session_id} passed its deadline "
                     f"{self.deadline.isoformat()}; call extend(seconds) first"
@@ -159,6 +164,10 @@ class SessionExecutor(concurrent.futures.Executor):
             future = TaskFuture(self.session_id, tid, canceller=canceller)
             self._futures.append(future)
         return future
+
+    def _server_now(self) -> float:
+        """Our estimate of the store's clock (measured at create or attach)."""
+        return time.time() + self._clock_offset
 
     def map(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,12 +38,14 @@ from ._core.poller import ResultPoller
 from ._core.session import SessionStatus, SessionStore, list_session_ids
 from ._runtime import Runtime, make_launcher, open_runtime
 from .config import SessionSettings, parse_memory_mb
-from .errors import StarburstError
+from .errors import SessionExpired, SessionNotFound, StarburstError
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 OutcomeState = Literal["completed", "failed", "cancelled"]
+
+PROBE_INTERVAL = 1.0  # seconds between looks at the stop marker and deadline before launching
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class DetachedExecutor(SessionExecutor):
 
     def _start_polling(self, launch_workers: bool = True) -> None:
         self._scale_lock = threading.Lock()
+        self._probed = -PROBE_INTERVAL
         self._detached = False
         self._launch_workers = launch_workers
         self._submit_wanted = 0
@@ -233,13 +237,14 @@ class DetachedExecutor(SessionExecutor):
             runtime.backend, runtime.launch_info = manifest.backend, manifest.launch
             tids = runtime.loop.run(session.task_ids())
             registry = runtime.loop.run(session.workers())
+            offset = runtime.loop.run(session.server_time()).timestamp() - time.time()
         except BaseException:
             runtime.close()
             raise
         runtime.launcher.adopt(session_id, registry)
         self = cls.__new__(cls)
         futures = [TaskFuture(session_id, t) for t in tids]
-        self._init_state(runtime, session, manifest, futures)
+        self._init_state(runtime, session, manifest, futures, clock_offset=offset)
         for future in futures:
             future._canceller = self._cancel_task
         self._start_polling(launch_workers)
@@ -416,11 +421,53 @@ class DetachedExecutor(SessionExecutor):
         with self._scale_lock:
             live = self._runtime.launcher.live_count(self.session_id)
             missing = max(0, workers - live)
+            if missing and not self._may_launch():
+                return 0
             if missing:
                 env = self._runtime.location.to_env()
                 entries = self._runtime.launcher.launch(self.session_id, missing, env)
                 self._runtime.loop.run(self._session.register_workers(entries))
             return missing
+
+    def _may_launch(self) -> bool:
+        """Before launching: is the session still open? A stopped, expired or deleted
+        session gets no worker (they would exit at once, and be relaunched every
+        second); its pending futures end with the reason instead."""
+        now = time.monotonic()
+        if now - self._probed < PROBE_INTERVAL:
+            return True
+        try:
+            openness = self._runtime.loop.run(self._session.openness())
+        except SessionNotFound as err:
+            self._end_pending(err)
+            return False
+        self._probed = now
+        self._manifest = openness.manifest  # an extend() elsewhere moves our deadline too
+        self._clock_offset = openness.server_time.timestamp() - time.time()
+        if openness.stopped:
+            self._end_pending(None)
+            return False
+        if openness.expired:
+            self._end_pending(
+                SessionExpired(
+                    f"session {self.session_id} passed its deadline "
+                    f"{self.deadline.isoformat()} with this task unfinished; "
+                    f"`starburst extend {self.session_id} SECONDS` (or extend()) and attach "
+                    "again to run it"
+                )
+            )
+            return False
+        return True
+
+    def _end_pending(self, error: BaseException | None) -> None:
+        """Fail every unfinished future with ``error``, or cancel it when None."""
+        for future in self.futures:
+            if future.done():
+                continue
+            if error is None:
+                future._mark_cancelled()
+            else:
+                future._fail(error)
 
 
 def list_sessions(

@@ -8,6 +8,7 @@
     ├── SessionNotFound                 no manifest under that session id
     ├── SessionExpired                  the session's deadline has passed
     ├── SchemaVersionError              a manifest written by a newer release
+    ├── SubmitConflict                  another client wrote the task id this submit drew
     ├── EnvironmentMismatch             worker and client differ in Python/cloudpickle/package
     ├── PicklingError                   a function, argument or result cannot be pickled
     │   └── PayloadTooLarge             a pickled call or result is over the object limit
@@ -47,6 +48,7 @@ __all__ = [
     "SessionNotFound",
     "StarburstError",
     "StoreError",
+    "SubmitConflict",
     "WorkerDied",
     "WorkerLost",
 ]
@@ -74,6 +76,10 @@ class SessionExpired(StarburstError):
 
 class SchemaVersionError(StarburstError):
     """The manifest was written by a newer release of starburst-executor."""
+
+
+class SubmitConflict(StarburstError):
+    """Two clients attached to one session drew the same task id; this submit lost."""
 
 
 class EnvironmentMismatch(StarburstError):

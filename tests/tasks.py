@@ -57,14 +57,78 @@ def touch_then_wait(started: str, release: str) -> int:
     return os.getpid()
 
 
-def kill_self_first_time(marker: str) -> str:
-    """SIGKILLs its own worker the first time; succeeds when run again."""
+def kill_worker_first_time(marker: str) -> str:
+    """SIGKILLs the worker running it (the parent of a detached worker's task process)
+    the first time; succeeds when run again."""
     import signal
 
     if not Path(marker).exists():
-        Path(marker).write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
+        Path(marker).write_text(str(os.getppid()))
+        os.kill(os.getppid(), signal.SIGKILL)
     return "survived"
+
+
+def kill_worker() -> None:
+    """SIGKILLs the worker running it, every time (a detached worker's task process)."""
+    import signal
+
+    os.kill(os.getppid(), signal.SIGKILL)
+
+
+def kill_own_process(marker: str) -> None:
+    """Records that it ran, then SIGKILLs its own process (a segfault's effect)."""
+    import signal
+
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def record_and_return(marker: str, value: object) -> object:
+    """Appends a line to ``marker`` per execution, then returns ``value``."""
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return value
+
+
+def hold_the_gil(seconds: float, marker: str) -> str:
+    """Blocks in C with the GIL held (libc sleep through PyDLL), like an extension that
+    never releases it; counts its executions in ``marker``."""
+    import ctypes
+
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return "held"
+
+
+class StrRaises(Exception):
+    """An exception whose ``__str__`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of StrRaises fails")
+
+
+class ReduceExits(Exception):
+    """An exception whose pickling calls ``sys.exit``."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import sys
+
+        sys.exit(3)
+
+
+def raise_str_raises() -> None:
+    raise StrRaises("boom")
+
+
+def raise_reduce_exits() -> None:
+    raise ReduceExits("bye")
+
+
+def worker_pid() -> int:
+    """The pid of the worker running this task (the task process's parent)."""
+    return os.getppid()
 
 
 def unpicklable_result(_: int) -> object:

@@ -17,6 +17,7 @@ from starburst_executor.errors import (
     InvalidSessionId,
     PicklingError,
     SessionNotFound,
+    WorkerDied,
     WorkerLost,
 )
 
@@ -154,7 +155,7 @@ def test_extend_moves_the_deadline_later_only(executor):
 def test_worker_killed_mid_task_is_taken_over_after_the_lease(prefix, tmp_path):
     ex = DetachedExecutor(max_workers=1, lease_seconds=2, max_retries=2)
     try:
-        future = ex.submit(tasks.kill_self_first_time, str(tmp_path / "killed"))
+        future = ex.submit(tasks.kill_worker_first_time, str(tmp_path / "killed"))
         assert future.result(timeout=TIMEOUT) == "survived"
         assert future.attempt == 2
         assert (tmp_path / "killed").exists()
@@ -166,10 +167,27 @@ def test_worker_killed_mid_task_is_taken_over_after_the_lease(prefix, tmp_path):
 def test_task_that_always_kills_its_worker_fails_with_worker_lost(prefix, tmp_path):
     ex = DetachedExecutor(max_workers=1, lease_seconds=2, max_retries=0)
     try:
-        future = ex.submit(lambda: os.kill(os.getpid(), 9))  # every attempt kills its worker
+        future = ex.submit(tasks.kill_worker)  # every attempt kills its worker
         with pytest.raises(WorkerLost, match=future.task_id):
             future.result(timeout=TIMEOUT)
         assert ex.status().failed == 1
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_task_that_kills_its_own_process_fails_at_once_and_the_worker_goes_on(prefix, tmp_path):
+    """No lease wait: the worker sees its task process die and says so."""
+    ex = DetachedExecutor(max_workers=1, lease_seconds=60, max_retries=3)
+    try:
+        marker = tmp_path / "ran"
+        doomed = ex.submit(tasks.kill_own_process, str(marker))
+        with pytest.raises(WorkerDied, match="SIGKILL") as info:
+            doomed.result(timeout=TIMEOUT)  # well inside the 60 s lease
+        assert info.value.exit_status == -9
+        assert len(marker.read_text().splitlines()) == 1  # not retried
+        after = ex.submit(tasks.worker_pid)
+        assert isinstance(after.result(timeout=TIMEOUT), int)
+        assert after.worker_id == doomed.worker_id  # the same worker ran the next task
     finally:
         ex.cleanup(force=True)
 

@@ -12,7 +12,10 @@
        │       GET claim, PUT IfMatch=<listed etag>, attempt + 1  ──▶ claimed by W'
        │       attempt > max_retries + 1 ──▶ outcome WorkerLost
        │
-       └──create claims/<t> {"state": "cancelled"} (client cancel) ──▶ outcome cancelled
+       ├──create claims/<t> {"state": "cancelled"} (client cancel) ──▶ outcome cancelled
+       │
+       └── hand-back (SIGTERM, Spot notice): PUT claims/~released/<t>.<etag>, DELETE claim
+           IfMatch=<etag> ──▶ pending; the next claimer deletes the marker
 
 A 412 or 409 on any of these PUTs means "lost the race": the caller moves on.
 Expiry is judged on the server's clock only (the object's LastModified against
@@ -144,9 +147,40 @@ async def take_over(
 
 async def hand_back(store: ObjectStore, layout: SessionLayout, claim: Claim) -> bool:
     """Release a claim we still hold (conditional on its ETag), so the task is pending
-    again at once instead of after the lease. False when it was no longer ours."""
+    again at once instead of after the lease. False when it was no longer ours.
+
+    The released marker is written first: every worker's next claims listing sees it,
+    even one whose low-water mark passed the task long ago. Should we die between the
+    two requests, the claim's lease expires as usual and the marker is dropped as stale.
+    """
+    marker = layout.released(claim.task_id, claim.etag)
+    await store.put(marker, b"")
     try:
         await store.delete(layout.key("claims", claim.task_id), if_match=claim.etag)
     except (PreconditionFailed, ObjectNotFound):
+        await store.delete(marker)
         return False
     return True
+
+
+async def claim_released(
+    store: ObjectStore, layout: SessionLayout, marker: str, worker_id: str
+) -> Claim | None:
+    """Claim a task from its released marker; None when it is not claimable now.
+
+    The marker is deleted once it is stale: the task was claimed again (a claim with
+    another ETag than the released one exists) or finished. While the released claim
+    itself is still there (the hand-back is between its two requests) it stays.
+    """
+    parsed = layout.released_of(marker)
+    if parsed is None:
+        return None
+    tid, released_etag = parsed
+    claim = await try_claim(store, layout, tid, worker_id)
+    if claim is not None:
+        await store.delete(marker)
+        return claim
+    current = await read_claim(store, layout, tid)
+    if current is not None and current.etag != released_etag:
+        await store.delete(marker)
+    return None

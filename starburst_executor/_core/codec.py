@@ -1,6 +1,6 @@
 """Encoding of task payloads and outcomes, and the environment fingerprint.
 
-A payload is ``MAGIC_PAYLOAD + cloudpickle((fn, args, kwargs))``. An outcome is
+A payload is ``MAGIC_PAYLOAD_NONCE + nonce + cloudpickle((fn, args, kwargs))``. An outcome is
 ``MAGIC_OUTCOME + pickle(dict)`` whose value and exception are pickled apart, so
 a result the client cannot unpickle still arrives as an error that names it,
 and a remote exception whose class is missing here arrives as ``RemoteError``
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import platform
+import secrets
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +22,9 @@ from .._version import __version__
 from ..config import max_object_bytes
 from ..errors import CorruptObject, PayloadTooLarge, PicklingError, RemoteError
 
-MAGIC_PAYLOAD = b"SBP1"
+MAGIC_PAYLOAD = b"SBP1"  # read only: payloads of sessions from before the nonce
+MAGIC_PAYLOAD_NONCE = b"SBP2"
+NONCE_BYTES = 16
 MAGIC_OUTCOME = b"SBO1"
 
 OutcomeKind = Literal["ok", "error", "cancelled"]
@@ -90,17 +93,23 @@ def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
             f"over the {limit:,}-byte limit of one stored object; put large inputs in S3 "
             "yourself and pass their keys"
         )
-    return MAGIC_PAYLOAD + blob
+    # A nonce makes every payload unique, so the read-back that recognises our own
+    # retried write can never mistake another client's identical call for ours.
+    return MAGIC_PAYLOAD_NONCE + secrets.token_bytes(NONCE_BYTES) + blob
 
 
 def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    if not data.startswith(MAGIC_PAYLOAD):
+    if data.startswith(MAGIC_PAYLOAD_NONCE):
+        start = len(MAGIC_PAYLOAD_NONCE) + NONCE_BYTES
+    elif data.startswith(MAGIC_PAYLOAD):
+        start = len(MAGIC_PAYLOAD)
+    else:
         raise CorruptObject(
             f"payload {key} is not a starburst payload (bad header); resubmit the task"
         )
     try:
-        fn, args, kwargs = pickle.loads(data[len(MAGIC_PAYLOAD) :])
-    except Exception as err:
+        fn, args, kwargs = pickle.loads(data[start:])
+    except BaseException as err:  # unpickling runs the payload's code: even sys.exit
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "
             "resubmit the task, and check the worker has the modules it needs"
@@ -129,10 +138,10 @@ class Outcome:
 
     @classmethod
     def success(cls, task_id: str, value: Any, **meta: Any) -> Outcome:
-        """An ok outcome, or an error one when ``value`` cannot be pickled."""
+        """An ok outcome, or an error one when ``value`` cannot be pickled. Never raises."""
         try:
             blob = cloudpickle.dumps(value, protocol=5)
-        except Exception as err:
+        except BaseException as err:  # a __reduce__ may even raise SystemExit
             wrapped = PicklingError(
                 f"task {task_id} returned a {type(value).__name__} that cannot be pickled "
                 f"({err}); return plain data instead"
@@ -150,19 +159,30 @@ class Outcome:
 
     @classmethod
     def failure(cls, task_id: str, exc: BaseException, **meta: Any) -> Outcome:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        """An error outcome. Never raises, whatever the exception's own methods do: a
+        ``__str__`` that raises or a ``__reduce__`` that calls ``sys.exit`` still gives
+        the client an error that names the task's exception."""
+        exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        try:
+            message = str(exc)
+        except BaseException as err:
+            message = f"<str() of this {exc_type} raised {type(err).__name__}>"
+        try:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:
+            tb = f"{exc_type}: {message}\n(the traceback could not be formatted)\n"
         blob: bytes | None
         try:
             blob = cloudpickle.dumps(exc, protocol=5)
             pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is common
-        except Exception:
+        except BaseException:
             blob = None
         return cls(
             task_id,
             "error",
             exc=blob,
-            exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            exc_message=str(exc),
+            exc_type=exc_type,
+            exc_message=message,
             traceback=tb,
             **meta,
         )
@@ -185,7 +205,7 @@ class Outcome:
         assert self.value is not None
         try:
             return pickle.loads(self.value)
-        except Exception as err:
+        except BaseException as err:  # unpickling runs the result's code: even sys.exit
             raise CorruptObject(
                 f"the result of task {self.task_id} cannot be unpickled on the client: "
                 f"{type(err).__name__}: {err}; install the modules its type needs"
@@ -201,7 +221,7 @@ class Outcome:
             if not isinstance(loaded, BaseException):
                 raise TypeError("not an exception")
             exc = loaded
-        except Exception:
+        except BaseException:  # unpickling runs the exception's code: even sys.exit
             exc = RemoteError(self.exc_type, self.exc_message, self.traceback)
         exc.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback}"""')
         return exc

@@ -9,11 +9,18 @@
         tasks/~stop              stop marker: sorts after every id  cleanup: create
         claims/t000000000        lease JSON                         worker: create-only,
                                                                     renew/take over with IfMatch
+        claims/~released/t000000000.<etag>                          hand-back: create, then
+                                 empty: the claim with <etag> was   delete the claim; the
+                                 released; sorts after every claim  next claimer deletes it
         results/t000000000       the one outcome (ok/error/cancel)  create-only, first writer wins
         failed/t000000000        empty index marker: outcome failed
         cancelled/t000000000     empty index marker: outcome cancelled
         reexecuted/t000000000    empty marker: a worker took the task over (lease expired)
         workers/<worker_id>.json worker registry: pid, host, counters
+
+A released marker sorts after every claim id, so the claims listing each worker
+makes from its low-water mark sees it: a handed-back task is claimable by every
+live worker on its next poll, however far its view has moved on.
 
 Reading state needs only listings: a task is pending when it has no claim,
 running when it has a claim and no result, finished when it has a result; the
@@ -34,6 +41,8 @@ SESSION_ID_RE = re.compile(r"^session-[0-9a-f]{16}$")
 TASK_ID_RE = re.compile(r"^t[0-9]{9}$")
 WORKER_ID_RE = re.compile(r"^w-[0-9a-z-]{4,40}$")
 STOP_MARKER = "~stop"
+RELEASED_DIR = "~released/"
+ETAG_RE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 MAX_TASKS = 10**9
 
 
@@ -131,6 +140,22 @@ class SessionLayout:
 
     def worker(self, worker_id: str) -> str:
         return self.dir("workers") + check_worker_id(worker_id) + ".json"
+
+    def released(self, tid: str, etag: str) -> str:
+        """The marker saying the claim of ``tid`` with ``etag`` was handed back."""
+        if not ETAG_RE.match(etag):
+            raise ValueError(f"unexpected ETag {etag!r} for the released marker of {tid}")
+        return f"{self.dir('claims')}{RELEASED_DIR}{check_task_id(tid)}.{etag}"
+
+    def released_of(self, key: str) -> tuple[str, str] | None:
+        """``(task id, released ETag)`` of a released marker key, else None."""
+        head = self.dir("claims") + RELEASED_DIR
+        if not key.startswith(head):
+            return None
+        tid, _, etag = key[len(head) :].partition(".")
+        if not TASK_ID_RE.match(tid) or not ETAG_RE.match(etag):
+            return None
+        return tid, etag
 
     def tid_of(self, key: str) -> str | None:
         """The task id at the end of ``key``, or None for markers and foreign keys."""

@@ -19,6 +19,7 @@ from ..errors import (
     PreconditionFailed,
     SessionNotFound,
     StarburstError,
+    SubmitConflict,
 )
 from ..store.base import ObjectStore
 from . import claims
@@ -73,6 +74,19 @@ class SessionStatus:
         )
 
 
+@dataclass(frozen=True)
+class Openness:
+    """Whether a session may still run work, read from S3 and the server's clock."""
+
+    manifest: Manifest
+    stopped: bool
+    server_time: datetime
+
+    @property
+    def expired(self) -> bool:
+        return self.server_time.timestamp() >= self.manifest.deadline
+
+
 class SessionStore:
     """One session's objects in an ``ObjectStore``."""
 
@@ -107,9 +121,10 @@ class SessionStore:
     async def put_task(self, tid: str, payload: bytes) -> None:
         key = self.layout.key("tasks", tid)
         if await conditional_put(self.store, key, payload, if_none_match=True) is None:
-            raise StarburstError(
+            raise SubmitConflict(
                 f"task {tid} of session {self.session_id} already exists: another client "
-                "is submitting to this session; submit from one client at a time"
+                "is submitting to this session and this call was not stored; submit from "
+                "one client at a time (attach again to see the other client's tasks)"
             ) from None
 
     async def task_ids(self) -> list[str]:
@@ -189,6 +204,20 @@ class SessionStore:
             if await conditional_put(self.store, self.layout.manifest, body, if_match=etag):
                 return new
             # another extend won; apply ours on top of it
+
+    async def server_time(self) -> datetime:
+        """The store's clock (one LIST of a single key): deadlines are judged on it."""
+        listing = await self.store.list_objects(self.layout.stop_marker)
+        return listing.server_time
+
+    async def openness(self) -> Openness:
+        """The manifest (``SessionNotFound`` when deleted), the stop marker and the
+        server's clock, read together: two requests."""
+        (manifest, _), listing = await asyncio.gather(
+            self.load(), self.store.list_objects(self.layout.stop_marker)
+        )
+        stopped = any(o.key == self.layout.stop_marker for o in listing.objects)
+        return Openness(manifest, stopped, listing.server_time)
 
     async def request_stop(self) -> None:
         """Tell every worker of the session to exit (they see it in their next listing)."""

@@ -3,42 +3,44 @@
 ::
 
     environment ──▶ Worker ──LIST tasks/ (new keys only), LIST claims/ (from low-water mark)──▶ S3
+                      │ stopped or past the deadline (server clock)? exit before claiming
+                      │ a released marker (claims/~released/...)? claim that task first
                       │ pick a random pending task among the first few (rare races)
                       │ PUT claims/<t> IfNoneMatch=*     (lost? pick another)
-                      │ GET tasks/<t>, run it on the main thread, renewing the lease
+                      │ GET tasks/<t>, run it in the task process, renewing the lease
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
                     idle: 10 ms polls for 0.25 s after a task, then doubling to 30 s;
                     exit after ``session_timeout``
                     idle, at the deadline, on the stop marker, or on SIGTERM
 
-The user's function runs on the main thread (signals, libraries that insist on
-it); the S3 traffic runs on an event-loop thread beside it. Configuration comes
-only from environment variables (``config.WORKER_ENV``), the same ones the ECS
-launcher passes as container overrides.
+A detached worker runs each task in a child interpreter (``worker.child``): the
+lease is renewed here, whatever the task does to its own interpreter (holding the
+GIL, crashing, calling ``os._exit``), and a task that kills its process fails with
+``WorkerDied`` at once instead of after a lease. A worker started for one task
+(``StarburstExecutor``) runs it in its own interpreter, renewing from a thread.
+The S3 traffic runs on an event-loop thread. Configuration comes only from
+environment variables, the same ones the ECS launcher passes as container overrides.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
 import random
 import signal
 import socket
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from .._core import claims
-from .._core.codec import Outcome, decode_call, fingerprint, fingerprint_mismatch
+from .._core.codec import Outcome, fingerprint, fingerprint_mismatch
 from .._core.layout import (
     check_session_id,
     check_task_id,
@@ -48,13 +50,14 @@ from .._core.layout import (
 )
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
-from .._core.seeds import apply_task_seed
 from .._core.session import SessionStore
 from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
-from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerLost
+from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
+from .child import ChildExited, TaskProcess
+from .execute import run_call
 
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
@@ -64,38 +67,8 @@ HOT_SECONDS = 0.25  # polls stay at IDLE_MIN_DELAY this long after a task: warm 
 FOREIGN_AFTER = 0.05  # another residue's task is taken once it has waited this long
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
-
-
-class _Tee(io.TextIOBase):
-    """Writes to the real stream and keeps a copy for the task's outcome."""
-
-    def __init__(self, real: TextIO) -> None:
-        self.real = real
-        self.copy = io.StringIO()
-
-    def write(self, s: str) -> int:
-        self.copy.write(s)
-        with contextlib.suppress(Exception):
-            self.real.write(s)
-        return len(s)
-
-    def flush(self) -> None:
-        with contextlib.suppress(Exception):
-            self.real.flush()
-
-
-@contextlib.contextmanager
-def _captured() -> Iterator[tuple[_Tee, _Tee]]:
-    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
-    with (
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        warnings.catch_warnings(),
-    ):
-        # A fresh filter state per task: each task shows its own warnings, not only the
-        # first task on this worker that raised them.
-        warnings.simplefilter("default")
-        yield out, err
+RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
+FULL_SCAN_SECONDS = 300.0  # an expiry scan from task 0 at most this often (deleted results)
 
 
 @dataclass
@@ -111,8 +84,12 @@ class _View:
     server_time: datetime | None = None
     refreshed: float = 0.0
     stop_seen: bool = False
+    expired: bool = False
+    released: list[str] = field(default_factory=list)  # released marker keys
+    released_tried: dict[str, float] = field(default_factory=dict)  # marker -> monotonic
     done_below: int = 0  # every task below this index has an outcome
     scanned: float = 0.0
+    full_scanned: float = -1e9
     nothing_running: bool = False  # the last expiry scan found every claim finished
 
 
@@ -153,6 +130,8 @@ class Worker:
         self._mismatch: str | None = None
         self._rng = random.Random()
         self._slot = 0
+        # Polling workers run tasks in a child interpreter; a one-task worker in itself.
+        self._child = TaskProcess() if self.task_id is None else None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -179,6 +158,8 @@ class Worker:
             if self.task_id is not None:
                 reason = self._serve_one(self.task_id)
             else:
+                assert self._child is not None
+                self._child.start()  # imports while the first polls go out
                 self._slot = self._rng.randrange(manifest.settings.max_workers)
                 self._register("running")
                 reason = self._serve()
@@ -189,6 +170,8 @@ class Worker:
             log.error("worker %s of session %s: %s", self.worker_id, self.session_id, err)
             return 2
         finally:
+            if self._child is not None:
+                self._child.close()
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
@@ -229,10 +212,11 @@ class Worker:
                 # The store may be restarting: ride through it with the idle backoff.
                 log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
                 picked = None
-            if view.stop_seen:
-                return "session stopped"
-            if self._past_deadline(view):
-                return "session deadline reached"
+            if picked is None:
+                if view.stop_seen:
+                    return "session stopped"
+                if view.expired:
+                    return "session deadline reached"
             if picked is None and view.pending:
                 # Work exists but belongs to busy peers for now: look again soon.
                 self._terminating.wait(FOREIGN_AFTER)
@@ -248,7 +232,10 @@ class Worker:
                     delay = min(delay * 2, IDLE_MAX_DELAY)
                 continue
             tid, claim, previous = picked
-            self._handle(tid, claim, previous)
+            try:
+                self._handle(tid, claim, previous)
+            except _HandedBack as back:
+                return f"terminated; {back}"
             delay = IDLE_MIN_DELAY
             idle_since = time.monotonic()
 
@@ -272,18 +259,24 @@ class Worker:
         self._handle(tid, claim, previous)
         return f"ran task {tid}"
 
-    def _past_deadline(self, view: _View) -> bool:
+    def _closed_for_work(self, view: _View) -> bool:
+        """True once the session is stopped or past its deadline (server clock): no
+        claim may be made then, so no task is claimed and abandoned unrun."""
+        if view.stop_seen:
+            return True
         assert self._manifest is not None
         if view.server_time is None or view.server_time.timestamp() < self._manifest.deadline:
             return False
         # extend() may have moved it: re-read before giving up.
         self._manifest, _ = self.loop.run(self.session.load())
-        return view.server_time.timestamp() >= self._manifest.deadline
+        view.expired = view.server_time.timestamp() >= self._manifest.deadline
+        return view.expired
 
     # -- choosing work -------------------------------------------------------------
 
     def _refresh(self, view: _View) -> None:
-        """Two LISTs: new task keys only, and claims from the claimed low-water mark."""
+        """Two LISTs: new task keys only, and claims from the claimed low-water mark
+        (which also shows every released marker: they sort after every claim)."""
         layout, store = self.layout, self.store
         tasks = self.loop.run(
             store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
@@ -301,8 +294,9 @@ class Worker:
         )
         listing = self.loop.run(store.list_objects(layout.dir("claims"), start_after=start))
         view.claims = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
+        view.released = [o.key for o in listing.objects if layout.released_of(o.key)]
         view.server_time = listing.server_time
-        if view.claims:
+        if view.claims or view.released:
             view.nothing_running = False
         skip = 0
         while skip < len(view.tasks) and view.tasks[skip] in view.claims:
@@ -319,6 +313,11 @@ class Worker:
         for _ in range(2):
             if not view.pending or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
                 self._refresh(view)
+            if self._closed_for_work(view):
+                return None
+            released = self._claim_released(view)
+            if released is not None:
+                return released[0], released[1], None
             tid = self._choose(view) if view.pending else None
             if tid is None:
                 break
@@ -331,6 +330,21 @@ class Worker:
             self._slot = (self._slot + 1) % self.settings.max_workers
             view.refreshed = 0.0
         return self._take_over_expired(view)
+
+    def _claim_released(self, view: _View) -> tuple[str, claims.Claim] | None:
+        """Claim a handed-back task, whatever this worker's view has passed."""
+        now = time.monotonic()
+        for marker in view.released:
+            if now - view.released_tried.get(marker, -1e9) < VIEW_MAX_AGE:
+                continue
+            view.released_tried[marker] = now
+            claim = self.loop.run(
+                claims.claim_released(self.store, self.layout, marker, self.worker_id)
+            )
+            if claim is not None:
+                log.info("worker %s claims handed-back task %s", self.worker_id, claim.task_id)
+                return claim.task_id, claim
+        return None
 
     def _choose(self, view: _View) -> str | None:
         """Prefer tasks whose index falls in this worker's residue class.
@@ -356,19 +370,27 @@ class Worker:
 
         Costs two LISTs, so it runs at most every quarter lease, and not at all
         while the last scan found every claim finished and no claim appeared since.
+        Every ``FULL_SCAN_SECONDS`` a scan starts from the first task instead of the
+        finished low-water mark, so a result deleted behind the session's back (its
+        claim then has no outcome and no renewal) is run again too.
         """
         lease = self.settings.lease_seconds
         now = time.monotonic()
-        if view.nothing_running or now - view.scanned < lease / 4:
+        full = now - view.full_scanned >= max(FULL_SCAN_SECONDS, lease * 5)
+        if not full and (view.nothing_running or now - view.scanned < lease / 4):
             return None
         view.scanned = now
+        if full:
+            view.full_scanned, view.done_below = now, 0
         layout = self.layout
         start = layout.after("results", task_id(view.done_below - 1)) if view.done_below else None
         results = self.loop.run(self.store.list_objects(layout.dir("results"), start_after=start))
         done = {t for o in results.objects if (t := layout.tid_of(o.key))}
         start = layout.after("claims", task_id(view.done_below - 1)) if view.done_below else None
         listing = self.loop.run(self.store.list_objects(layout.dir("claims"), start_after=start))
-        running = [(t, o) for o in listing.objects if (t := layout.tid_of(o.key)) and t not in done]
+        held = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
+        running = [(t, o) for t, o in held.items() if t not in done]
+        low = view.done_below
         while task_id(view.done_below) in done:
             view.done_below += 1
         view.nothing_running = not running and view.done_below >= view.claimed_below
@@ -383,6 +405,21 @@ class Worker:
                 self.stats.takeovers += 1
                 self.loop.run(self.session.mark_reexecuted(tid))
                 return tid, claim, previous
+        # Below the claimed low-water mark every task had a claim: one with neither a
+        # claim nor an outcome now lost its claim without a released marker.
+        for index in range(low, view.claimed_below):
+            tid = task_id(index)
+            if tid in done or tid in held:
+                continue
+            view.nothing_running = False
+            if not self.loop.run(self.store.exists(layout.key("tasks", tid))):
+                continue
+            fresh = self.loop.run(claims.try_claim(self.store, layout, tid, self.worker_id))
+            if fresh is not None:
+                log.warning(
+                    "worker %s: task %s had lost its claim; running it", self.worker_id, tid
+                )
+                return tid, fresh, None
         return None
 
     # -- running work --------------------------------------------------------------
@@ -397,8 +434,9 @@ class Worker:
         meta = {"worker_id": self.worker_id, "attempt": claim.attempt}
         if claim.attempt > self.settings.max_retries + 1:
             lost = WorkerLost(
-                f"task {tid} of session {self.session_id} lost its worker "
-                f"{claim.attempt - 1} times (killed, out of memory or preempted); "
+                f"task {tid} of session {self.session_id} was started {claim.attempt - 1} "
+                f"times and each time its lease expired without an outcome (the worker "
+                f"stopped renewing it: killed, preempted or cut off from S3); "
                 f"max_retries={self.settings.max_retries}. Check the worker logs "
                 f"(`starburst logs {self.session_id} --task {tid}`)"
             )
@@ -434,81 +472,125 @@ class Worker:
 
     def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome | None:
         started = time.time()
-        holder = {"claim": claim}
-        stop_renewing = threading.Event()
-        renewer = threading.Thread(
-            target=self._renew_loop, args=(holder, stop_renewing), daemon=True
-        )
-        renewer.start()
+        lease = _Lease(self, claim)
+        key = self.layout.key("tasks", tid)
         try:
-            key = self.layout.key("tasks", tid)
-            try:
-                if self._mismatch:
-                    raise EnvironmentMismatch(
-                        f"task {tid} of session {self.session_id}: {self._mismatch}"
-                    )
-                blob = self._durably(lambda: self.store.get(key), f"payload {key}")
-                if blob is None:  # the store stayed away: let another worker try later
-                    with contextlib.suppress(StarburstError):
-                        self.loop.run(claims.hand_back(self.store, self.layout, holder["claim"]))
-                    return None
-                fn, args, kwargs = decode_call(blob.body, key=key)
-            except StarburstError as err:
-                return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
-            with _captured() as (out, err_stream):
-                try:
-                    if self.settings.seed is not None:
-                        apply_task_seed(self.settings.seed, task_index(tid))
-                    value = fn(*args, **kwargs)
-                except BaseException as exc:  # the task's failure is its outcome
-                    outcome = Outcome.failure(tid, exc, **meta)
-                else:
-                    outcome = Outcome.success(tid, value, **meta)
-            outcome.stdout = out.copy.getvalue()
-            outcome.stderr = err_stream.copy.getvalue()
-            outcome.started, outcome.finished = started, time.time()
-            return outcome
-        finally:
-            stop_renewing.set()
-            renewer.join()
+            if self._mismatch:
+                raise EnvironmentMismatch(
+                    f"task {tid} of session {self.session_id}: {self._mismatch}"
+                )
+            blob = self._durably(lambda: self.store.get(key), f"payload {key}")
+        except StarburstError as err:
+            return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
+        if blob is None:  # the store stayed away: let another worker try later
+            with contextlib.suppress(StarburstError):
+                self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
+            return None
+        seed = self.settings.seed
+        if self._child is None:
+            # One worker per task: the client watches this process, so run in it.
+            with lease.renewing_on_a_thread():
+                return run_call(tid, blob.body, key=key, seed=seed, meta=meta)
+        request = {"task_id": tid, "payload": blob.body, "key": key, "seed": seed, "meta": meta}
+        try:
+            self._child.send(request)
+            while True:
+                answer = self._child.wait(RENEW_TICK)
+                if answer is not None:
+                    return Outcome.decode(answer, key=f"the answer of task process for {tid}")
+                lease.tick()
+        except ChildExited as exited:
+            died = WorkerDied(
+                f"task {tid} of session {self.session_id}: the process running it "
+                f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
+                f"fault, excessive memory use, os._exit or a kill. Logs: "
+                f"{self._log_location or 'the worker output'}",
+                task_id=tid,
+                exit_status=exited.returncode,
+                logs=self._log_location,
+            )
+            return Outcome.failure(tid, died, started=started, finished=time.time(), **meta)
+        except _HandedBack:
+            self._child.kill()
+            raise
 
-    def _renew_loop(self, holder: dict[str, claims.Claim], stop: threading.Event) -> None:
-        interval = self.settings.lease_seconds / 3
-        next_renewal = time.monotonic() + interval
-        while not stop.wait(min(interval, 0.25)):
-            if self._term_deadline is not None and time.monotonic() >= self._term_deadline:
-                self._hand_back(holder["claim"])
-            if time.monotonic() < next_renewal:
-                continue
-            next_renewal = time.monotonic() + interval
-            try:
-                renewed = self.loop.run(claims.renew(self.store, self.layout, holder["claim"]))
-            except StarburstError as err:
-                log.warning("renewing the lease of %s failed: %s", holder["claim"].task_id, err)
-                continue
-            if renewed is None:
-                self.stats.leases_lost += 1
-                log.warning("lease of task %s was taken over", holder["claim"].task_id)
-                return
-            holder["claim"] = renewed
-
-    def _hand_back(self, claim: claims.Claim) -> None:
+    def _hand_back(self, claim: claims.Claim) -> str:
         """Out of time after SIGTERM: release the claim so another worker runs the task
-        now, then exit. A result this process might still have written would be a late
-        duplicate anyway (outcomes are create-only)."""
+        now. A result this process might still have written would be a late duplicate
+        anyway (outcomes are create-only)."""
         released = False
         with contextlib.suppress(StarburstError):
             released = self.loop.run(claims.hand_back(self.store, self.layout, claim), timeout=10)
-        log.warning(
-            "worker %s: task %s %s before the end of the notice; exiting",
-            self.worker_id,
-            claim.task_id,
-            "handed back" if released else "could not be handed back (lease will expire)",
+        what = (
+            f"handed back {claim.task_id}"
+            if released
+            else f"could not hand back {claim.task_id} (its lease will expire)"
         )
+        log.warning("worker %s: out of time after SIGTERM: %s", self.worker_id, what)
         with contextlib.suppress(Exception):
-            self._register("exited", reason=f"terminated; handed back {claim.task_id}")
-        logging.shutdown()
-        os._exit(0)  # the main thread is inside the user's function: end the process here
+            self._register("exited", reason=f"terminated; {what}")
+        return what
+
+
+class _HandedBack(Exception):
+    """SIGTERM's grace ran out while a task ran: its claim was released."""
+
+
+class _Lease:
+    """Keeps one claim alive while its task runs, and hands it back after SIGTERM.
+
+    ``tick()`` is called between waits for the task process (detached workers), so a
+    task that holds the GIL or blocks in C cannot stop it; a worker that runs its one
+    task in its own interpreter calls it from a thread instead.
+    """
+
+    def __init__(self, worker: Worker, claim: claims.Claim) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.lost = False
+        self._interval = worker.settings.lease_seconds / 3
+        self._next = time.monotonic() + self._interval
+
+    def tick(self) -> None:
+        """Renew when due; raise ``_HandedBack`` once SIGTERM's grace is over."""
+        w = self.worker
+        if w._term_deadline is not None and time.monotonic() >= w._term_deadline:
+            raise _HandedBack(w._hand_back(self.claim))
+        if self.lost or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self._interval
+        try:
+            renewed = w.loop.run(claims.renew(w.store, w.layout, self.claim))
+        except StarburstError as err:
+            log.warning("renewing the lease of %s failed: %s", self.claim.task_id, err)
+            return
+        if renewed is None:
+            self.lost = True
+            w.stats.leases_lost += 1
+            log.warning("lease of task %s was taken over", self.claim.task_id)
+            return
+        self.claim = renewed
+
+    @contextlib.contextmanager
+    def renewing_on_a_thread(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(RENEW_TICK):
+                try:
+                    self.tick()
+                except _HandedBack:
+                    # The main thread is inside the user's function: end the process here.
+                    logging.shutdown()
+                    os._exit(0)
+
+        thread = threading.Thread(target=loop, name="starburst-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:

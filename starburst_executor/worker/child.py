@@ -1,0 +1,190 @@
+"""The task process: a detached worker runs each task in a child interpreter.
+
+::
+
+    worker (claims, leases, S3)                    task process (user code only)
+    ───────────────────────────                    ─────────────────────────────
+    send(request) ──len + pickle({tid, payload})──▶ run_call(...)
+    wait(timeout) ◀──len + Outcome.encode()──────── outcome
+      │ renews the lease between waits: a task that holds the GIL, or blocks in C,
+      │ cannot stop the renewal
+      └ EOF / exit ──▶ the task killed its process: outcome WorkerDied, at once
+
+The child is started once and reused for the next task, like a process pool of
+one; after a crash the next task starts a fresh one. It ignores SIGTERM and
+SIGINT (a Spot notice or Ctrl-C goes to the worker, which decides whether to
+hand the task back) and dies with its parent (``PR_SET_PDEATHSIG`` on Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+from typing import Any
+
+HEADER = struct.Struct("!Q")
+
+
+class ChildExited(Exception):
+    """The task process ended without answering."""
+
+    def __init__(self, returncode: int | None) -> None:
+        super().__init__(describe_exit(returncode))
+        self.returncode = returncode
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "closed its pipe"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exit code {code}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _send(fd: int, body: bytes) -> None:
+    _write_all(fd, HEADER.pack(len(body)) + body)
+
+
+def _receive(fd: int) -> bytes | None:
+    head = _read_exactly(fd, HEADER.size)
+    if head is None:
+        return None
+    return _read_exactly(fd, HEADER.unpack(head)[0])
+
+
+class TaskProcess:
+    """The worker's handle on its task process."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._to_child = -1
+        self._from_child = -1
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        """Start the child now (it imports while the worker polls)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self.close()
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "starburst_executor.worker.child", str(req_r), str(res_w)],
+                pass_fds=(req_r, res_w),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(req_r)
+            os.close(res_w)
+        self._to_child, self._from_child = req_w, res_r
+
+    def send(self, request: dict[str, Any]) -> None:
+        """Hand the child one task. Raises ``ChildExited`` if it is gone."""
+        self.start()
+        try:
+            _send(self._to_child, pickle.dumps(request, protocol=5))
+        except (BrokenPipeError, OSError):
+            raise ChildExited(self._reap()) from None
+
+    def wait(self, timeout: float) -> bytes | None:
+        """The child's answer, or None while it is still running after ``timeout``.
+
+        Raises ``ChildExited`` when the child died instead of answering.
+        """
+        ready, _, _ = select.select([self._from_child], [], [], timeout)
+        if not ready:
+            return None
+        answer = _receive(self._from_child)
+        if answer is None:
+            raise ChildExited(self._reap())
+        return answer
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._reap()
+
+    def _reap(self) -> int | None:
+        code = None
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self._proc.wait(timeout=10)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        """Let the child go: it exits when its request pipe closes."""
+        for fd in (self._to_child, self._from_child):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._to_child = self._from_child = -1
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def serve(request_fd: int, result_fd: int) -> int:
+    """The child's loop: one request in, one outcome out, until the pipe closes."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    from .execute import run_call
+
+    while True:
+        raw = _receive(request_fd)
+        if raw is None:
+            return 0
+        request = pickle.loads(raw)
+        outcome = run_call(
+            request["task_id"],
+            request["payload"],
+            key=request["key"],
+            seed=request["seed"],
+            meta=request["meta"],
+        )
+        _send(result_fd, outcome.encode())
+
+
+if __name__ == "__main__":
+    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))

@@ -44,6 +44,7 @@ STOP_MARKER = "~stop"
 RELEASED_DIR = "~released/"
 ETAG_RE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 MAX_TASKS = 10**9
+KINDS = frozenset({"tasks", "claims", "results", "failed", "cancelled", "reexecuted", "workers"})
 
 
 def new_session_id() -> str:
@@ -115,15 +116,7 @@ class SessionLayout:
 
     def dir(self, kind: str) -> str:
         """The listing prefix of one kind of key (see the drawing above)."""
-        if kind not in {
-            "tasks",
-            "claims",
-            "results",
-            "failed",
-            "cancelled",
-            "reexecuted",
-            "workers",
-        }:
+        if kind not in KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.root}{kind}/"
 
@@ -158,6 +151,9 @@ class SessionLayout:
         return tid, etag
 
     def tid_of(self, key: str) -> str | None:
-        """The task id at the end of ``key``, or None for markers and foreign keys."""
-        name = key.rsplit("/", 1)[-1]
-        return name if TASK_ID_RE.match(name) else None
+        """The task id of ``<root>/<kind>/<id>``, or None for markers and anything else
+        (a key one level deeper, outside the session, or a junk name)."""
+        if not key.startswith(self.root):
+            return None
+        kind, _, name = key[len(self.root) :].partition("/")
+        return name if kind in KINDS and TASK_ID_RE.match(name) else None

@@ -68,7 +68,7 @@ FOREIGN_AFTER = 0.05  # another residue's task is taken once it has waited this 
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
-FULL_SCAN_SECONDS = 300.0  # an expiry scan from task 0 at most this often (deleted results)
+FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (deleted results)
 
 
 @dataclass
@@ -285,10 +285,11 @@ class Worker:
             tid = layout.tid_of(o.key)
             if tid:
                 view.tasks.append(tid)
+                # Only a task key moves the cursor: a junk key sorting after the next
+                # task ids (``tasks/t00000000x``) must not hide them.
+                view.tasks_cursor = o.key
             elif o.key == layout.stop_marker:
                 view.stop_seen = True
-        if tasks.objects:
-            view.tasks_cursor = tasks.objects[-1].key
         start = (
             layout.after("claims", task_id(view.claimed_below - 1)) if view.claimed_below else None
         )
@@ -370,13 +371,13 @@ class Worker:
 
         Costs two LISTs, so it runs at most every quarter lease, and not at all
         while the last scan found every claim finished and no claim appeared since.
-        Every ``FULL_SCAN_SECONDS`` a scan starts from the first task instead of the
+        Every ``FULL_SCAN_LEASES`` leases a scan starts from the first task instead of the
         finished low-water mark, so a result deleted behind the session's back (its
         claim then has no outcome and no renewal) is run again too.
         """
         lease = self.settings.lease_seconds
         now = time.monotonic()
-        full = now - view.full_scanned >= max(FULL_SCAN_SECONDS, lease * 5)
+        full = now - view.full_scanned >= lease * FULL_SCAN_LEASES
         if not full and (view.nothing_running or now - view.scanned < lease / 4):
             return None
         view.scanned = now

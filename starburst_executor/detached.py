@@ -24,7 +24,7 @@ import concurrent.futures
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -448,21 +448,27 @@ class DetachedExecutor(SessionExecutor):
             self._end_pending(None)
             return False
         if openness.expired:
+            # Tasks still running under a live lease finish and report as usual; the
+            # rest will never be claimed now. Looked at again each round until none run.
+            running = self._runtime.loop.run(self._session.leased(self.settings.lease_seconds))
             self._end_pending(
                 SessionExpired(
                     f"session {self.session_id} passed its deadline "
                     f"{self.deadline.isoformat()} with this task unfinished; "
                     f"`starburst extend {self.session_id} SECONDS` (or extend()) and attach "
                     "again to run it"
-                )
+                ),
+                spare=running,
             )
+            self._probed = -PROBE_INTERVAL
             return False
         return True
 
-    def _end_pending(self, error: BaseException | None) -> None:
-        """Fail every unfinished future with ``error``, or cancel it when None."""
+    def _end_pending(self, error: BaseException | None, spare: Collection[str] = ()) -> None:
+        """Fail every unfinished future but ``spare``'s with ``error``, or cancel it
+        when None."""
         for future in self.futures:
-            if future.done():
+            if future.done() or future.task_id in spare:
                 continue
             if error is None:
                 future._mark_cancelled()

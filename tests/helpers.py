@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 
 def starburst(*args: str) -> subprocess.CompletedProcess[str]:
@@ -16,3 +19,20 @@ def starburst(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         env=os.environ.copy(),
     )
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 180) -> float:
+    """Wait for ``condition()`` to be truthy (generous deadline); returns the seconds taken."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def parent_of(pid: int) -> int:
+    """The parent of ``pid``: the worker of a detached worker's task process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no parent for {pid}")

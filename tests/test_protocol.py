@@ -13,10 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import tasks
+from helpers import parent_of, wait_until
 
 from starburst_executor import DetachedExecutor
 from starburst_executor._core.layout import SessionLayout
@@ -29,40 +29,6 @@ from starburst_executor.errors import (
 )
 
 TIMEOUT = 180
-
-
-def wait_until(condition, what: str, timeout: float = TIMEOUT) -> float:  # type: ignore[no-untyped-def]
-    """Wait for ``condition()`` to be truthy; returns the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
-def parent_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no parent for {pid}")
-
-
-def live(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
-
-
-def _state(pid: int) -> str:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.split()[1]
-    except OSError:
-        return "Z"
-    return "?"
 
 
 def session_objects(ex: DetachedExecutor, kind: str) -> list[str]:
@@ -270,7 +236,9 @@ def test_client_killed_mid_map_and_mid_result_read_then_attach_resolves_all(pref
     script = textwrap.dedent(
         """
         import concurrent.futures, sys
-        from starburst_executor import DetachedExecutor
+        from helpers import parent_of, wait_until
+
+from starburst_executor import DetachedExecutor
         ex = DetachedExecutor(max_workers=2)
         print(ex.session_id, flush=True)
         if sys.argv[1] == "map":

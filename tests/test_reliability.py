@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import tasks
 from fault_proxy import FaultProxy
+from helpers import parent_of
 
 from starburst_executor import DetachedExecutor
 from starburst_executor.store.local_server import LocalServer, read_credentials
@@ -123,9 +124,9 @@ def test_sigterm_mid_task_hands_it_back_to_another_worker(prefix, tmp_path, monk
         while not started.exists():
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        first_pid = int(started.read_text())
+        first_pid = int(started.read_text())  # the task process; its parent is the worker
         started.unlink()
-        os.kill(first_pid, signal.SIGTERM)
+        os.kill(parent_of(first_pid), signal.SIGTERM)
         # Handed back: a new worker (launched by the executor) claims it at once.
         while not started.exists():
             assert time.monotonic() < deadline, "the task was not handed back"

@@ -219,6 +219,16 @@ class SessionStore:
         stopped = any(o.key == self.layout.stop_marker for o in listing.objects)
         return Openness(manifest, stopped, listing.server_time)
 
+    async def leased(self, lease_seconds: float) -> set[str]:
+        """Tasks whose claim is still within its lease (server clock), outcome or not."""
+        listing = await self.store.list_objects(self.layout.dir("claims"))
+        return {
+            t
+            for o in listing.objects
+            if (t := self.layout.tid_of(o.key))
+            and not claims.lease_expired(o, listing.server_time, lease_seconds)
+        }
+
     async def request_stop(self) -> None:
         """Tell every worker of the session to exit (they see it in their next listing)."""
         with contextlib.suppress(PreconditionFailed):

@@ -1,6 +1,9 @@
 """Encoding of task payloads and outcomes, and the environment fingerprint.
 
-A payload is ``MAGIC_PAYLOAD + cloudpickle((fn, args, kwargs))``. An outcome is
+A payload is ``MAGIC_PAYLOAD + cloudpickle((fn, args, kwargs))``, or, when the
+call needs the user's own modules, ``MAGIC_PAYLOAD_CODE + length (2 bytes) +
+comma-separated code bundle digests + cloudpickle(...)``: the worker reads the
+digests without unpickling, so it can fetch the code first. An outcome is
 ``MAGIC_OUTCOME + pickle(dict)`` whose value and exception are pickled apart, so
 a result the client cannot unpickle still arrives as an error that names it,
 and a remote exception whose class is missing here arrives as ``RemoteError``
@@ -20,8 +23,10 @@ import cloudpickle
 from .._version import __version__
 from ..config import max_object_bytes
 from ..errors import CorruptObject, PayloadTooLarge, PicklingError, RemoteError
+from .layout import CODE_DIGEST_RE
 
 MAGIC_PAYLOAD = b"SBP1"
+MAGIC_PAYLOAD_CODE = b"SBP2"
 MAGIC_OUTCOME = b"SBO1"
 
 OutcomeKind = Literal["ok", "error", "cancelled"]
@@ -74,8 +79,13 @@ def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return "the call"
 
 
-def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel."""
+def encode_call(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, code: tuple[str, ...] = ()
+) -> bytes:
+    """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel.
+
+    ``code`` names the code bundles (digests) the worker must import from first.
+    """
     try:
         blob: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
     except Exception as err:
@@ -90,16 +100,38 @@ def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
             f"over the {limit:,}-byte limit of one stored object; put large inputs in S3 "
             "yourself and pass their keys"
         )
-    return MAGIC_PAYLOAD + blob
+    if not code:
+        return MAGIC_PAYLOAD + blob
+    header = ",".join(code).encode("ascii")
+    return MAGIC_PAYLOAD_CODE + len(header).to_bytes(2, "big") + header + blob
+
+
+def _split_payload(data: bytes, key: str) -> tuple[tuple[str, ...], memoryview]:
+    """The code digests a payload names, and its pickle."""
+    view = memoryview(data)
+    if data.startswith(MAGIC_PAYLOAD):
+        return (), view[len(MAGIC_PAYLOAD) :]
+    if data.startswith(MAGIC_PAYLOAD_CODE) and len(data) >= 6:
+        size = int.from_bytes(data[4:6], "big")
+        try:
+            header = bytes(view[6 : 6 + size]).decode("ascii")
+        except UnicodeDecodeError:
+            header = "\0"
+        digests = tuple(header.split(","))
+        if size and len(data) >= 6 + size and all(CODE_DIGEST_RE.match(d) for d in digests):
+            return digests, view[6 + size :]
+    raise CorruptObject(f"payload {key} is not a starburst payload (bad header); resubmit the task")
+
+
+def payload_code(data: bytes, *, key: str) -> tuple[str, ...]:
+    """The code bundle digests a payload needs imported before it is unpickled."""
+    return _split_payload(data, key)[0]
 
 
 def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    if not data.startswith(MAGIC_PAYLOAD):
-        raise CorruptObject(
-            f"payload {key} is not a starburst payload (bad header); resubmit the task"
-        )
+    _, blob = _split_payload(data, key)
     try:
-        fn, args, kwargs = pickle.loads(data[len(MAGIC_PAYLOAD) :])
+        fn, args, kwargs = pickle.loads(blob)
     except Exception as err:
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "

@@ -55,6 +55,7 @@ from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerL
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
+from .code import prepare_user_code
 
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
@@ -452,6 +453,9 @@ class Worker:
                     with contextlib.suppress(StarburstError):
                         self.loop.run(claims.hand_back(self.store, self.layout, holder["claim"]))
                     return None
+                prepare_user_code(
+                    blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
+                )
                 fn, args, kwargs = decode_call(blob.body, key=key)
             except StarburstError as err:
                 return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
@@ -471,6 +475,9 @@ class Worker:
         finally:
             stop_renewing.set()
             renewer.join()
+
+    def _fetch(self, key: str) -> bytes:
+        return self.loop.run(self.store.get(key)).body
 
     def _renew_loop(self, holder: dict[str, claims.Claim], stop: threading.Event) -> None:
         interval = self.settings.lease_seconds / 3

@@ -126,7 +126,7 @@ def parse_platforms(text: str) -> tuple[str, ...]:
     unknown = [p for p in chosen if p not in PLATFORMS]
     if unknown or not chosen:
         raise ConfigError(
-            f"unknown platform {', '.join(unknown) or text!r}: use amd64, arm64, both, "
+            f"unknown platform {text!r}: use amd64, arm64, both, "
             f"or a list of {', '.join(PLATFORMS)}"
         )
     return tuple(p for p in PLATFORMS if p in chosen)

@@ -211,8 +211,9 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 class CodeShipper:
     """One session's user code: the bundle its next payload needs, uploaded once.
 
-    The scan of ``sys.modules`` reruns only when its size changed, so a submit
-    costs a length comparison once the session's modules are known.
+    Only modules imported since the last look are examined, and only when
+    ``sys.modules`` grew, so a submit costs a length comparison once the
+    session's modules are known.
     """
 
     def __init__(self, store: ObjectStore, prefix: str) -> None:
@@ -220,7 +221,9 @@ class CodeShipper:
         self._prefix = prefix
         self._lock = threading.Lock()
         self._seen = -1
-        self._sources: dict[str, tuple[Path, Path]] | None = None
+        self._examined: set[str] = set()
+        self._roots: tuple[str, ...] | None = None
+        self._sources = _Sources()
         self._bundle: CodeBundle | None = None
         self._uploaded: set[str] = set()
 
@@ -230,11 +233,23 @@ class CodeShipper:
             if len(sys.modules) == self._seen:
                 return self._bundle
             self._seen = len(sys.modules)
-            sources = find_user_modules()
-            if sources.found == self._sources:
+            if self._roots is None:
+                self._roots = library_roots()
+            new = {n: m for n, m in list(sys.modules.items()) if n not in self._examined}
+            self._examined.update(new)
+            found = find_user_modules(new, self._roots)
+            added = False
+            for top, source in found.found.items():
+                if top not in self._sources.found:
+                    self._sources.found[top] = source
+                    added = True
+            for top, reason in found.skipped.items():
+                self._sources.skipped.setdefault(top, reason)
+            if not added and self._bundle is not None:
                 return self._bundle
-            self._sources = sources.found
-            self._bundle = build_bundle(sources)
+            if not self._sources.found:
+                return None
+            self._bundle = build_bundle(self._sources)
             if self._bundle is not None:
                 log.info("shipping the user's code to workers: %s", self._bundle.describe())
                 for what, reason in self._bundle.skipped:

@@ -135,7 +135,8 @@ def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[st
     except Exception as err:
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "
-            "resubmit the task, and check the worker has the modules it needs"
+            "resubmit the task, and check the worker has the modules it needs (the image's "
+            "lock, `starburst image show`; the user's own modules ship unless ship_code=False)"
         ) from err
     return fn, tuple(args), dict(kwargs)
 

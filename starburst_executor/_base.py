@@ -24,8 +24,9 @@ from ._core.futures import TaskFuture
 from ._core.layout import new_session_id, task_id, task_index
 from ._core.manifest import Manifest
 from ._core.session import SessionStatus, SessionStore
+from ._core.usercode import CodeBundle, CodeShipper
 from ._runtime import Runtime, open_runtime
-from .config import SessionSettings
+from .config import SessionSettings, ship_code_enabled
 from .errors import SessionExpired
 
 R = TypeVar("R")
@@ -62,6 +63,7 @@ class SessionExecutor(concurrent.futures.Executor):
         prefix: str | None,
         region: str | None,
         ecs_options: dict[str, Any],
+        ship_code: bool | None = None,
     ) -> None:
         runtime = open_runtime(
             backend=backend,
@@ -91,7 +93,9 @@ class SessionExecutor(concurrent.futures.Executor):
         except BaseException:
             runtime.close()
             raise
-        self._init_state(runtime, session, manifest, [], clock_offset=now - time.time())
+        self._init_state(
+            runtime, session, manifest, [], clock_offset=now - time.time(), ship_code=ship_code
+        )
 
     def _init_state(
         self,
@@ -101,9 +105,15 @@ class SessionExecutor(concurrent.futures.Executor):
         futures: list[TaskFuture],
         *,
         clock_offset: float,
+        ship_code: bool | None = None,
     ) -> None:
         self._runtime = runtime
         self._clock_offset = clock_offset  # the store's clock minus ours
+        self._code = (
+            CodeShipper(runtime.store, runtime.location.prefix)
+            if ship_code_enabled(ship_code)
+            else None
+        )
         self._session = session
         self._manifest = manifest
         self._futures = futures
@@ -133,6 +143,11 @@ class SessionExecutor(concurrent.futures.Executor):
     def settings(self) -> SessionSettings:
         return self._manifest.settings
 
+    @property
+    def shipped_code(self) -> CodeBundle | None:
+        """The user's own modules this session ships to its workers (None: none or off)."""
+        return self._code.current() if self._code else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.session_id} ({len(self._futures)} tasks)>"
 
@@ -146,7 +161,8 @@ class SessionExecutor(concurrent.futures.Executor):
         canceller: Callable[[str], bool],
     ) -> TaskFuture:
         """Pickle the call, store it create-only, and return its future once durable."""
-        payload = encode_call(fn, args, kwargs)
+        code = self._code.digests(self._runtime.loop.run) if self._code else ()
+        payload = encode_call(fn, args, kwargs, code=code)
         with self._lock:
             if self._closed:
                 raise RuntimeError(

@@ -132,6 +132,14 @@ def make_launcher(
         security_groups=launch_info.get("security_groups"),
         image=launch_info.get("image"),
     )
+    clients = AwsClients(config.region)
+    if not launch_info.get("image"):
+        from dataclasses import replace
+
+        from .aws.image import require_image
+
+        # First use on ECS: a missing image is one line naming it and the build command.
+        config = replace(config, image=require_image(config, clients))
     cpu = settings.cpu if settings else float(launch_info.get("cpu", 1.0))
     memory = settings.memory_mb if settings else int(launch_info.get("memory_mb", 2048))
     spec = EcsSpec(
@@ -143,7 +151,7 @@ def make_launcher(
         instance_type=launch_info.get("instance_type"),
         max_hourly_cost=launch_info.get("max_hourly_cost"),
     )
-    return EcsLauncher(config, spec, AwsClients(config.region))
+    return EcsLauncher(config, spec, clients)
 
 
 def open_runtime(

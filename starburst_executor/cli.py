@@ -347,18 +347,30 @@ def _cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_requirements(args: argparse.Namespace) -> str | None:
+    if not args.requirements:
+        return None
+    try:
+        return Path(args.requirements).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read --requirements {args.requirements}: {err}") from err
+
+
 def _cmd_image(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return _cmd_image_show(args)
     import tempfile
     from dataclasses import replace
 
     from .aws.clients import AwsClients
-    from .aws.image import build_image
+    from .aws.image import build_image, parse_platforms
     from .aws.settings import load_config, save_config
 
     config = load_config()
     if config is None:
         raise ConfigError("no AWS configuration: run `starburst setup` first")
-    requirements = Path(args.requirements).read_text() if args.requirements else ""
+    requirements = _read_requirements(args)
+    platforms = parse_platforms(args.platform) if args.platform else None
     with tempfile.TemporaryDirectory(prefix="starburst-image-") as context:
         result = build_image(
             config,
@@ -366,6 +378,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
             requirements=requirements,
             context_dir=Path(context),
             dry_run=args.dry_run,
+            platforms=platforms,
         )
     if not args.dry_run:
         save_config(replace(config, image=result.image))
@@ -374,6 +387,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
         "tag": result.tag,
         "skipped": result.skipped,
         "dry_run": args.dry_run,
+        "platforms": list(result.platforms),
         "commands": result.commands,
     }
     if result.skipped:
@@ -382,6 +396,31 @@ def _cmd_image(args: argparse.Namespace) -> int:
         shown = "\n".join(" ".join(c) for c in result.commands)
         text = f"{'would run' if args.dry_run else 'ran'}:\n{shown}\nimage: {result.image}"
     _print(data, args.json, text)
+    return EXIT_OK
+
+
+def _cmd_image_show(args: argparse.Namespace) -> int:
+    from .aws.image import plan_image
+
+    plan = plan_image(_read_requirements(args))
+    data = {
+        **plan.lock.to_json(),
+        "tag": plan.tag,
+        "wheel": {"file": plan.wheel.filename, "sha256": plan.wheel.digest},
+    }
+    if args.json:
+        _print(data, True, "")
+        return EXIT_OK
+    lines = [
+        f"tag: {plan.tag}",
+        f"python: {plan.lock.python}",
+        f"wheel: {plan.wheel.filename} (sha256 {plan.wheel.digest[:16]})",
+        f"lock ({len(plan.lock.pins)} packages):",
+        *(f"  {pin}" for pin in plan.lock.pins),
+        f"left out ({len(plan.lock.left_out)}):",
+        *(f"  {item.name} {item.version}: {item.reason}" for item in plan.lock.left_out),
+    ]
+    print("\n".join(lines))
     return EXIT_OK
 
 
@@ -479,9 +518,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--delete-data", action="store_true", help="also empty the bucket")
     p.set_defaults(func=_cmd_teardown)
-    p = add("image", "build and push the worker image to ECR (skipped when its tag exists)")
-    p.add_argument("action", choices=["build"])
-    p.add_argument("--requirements", help="a requirements.txt the workers need")
+    p = add(
+        "image",
+        "the worker image: show its lock and tag, or build and push it (skipped when ECR "
+        "has the tag)",
+    )
+    p.add_argument("action", choices=["build", "show"])
+    p.add_argument(
+        "--requirements",
+        help="narrow the lock to these distributions and what they need (default: every "
+        "installed distribution)",
+    )
+    p.add_argument(
+        "--platform",
+        help="amd64, arm64 or both (default: what the configured capacity needs)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the docker commands only")
     p.set_defaults(func=_cmd_image)
     add("doctor", "check versions, the local server and AWS; say what to fix").set_defaults(

@@ -11,6 +11,7 @@ Environment variables (read when a function here is called, never at import):
 ``STARBURST_BACKEND``      ``local`` (default) or ``ecs``
 ``STARBURST_SSE``          ``AES256`` (default on AWS) or ``aws:kms``
 ``STARBURST_SSE_KMS_KEY_ID`` the KMS key for ``aws:kms``
+``STARBURST_SHIP_CODE``    ``0`` turns off shipping the user's own modules
 =========================  ==================================================
 
 A worker receives its session through the ``WORKER_ENV`` variables only, the
@@ -57,6 +58,15 @@ def max_object_bytes(environ: Mapping[str, str] | None = None) -> int:
         return int(env.get("STARBURST_MAX_OBJECT_BYTES", DEFAULT_MAX_OBJECT_BYTES))
     except ValueError:
         raise ConfigError("STARBURST_MAX_OBJECT_BYTES must be a number of bytes") from None
+
+
+def ship_code_enabled(ship_code: bool | None, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether sessions ship the user's own modules: the argument, else
+    ``STARBURST_SHIP_CODE`` (``0``/``false``/``no`` turn it off), else on."""
+    if ship_code is not None:
+        return ship_code
+    env = os.environ if environ is None else environ
+    return env.get("STARBURST_SHIP_CODE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def starburst_home(environ: Mapping[str, str] | None = None) -> Path:

@@ -125,6 +125,9 @@ class DetachedExecutor(SessionExecutor):
             running workers would cost more per hour than this, in USD.
         endpoint_url, bucket, prefix, region: an S3-compatible store to use instead of
             the embedded local server (or ``STARBURST_S3_ENDPOINT``/``STARBURST_BUCKET``).
+        ship_code: send the user's own modules (outside site-packages: the script's
+            folder, the project, editable installs) to the workers with the session
+            (default on; ``STARBURST_SHIP_CODE=0`` turns it off).
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class DetachedExecutor(SessionExecutor):
         bucket: str | None = None,
         prefix: str | None = None,
         region: str | None = None,
+        ship_code: bool | None = None,
     ) -> None:
         settings = SessionSettings(
             max_workers=max_workers if max_workers is not None else (os.cpu_count() or 1),
@@ -182,6 +186,7 @@ class DetachedExecutor(SessionExecutor):
                 "security_groups": security_groups,
                 "max_hourly_cost": max_hourly_cost,
             },
+            ship_code=ship_code,
         )
         self._start_polling()
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import platform
+import shutil
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 from .config import starburst_home
@@ -175,9 +179,90 @@ def check_ecs_setup() -> Check:
     return Check("ecs setup", "ok", f"{detail}, image {config.image}")
 
 
+BINFMT_ARM64 = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+
+
+def check_docker(
+    *,
+    need_arm64: bool,
+    which: Callable[[str], str | None] = shutil.which,
+    probe: Callable[[Sequence[str]], bool] | None = None,
+    machine: str | None = None,
+    binfmt: Path = BINFMT_ARM64,
+) -> list[Check]:
+    """What ``starburst image build`` needs: docker, its daemon, buildx and, to build
+    arm64 on an x86 host, QEMU registered with binfmt_misc. Warnings only: the local
+    default needs none of it."""
+    from .aws.image import probe_command
+
+    probe = probe or probe_command
+    name = "docker"
+    if which("docker") is None:
+        return [
+            Check(
+                name,
+                "warn",
+                "not installed (needed only by `starburst image build`)",
+                "install Docker Engine with the buildx plugin (docs.docker.com/engine/install)",
+            )
+        ]
+    checks = [Check(name, "ok", str(which("docker")))]
+    if not probe(["docker", "info", "--format", "{{.ServerVersion}}"]):
+        checks.append(
+            Check(
+                "docker daemon",
+                "warn",
+                "not reachable",
+                "start it (`sudo systemctl start docker`) and let your user use it "
+                "(`sudo usermod -aG docker $USER`, then log in again)",
+            )
+        )
+        return checks
+    checks.append(Check("docker daemon", "ok", "running"))
+    if not probe(["docker", "buildx", "version"]):
+        checks.append(
+            Check(
+                "docker buildx",
+                "warn",
+                "the buildx plugin is missing",
+                "install it (`sudo apt-get install docker-buildx-plugin`)",
+            )
+        )
+        return checks
+    checks.append(Check("docker buildx", "ok", "available"))
+    host = (machine or platform.machine()).lower()
+    if need_arm64 and host not in {"aarch64", "arm64"}:
+        if binfmt.exists():
+            checks.append(Check("arm64 emulation", "ok", f"QEMU registered ({binfmt})"))
+        else:
+            checks.append(
+                Check(
+                    "arm64 emulation",
+                    "warn",
+                    "Graviton capacity needs an arm64 image, and this x86 host cannot run "
+                    "arm64 build steps",
+                    "docker run --privileged --rm tonistiigi/binfmt --install arm64",
+                )
+            )
+    return checks
+
+
+def _arm64_configured() -> bool:
+    from .aws.image import ARM64, platforms_needed
+    from .aws.settings import load_config
+    from .errors import ConfigError
+
+    try:
+        config = load_config()
+        return config is not None and ARM64 in platforms_needed(config)
+    except ConfigError:
+        return False
+
+
 def run_checks() -> list[Check]:
     checks = [check_python(), *check_packages(), *check_local_server(), *check_aws()]
     checks.append(check_ecs_setup())
+    checks.extend(check_docker(need_arm64=_arm64_configured()))
     if os.environ.get("STARBURST_S3_ENDPOINT"):
         checks.append(
             Check("store", "ok", f"STARBURST_S3_ENDPOINT={os.environ['STARBURST_S3_ENDPOINT']}")

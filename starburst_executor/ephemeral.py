@@ -57,7 +57,7 @@ class StarburstExecutor(SessionExecutor):
         cpu, memory: per worker (ECS); recorded for local workers.
         absolute_timeout: seconds until the session's deadline.
         seed: a root seed; each call's ``random`` (and numpy) is seeded from (seed, index).
-        backend, ECS options, endpoint_url, bucket, prefix, region: as for
+        backend, ECS options, endpoint_url, bucket, prefix, region, ship_code: as for
             ``DetachedExecutor``.
     """
 
@@ -86,6 +86,7 @@ class StarburstExecutor(SessionExecutor):
         bucket: str | None = None,
         prefix: str | None = None,
         region: str | None = None,
+        ship_code: bool | None = None,
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -120,6 +121,7 @@ class StarburstExecutor(SessionExecutor):
                 "security_groups": security_groups,
                 "max_hourly_cost": max_hourly_cost,
             },
+            ship_code=ship_code,
         )
         self._initializer = initializer
         self._initargs = tuple(initargs)

@@ -272,40 +272,9 @@ def test_graviton_and_quota_window():
     assert quota_window(32, 4, 9, 7) == 0
 
 
-def test_image_build_context_and_exact_docker_commands(aws_env, tmp_path):
-    from starburst_executor.aws.clients import AwsClients
-    from starburst_executor.aws.image import build_image, image_tag
-
-    config = _ecs_config(aws_env)
-    issued: list[tuple[list[str], bytes | None]] = []
-
-    def record(argv, stdin):  # type: ignore[no-untyped-def]
-        issued.append((list(argv), stdin))
-
-    context = tmp_path / "context"
-    result = build_image(
-        config,
-        AwsClients("us-east-1"),
-        requirements="numpy==2.3.0\n",
-        context_dir=context,
-        runner=record,
-    )
-    tag = image_tag("numpy==2.3.0\n")
-    assert result.tag == tag and result.image.endswith(f"/starburst-worker:{tag}")
-    assert (context / "Dockerfile").read_text().startswith("# Worker image")
-    assert (context / "starburst_executor" / "worker" / "runner.py").exists()
-    assert (context / "pyproject.toml").exists()
-    assert (context / "requirements.txt").read_text() == "numpy==2.3.0\n"
-    (login, password), (build, none) = issued
-    assert login[:3] == ["docker", "login", "--username"] and "--password-stdin" in login
-    assert password and password.decode() not in " ".join(login + build)  # stdin only
-    assert build[:5] == ["docker", "buildx", "build", "--platform", "linux/amd64,linux/arm64"]
-    assert ["--tag", result.image] == build[build.index("--tag") : build.index("--tag") + 2]
-    assert build[-1] == str(context) and "--push" in build and none is None
-
-    # Once ECR holds the tag, nothing is built again.
+def _push_tag(aws_env, repository: str, tag: str) -> None:  # type: ignore[no-untyped-def]
     boto3.client("ecr", endpoint_url=aws_env, region_name="us-east-1").put_image(
-        repositoryName=config.ecr_repository,
+        repositoryName=repository,
         imageManifest=json.dumps(
             {
                 "schemaVersion": 2,
@@ -316,16 +285,115 @@ def test_image_build_context_and_exact_docker_commands(aws_env, tmp_path):
         imageManifestMediaType="application/vnd.docker.distribution.manifest.v2+json",
         imageTag=tag,
     )
+
+
+def test_image_build_context_and_exact_docker_commands(aws_env, tmp_path):
+    from dataclasses import replace
+
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.image import build_image, plan_image
+
+    config = _ecs_config(aws_env)
+    issued: list[tuple[list[str], bytes | None]] = []
+    probed: list[list[str]] = []
+
+    def record(argv, stdin):  # type: ignore[no-untyped-def]
+        issued.append((list(argv), stdin))
+
+    def no_builder(argv):  # type: ignore[no-untyped-def]
+        probed.append(list(argv))
+        return False
+
+    context = tmp_path / "context"
+    result = build_image(
+        config,
+        AwsClients("us-east-1"),
+        requirements="xmltodict\n",
+        context_dir=context,
+        runner=record,
+        probe=no_builder,
+    )
+    tag = plan_image("xmltodict\n").tag
+    assert result.tag == tag and result.image.endswith(f"/starburst-worker:{tag}")
+    assert (context / "Dockerfile").read_text().startswith("# Worker image")
+    assert (context / "requirements.lock").read_text() == result.plan.lock.text()
+    assert (context / "wheels" / result.plan.wheel.filename).exists()
+    (login, password), (build, none) = issued
+    assert login[:3] == ["docker", "login", "--username"] and "--password-stdin" in login
+    assert password and password.decode() not in " ".join(login + build)  # stdin only
+    # Fargate-only capacity: amd64 alone, on the default builder (nothing probed).
+    assert build[:5] == ["docker", "buildx", "build", "--platform", "linux/amd64"]
+    assert ["--tag", result.image] == build[build.index("--tag") : build.index("--tag") + 2]
+    assert build[-1] == str(context) and "--push" in build and none is None
+    assert probed == []
+
+    # Graviton capacity: both platforms, through a docker-container builder made first.
+    issued.clear()
+    graviton = replace(config, capacity_providers={"c7g.xlarge": "starburst-c7g"})
+    both = build_image(
+        graviton,
+        AwsClients("us-east-1"),
+        requirements="xmltodict\n",
+        context_dir=tmp_path / "c3",
+        runner=record,
+        probe=no_builder,
+    )
+    assert both.platforms == ("linux/amd64", "linux/arm64")
+    assert probed == [["docker", "buildx", "inspect", "starburst-builder"]]
+    commands = [argv for argv, _ in issued]
+    assert commands[1][:4] == ["docker", "buildx", "create", "--name"]
+    assert "docker-container" in commands[1]
+    assert commands[2][3:7] == [
+        "--builder",
+        "starburst-builder",
+        "--platform",
+        "linux/amd64,linux/arm64",
+    ]
+
+    # Once ECR holds the tag, nothing is built again.
+    _push_tag(aws_env, config.ecr_repository, tag)
     issued.clear()
     again = build_image(
         config,
         AwsClients("us-east-1"),
-        requirements="numpy==2.3.0\n",
+        requirements="xmltodict\n",
         context_dir=tmp_path / "c2",
         runner=record,
     )
     assert again.skipped and not issued
     starburst("teardown", "--delete-data")
+
+
+def test_first_ecs_use_names_the_missing_image_and_the_command(aws_env, starburst_home):
+    from dataclasses import replace
+
+    from starburst_executor._runtime import open_runtime
+    from starburst_executor.aws.image import plan_image
+    from starburst_executor.aws.settings import save_config
+    from starburst_executor.errors import ConfigError
+
+    config = _ecs_config(aws_env)
+    try:
+        assert not config.image
+        tag = plan_image().tag
+        with pytest.raises(ConfigError) as missing:
+            open_runtime(backend="ecs", endpoint_url="http://127.0.0.1:1", bucket="starburst")
+        message = str(missing.value)
+        assert "\n" not in message and tag in message and "`starburst image build`" in message
+        _push_tag(aws_env, config.ecr_repository, tag)
+        runtime = open_runtime(backend="ecs", endpoint_url="http://127.0.0.1:1", bucket="starburst")
+        try:
+            assert runtime.launch_info["image"].endswith(f"/{config.ecr_repository}:{tag}")
+        finally:
+            runtime.close()
+        # A configured image whose tag left ECR (deleted, or another account's config).
+        save_config(replace(config, image=runtime.launch_info["image"].replace(tag, "py311-gone")))
+        with pytest.raises(
+            ConfigError, match=r"py311-gone is missing from ECR.*starburst image build"
+        ):
+            open_runtime(backend="ecs", endpoint_url="http://127.0.0.1:1", bucket="starburst")
+    finally:
+        starburst("teardown", "--delete-data")
 
 
 def test_cost_rates_and_the_hourly_cap(aws_env, monkeypatch):

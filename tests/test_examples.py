@@ -12,13 +12,14 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(name: str, *args: str) -> str:
+def run_example(name: str, *args: str, cwd: Path | None = None) -> str:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=300,
         env=os.environ.copy(),
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -60,6 +61,15 @@ def test_error_handling(prefix):
     assert "typed error: InvalidSessionId" in out
 
 
+def test_own_module_beside_the_script_runs_on_workers_without_that_folder(prefix, tmp_path):
+    # Workers start in the client's folder with its PYTHONPATH: neither holds examples/.
+    assert str(EXAMPLES) not in os.environ.get("PYTHONPATH", "")
+    out = run_example("own_module.py", cwd=tmp_path)
+    assert "seed 3: slope 2.00, intercept 1.0" in out
+    assert "shipped with the session: " in out and "mymodel" in out
+    assert "workers imported mymodel from the shipped copy" in out
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_covered(name):
     covered = {
@@ -70,5 +80,7 @@ def test_every_example_is_covered(name):
         "attach_collect.py",
         "asyncio_use.py",
         "error_handling.py",
+        "own_module.py",
+        "mymodel.py",  # the sibling module own_module.py ships
     }
     assert name in covered, f"examples/{name} has no test"

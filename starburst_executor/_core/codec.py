@@ -1,6 +1,10 @@
 """Encoding of task payloads and outcomes, and the environment fingerprint.
 
-A payload is ``MAGIC_PAYLOAD_NONCE + nonce + cloudpickle((fn, args, kwargs))``. An outcome is
+A payload is ``MAGIC_PAYLOAD + nonce (16 bytes) + length (2 bytes) + comma-separated
+code bundle digests (often none) + cloudpickle((fn, args, kwargs))``: the nonce makes
+every payload unique, and the worker reads the digests without unpickling, so it can
+fetch the user's code first. ``MAGIC_PAYLOAD_V1 + cloudpickle(...)`` (no nonce, no
+code) is still read. An outcome is
 ``MAGIC_OUTCOME + pickle(dict)`` whose value and exception are pickled apart, so
 a result the client cannot unpickle still arrives as an error that names it,
 and a remote exception whose class is missing here arrives as ``RemoteError``
@@ -21,9 +25,10 @@ import cloudpickle
 from .._version import __version__
 from ..config import max_object_bytes
 from ..errors import CorruptObject, PayloadTooLarge, PicklingError, RemoteError
+from .layout import CODE_DIGEST_RE
 
-MAGIC_PAYLOAD = b"SBP1"  # read only: payloads of sessions from before the nonce
-MAGIC_PAYLOAD_NONCE = b"SBP2"
+MAGIC_PAYLOAD_V1 = b"SBP1"  # read only: payloads of sessions from before the nonce
+MAGIC_PAYLOAD = b"SBP2"
 NONCE_BYTES = 16
 MAGIC_OUTCOME = b"SBO1"
 
@@ -77,8 +82,13 @@ def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return "the call"
 
 
-def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel."""
+def encode_call(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, code: tuple[str, ...] = ()
+) -> bytes:
+    """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel.
+
+    ``code`` names the code bundles (digests) the worker must import from first.
+    """
     try:
         blob: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
     except Exception as err:
@@ -95,24 +105,48 @@ def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
         )
     # A nonce makes every payload unique, so the read-back that recognises our own
     # retried write can never mistake another client's identical call for ours.
-    return MAGIC_PAYLOAD_NONCE + secrets.token_bytes(NONCE_BYTES) + blob
+    header = ",".join(code).encode("ascii")
+    return (
+        MAGIC_PAYLOAD
+        + secrets.token_bytes(NONCE_BYTES)
+        + len(header).to_bytes(2, "big")
+        + header
+        + blob
+    )
+
+
+def _split_payload(data: bytes, key: str) -> tuple[tuple[str, ...], memoryview]:
+    """The code digests a payload names, and its pickle."""
+    view = memoryview(data)
+    if data.startswith(MAGIC_PAYLOAD_V1):
+        return (), view[len(MAGIC_PAYLOAD_V1) :]
+    start = len(MAGIC_PAYLOAD) + NONCE_BYTES
+    if data.startswith(MAGIC_PAYLOAD) and len(data) >= start + 2:
+        size = int.from_bytes(data[start : start + 2], "big")
+        try:
+            header = bytes(view[start + 2 : start + 2 + size]).decode("ascii")
+        except UnicodeDecodeError:
+            header = "\0"
+        digests = tuple(header.split(",")) if header else ()
+        if len(data) >= start + 2 + size and all(CODE_DIGEST_RE.match(d) for d in digests):
+            return digests, view[start + 2 + size :]
+    raise CorruptObject(f"payload {key} is not a starburst payload (bad header); resubmit the task")
+
+
+def payload_code(data: bytes, *, key: str) -> tuple[str, ...]:
+    """The code bundle digests a payload needs imported before it is unpickled."""
+    return _split_payload(data, key)[0]
 
 
 def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    if data.startswith(MAGIC_PAYLOAD_NONCE):
-        start = len(MAGIC_PAYLOAD_NONCE) + NONCE_BYTES
-    elif data.startswith(MAGIC_PAYLOAD):
-        start = len(MAGIC_PAYLOAD)
-    else:
-        raise CorruptObject(
-            f"payload {key} is not a starburst payload (bad header); resubmit the task"
-        )
+    _, blob = _split_payload(data, key)
     try:
-        fn, args, kwargs = pickle.loads(data[start:])
+        fn, args, kwargs = pickle.loads(blob)
     except BaseException as err:  # unpickling runs the payload's code: even sys.exit
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "
-            "resubmit the task, and check the worker has the modules it needs"
+            "resubmit the task, and check the worker has the modules it needs (the image's "
+            "lock, `starburst image show`; the user's own modules ship unless ship_code=False)"
         ) from err
     return fn, tuple(args), dict(kwargs)
 

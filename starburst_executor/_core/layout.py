@@ -17,6 +17,9 @@
         cancelled/t000000000     empty index marker: outcome cancelled
         reexecuted/t000000000    empty marker: a worker took the task over (lease expired)
         workers/<worker_id>.json worker registry: pid, host, counters
+    <prefix>/code/<sha256>.zip   the user's own modules, zipped     client: create-only,
+                                 (shared by sessions: same code,    once per content; the
+                                 same key, uploaded once)           worker checks the hash
 
 A released marker sorts after every claim id, so the claims listing each worker
 makes from its low-water mark sees it: a handed-back task is claimable by every
@@ -35,11 +38,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from ..errors import InvalidSessionId
+from ..errors import CorruptObject, InvalidSessionId
 
 SESSION_ID_RE = re.compile(r"^session-[0-9a-f]{16}$")
 TASK_ID_RE = re.compile(r"^t[0-9]{9}$")
 WORKER_ID_RE = re.compile(r"^w-[0-9a-z-]{4,40}$")
+CODE_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 STOP_MARKER = "~stop"
 RELEASED_DIR = "~released/"
 ETAG_RE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
@@ -90,6 +94,13 @@ def check_worker_id(worker_id: str) -> str:
     if not WORKER_ID_RE.match(worker_id):
         raise InvalidSessionId(f"invalid worker id {worker_id!r}")
     return worker_id
+
+
+def code_key(prefix: str, digest: str) -> str:
+    """The key of a code bundle: content-addressed, shared by every session under ``prefix``."""
+    if not CODE_DIGEST_RE.match(digest):
+        raise CorruptObject(f"invalid code bundle digest {digest!r}: expected 64 hex digits")
+    return f"{prefix}/code/{digest}.zip"
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,21 @@ class LocalLauncher:
 
     name = "local"
 
-    def __init__(self, logs_root: Path, *, strip_aws_env: bool) -> None:
+    def __init__(
+        self,
+        logs_root: Path,
+        *,
+        strip_aws_env: bool,
+        python: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """``python`` runs the workers (default: this interpreter); ``environ`` is the
+        environment they start from before the launcher's variables (default: this
+        process's; ``{}`` gives them only what a container would get)."""
         self.logs_root = logs_root
         self._strip_aws_env = strip_aws_env
+        self._python = python or sys.executable
+        self._environ = environ
         self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._adopted: dict[str, set[int]] = {}
 
@@ -62,7 +74,7 @@ class LocalLauncher:
     def _spawn(
         self, session_id: str, env: Mapping[str, str]
     ) -> tuple[str, subprocess.Popen[bytes], Path]:
-        base = dict(os.environ)
+        base = dict(os.environ if self._environ is None else self._environ)
         if self._strip_aws_env:
             # The embedded server has its own generated keys; never hand workers the user's.
             base = {k: v for k, v in base.items() if not k.startswith("AWS_")}
@@ -72,7 +84,7 @@ class LocalLauncher:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "starburst_executor.worker"],
+                [self._python, "-m", "starburst_executor.worker"],
                 env={
                     **base,
                     ENV_SESSION: session_id,

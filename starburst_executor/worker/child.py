@@ -19,6 +19,7 @@ hand the task back) and dies with its parent (``PR_SET_PDEATHSIG`` on Linux).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import select
@@ -176,6 +177,11 @@ def serve(request_fd: int, result_fd: int) -> int:
         if raw is None:
             return 0
         request = pickle.loads(raw)
+        # Shipped user code, unpacked by the worker: importable before unpickling.
+        for folder in request.get("paths", ()):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+                importlib.invalidate_caches()
         outcome = run_call(
             request["task_id"],
             request["payload"],

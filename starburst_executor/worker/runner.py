@@ -57,6 +57,7 @@ from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
+from .code import prepare_user_code
 from .execute import run_call
 
 log = logging.getLogger("starburst_executor.worker")
@@ -481,6 +482,11 @@ class Worker:
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
             blob = self._durably(lambda: self.store.get(key), f"payload {key}")
+            if blob is not None:
+                # The user's own modules the call needs: fetched once, cached on disk.
+                code = prepare_user_code(
+                    blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
+                )
         except StarburstError as err:
             return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
         if blob is None:  # the store stayed away: let another worker try later
@@ -492,7 +498,14 @@ class Worker:
             # One worker per task: the client watches this process, so run in it.
             with lease.renewing_on_a_thread():
                 return run_call(tid, blob.body, key=key, seed=seed, meta=meta)
-        request = {"task_id": tid, "payload": blob.body, "key": key, "seed": seed, "meta": meta}
+        request = {
+            "task_id": tid,
+            "payload": blob.body,
+            "key": key,
+            "seed": seed,
+            "meta": meta,
+            "paths": [str(folder) for folder in code],
+        }
         try:
             self._child.send(request)
             while True:
@@ -514,6 +527,9 @@ class Worker:
         except _HandedBack:
             self._child.kill()
             raise
+
+    def _fetch(self, key: str) -> bytes:
+        return self.loop.run(self.store.get(key)).body
 
     def _hand_back(self, claim: claims.Claim) -> str:
         """Out of time after SIGTERM: release the claim so another worker runs the task

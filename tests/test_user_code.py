@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
-from starburst_executor._core.codec import encode_call, payload_code
+from starburst_executor._core.codec import decode_call, encode_call, payload_code
 from starburst_executor._core.layout import code_key
 from starburst_executor._core.usercode import (
     build_bundle,
@@ -205,12 +205,15 @@ def test_a_tampered_or_missing_bundle_is_a_clear_error(tmp_path):
     assert not (tmp_path / digest).exists()
 
 
-def test_a_payload_without_user_code_keeps_the_old_format():
+def test_payload_headers_name_code_and_differ_by_nonce():
     payload = encode_call(len, ((),), {})
-    assert payload.startswith(b"SBP1")
     assert payload_code(payload, key="k") == ()
+    assert payload != encode_call(len, ((),), {})  # the nonce: no two payloads alike
+    legacy = b"SBP1" + payload[4 + 16 + 2 :]  # sessions from before the nonce still decode
+    assert payload_code(legacy, key="k") == () and decode_call(legacy, key="k")[0] is len
+    bad_digest = payload[: 4 + 16] + b"\x00\x03abc" + payload[4 + 16 + 2 :]
     with pytest.raises(CorruptObject, match="bad header"):
-        payload_code(b"SBP2\x00\x03abc" + payload[4:], key="tasks/t9")
+        payload_code(bad_digest, key="tasks/t9")
 
 
 def test_user_module_files_are_placed_by_their_dotted_name(tmp_path):

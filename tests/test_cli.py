@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+from pathlib import Path
 
 import tasks
 from helpers import starburst
@@ -62,15 +63,24 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
         assert updates[-1]["total"] == 4 and updates[-1]["progress"] == 1.0
         assert updates[-1]["pending"] == updates[-1]["running"] == 0
 
-        out = tmp_path / "outcomes.pkl"
-        collected = json.loads(starburst("collect", sid, "--json", "--out", str(out)).stdout)
+        collected = json.loads(starburst("collect", sid, "--json").stdout)
         assert [c["state"] for c in collected] == ["completed"] * 3 + ["failed"]
         assert [c["value"] for c in collected[:3]] == [0, 1, 2]
         assert "CustomError" in collected[3]["error"]
         import cloudpickle
 
+        # --out writes the outcomes to the file and prints a count, not every outcome.
+        out = tmp_path / "outcomes.pkl"
+        written = starburst("collect", sid, "--out", str(out))
+        assert written.returncode == 0, written.stderr
+        assert written.stdout.splitlines() == [
+            f"4 outcomes (3 completed, 1 failed, 0 cancelled) written to {out} "
+            "(a pickled list of TaskOutcome)"
+        ]
         with open(out, "rb") as f:
             assert [o.task_id for o in cloudpickle.load(f)] == [f.task_id for f in futures]
+        summary = json.loads(starburst("collect", sid, "--json", "--out", str(out)).stdout)
+        assert (summary["outcomes"], summary["completed"], summary["failed"]) == (4, 3, 1)
 
         task_log = starburst("logs", sid, "--task", futures[1].task_id)
         assert "hello from 1" in task_log.stdout and "careful with 1" in task_log.stdout
@@ -78,6 +88,20 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
         header = next(line for line in worker_logs.stdout.splitlines() if line.startswith("== "))
         assert sid in header and header.endswith(".log")
         assert "hello from 0" in worker_logs.stdout
+
+        # --json prints JSON, for one task and for the worker logs
+        one = json.loads(starburst("logs", sid, "--task", futures[3].task_id, "--json").stdout)
+        assert one["task_id"] == futures[3].task_id and one["finished"] is True
+        assert "CustomError: task 9 failed on purpose" in one["error"]
+        assert "fail_if" in one["traceback"]
+        lines = json.loads(starburst("logs", sid, "--json").stdout)
+        assert any("hello from 0" in r["line"] for r in lines)
+        assert {r["worker"] for r in lines} == {Path(r["log"]).stem for r in lines}
+
+        # cancel --task on a finished task says why nothing was cancelled
+        late = starburst("cancel", sid, "--task", futures[0].task_id)
+        assert late.returncode == 0, late.stderr
+        assert "0 task(s) cancelled: it already finished (completed)" in late.stdout
 
         # cancel: hold the only worker, queue two tasks, cancel them from the CLI
         started, release = tmp_path / "started", tmp_path / "release"
@@ -89,6 +113,10 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
         queued = [ex.submit(tasks.square, i) for i in range(2)]
         one = json.loads(starburst("cancel", sid, "--task", queued[0].task_id, "--json").stdout)
         assert one["cancelled"] == 1
+        busy = json.loads(
+            starburst("cancel", sid, "--task", ex.futures[4].task_id, "--json").stdout
+        )
+        assert busy["cancelled"] == 0 and "a worker is running it" in busy["reason"]
         rest = json.loads(starburst("cancel", sid, "--json").stdout)
         assert rest["cancelled"] == 1  # the running task cannot be cancelled
         release.write_text("go")
@@ -109,3 +137,49 @@ def test_doctor_without_aws_credentials(prefix):
     assert checks["local server"]["level"] == "ok"
     text = starburst("doctor").stdout
     assert "[WARN] aws credentials" in text and "fix:" in text
+
+
+def test_extend_refuses_non_positive_seconds_without_a_traceback(prefix):
+    for seconds in ("-100", "0"):
+        result = starburst("extend", "session-0000000000000000", seconds)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert "extend needs a positive number of seconds" in result.stderr
+
+
+def test_debug_is_accepted_after_the_subcommand(prefix):
+    for argv in (["--debug", "status", "nope"], ["status", "nope", "--debug"]):
+        result = starburst(*argv)
+        assert result.returncode == 1  # the error is raised, not printed as one line
+        assert "Traceback" in result.stderr and "InvalidSessionId" in result.stderr
+    plain = starburst("status", "nope")
+    assert "Traceback" not in plain.stderr
+
+
+def test_bare_command_prints_the_help():
+    result = starburst()
+    assert result.returncode == 2
+    assert result.stdout.startswith("usage: starburst")
+    for command in ("sessions", "status", "collect", "logs", "cleanup", "--debug"):
+        assert command in result.stdout
+
+
+def test_a_stopped_local_server_is_reported_not_started(prefix, tmp_path):
+    """`local status` exits 3 when the server is down; the commands that only look say
+    it is stopped and exit 3 too, and none of them starts it."""
+    env = {"STARBURST_HOME": str(tmp_path / "home")}
+    status = starburst("local", "status", "--json", env=env)
+    assert status.returncode == 3
+    assert json.loads(status.stdout)["running"] is False
+    for argv in (
+        ["sessions"],
+        ["status", "session-0000000000000000"],
+        ["logs", "session-0000000000000000"],
+        ["collect", "session-0000000000000000"],
+    ):
+        result = starburst(*argv, env=env)
+        assert result.returncode == 3, (argv, result.stderr)
+        assert "local S3 server is stopped" in result.stderr
+        assert "starburst local start" in result.stderr
+    assert not (tmp_path / "home" / "server.json").exists()
+    assert starburst("local", "status", env=env).returncode == 3

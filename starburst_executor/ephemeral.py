@@ -249,10 +249,13 @@ class StarburstExecutor(SessionExecutor):
             if status.out_of_memory
             else "this can be caused by a segmentation fault, excessive memory use or a kill"
         )
+        ended = status.reason
+        if status.code is not None and status.code >= 0 and "exit code" not in ended:
+            ended += f", exit code {status.code}"  # ECS reasons do not name it; local ones do
         future._fail(
             WorkerDied(
                 f"task {future.task_id} of session {self.session_id}: its worker "
-                f"{worker.worker_id} ended ({status.reason}, exit code {status.code}) "
+                f"{worker.worker_id} ended ({ended}) "
                 f"without a result; {hint}. Logs: {status.logs}",
                 task_id=future.task_id,
                 exit_status=status.code,

@@ -120,3 +120,28 @@ def raise_unloadable() -> None:
     WorkerOnlyError.__qualname__ = "WorkerOnlyError"
     module.WorkerOnlyError = WorkerOnlyError  # type: ignore[attr-defined]
     raise WorkerOnlyError("only the worker knows this class")
+
+
+class CodedError(Exception):
+    """An exception whose __init__ takes other arguments than its args."""
+
+    def __init__(self, code: int, *, detail: str) -> None:
+        super().__init__(f"failed with code {code}")
+        self.code = code
+        self.detail = detail
+
+
+def raise_coded(code: int) -> None:
+    raise CodedError(code, detail="see the manual")
+
+
+class HoldsLockError(Exception):
+    def __init__(self, message: str) -> None:
+        import threading
+
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_holding_lock() -> None:
+    raise HoldsLockError("it holds a lock")

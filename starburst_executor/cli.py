@@ -557,10 +557,39 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    ex = _attach(args.session)
-    ex.cleanup(stop_workers=True, force=args.force)
-    what = "workers stopped, objects deleted" if args.force else "workers stopped"
-    _print({"session_id": args.session, "force": args.force}, args.json, f"{args.session}: {what}")
+    chosen = [bool(args.session), args.finished, args.all]
+    if sum(chosen) != 1:
+        raise ConfigError(
+            "cleanup takes one of: a SESSION id, --finished [--older-than 7d], or --all"
+        )
+    if args.older_than is not None and not args.finished:
+        raise ConfigError("--older-than goes with --finished")
+    if args.session:
+        ex = _attach(args.session)
+        ex.cleanup(stop_workers=True, force=args.force)
+        what = (
+            "workers stopped, objects and local logs deleted" if args.force else "workers stopped"
+        )
+        data = {"session_id": args.session, "force": args.force}
+        _print(data, args.json, f"{args.session}: {what}")
+        return EXIT_OK
+    from .config import parse_duration
+    from .detached import cleanup_sessions
+
+    older_than = parse_duration(args.older_than) if args.older_than is not None else None
+    deleted = cleanup_sessions(older_than=older_than, everything=args.all, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.json:
+        print(
+            json.dumps(
+                {"dry_run": args.dry_run, verb.replace(" ", "_"): [d.session_id for d in deleted]},
+                indent=2,
+            )
+        )
+    else:
+        for info in deleted:
+            print(f"{verb} {info.session_id} ({info.status.total} tasks)")
+        print(f"{len(deleted)} session(s) {verb}")
     return EXIT_OK
 
 
@@ -636,9 +665,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("doctor", "check versions, the local server and AWS; say what to fix").set_defaults(
         func=_cmd_doctor
     )
-    p = add("cleanup", "stop a session's workers (--force: delete its objects too)")
-    p.add_argument("session")
-    p.add_argument("--force", action="store_true")
+    p = add(
+        "cleanup",
+        "stop a session's workers (--force: delete it too), or delete sessions in bulk",
+    )
+    p.add_argument("session", nargs="?")
+    p.add_argument("--force", action="store_true", help="also delete its objects and logs")
+    p.add_argument(
+        "--finished",
+        action="store_true",
+        help="delete every session finished longer ago than --older-than",
+    )
+    p.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="e.g. 12h or 7d (default: STARBURST_RETENTION, 7d)",
+    )
+    p.add_argument("--all", action="store_true", help="delete every session, finished or not")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     p.set_defaults(func=_cmd_cleanup)
     return parser
 

@@ -13,7 +13,7 @@ from helpers import starburst
 from starburst_executor import DetachedExecutor
 
 
-def test_sessions_status_extend_cleanup_on_a_live_session(prefix):
+def test_sessions_status_extend_cleanup_on_a_live_session(prefix, starburst_home):
     ex = DetachedExecutor(max_workers=1)
     sid = ex.session_id
     futures = [ex.submit(tasks.fail_if, i, 1) for i in range(3)]
@@ -30,9 +30,12 @@ def test_sessions_status_extend_cleanup_on_a_live_session(prefix):
     extended = json.loads(starburst("extend", sid, "60", "--json").stdout)
     assert extended["deadline"] > before.isoformat()
 
+    logs = starburst_home / "logs" / sid
+    assert logs.is_dir()
     done = starburst("cleanup", sid, "--force", "--json")
     assert done.returncode == 0, done.stderr
     assert sid not in starburst("sessions").stdout
+    assert not logs.exists()  # local logs go with the session
 
 
 def test_errors_are_one_line_with_documented_exit_codes(prefix):
@@ -183,3 +186,59 @@ def test_a_stopped_local_server_is_reported_not_started(prefix, tmp_path):
         assert "starburst local start" in result.stderr
     assert not (tmp_path / "home" / "server.json").exists()
     assert starburst("local", "status", env=env).returncode == 3
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the worker is this test process's child, unreaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_bulk_cleanup_by_retention_and_all(prefix, starburst_home, tmp_path):
+    finished = DetachedExecutor(max_workers=1)
+    assert finished.submit(tasks.square, 3).result(timeout=120) == 9
+    finished.shutdown()
+    busy = DetachedExecutor(max_workers=1)
+    started = tmp_path / "started"
+    busy.submit(tasks.touch_then_wait, str(started), str(tmp_path / "never"))
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    worker_pid = int(started.read_text())
+    busy.detach()  # the session runs on without a client, as a detached session does
+    ids = {finished.session_id, busy.session_id}
+
+    def listed() -> set[str]:
+        return {r["session_id"] for r in json.loads(starburst("sessions", "--json").stdout)}
+
+    # Finished just now: younger than 7 days, so kept.
+    kept = json.loads(starburst("cleanup", "--finished", "--older-than", "7d", "--json").stdout)
+    assert kept["deleted"] == [] and ids <= listed()
+
+    # The retention setting is the default age; the running session is never "finished".
+    time.sleep(1.5)  # the finished session must be older than the 1 s retention
+    plan = starburst("cleanup", "--finished", "--dry-run", env={"STARBURST_RETENTION": "1s"})
+    assert f"would delete {finished.session_id}" in plan.stdout and ids <= listed()
+    swept = starburst("cleanup", "--finished", "--json", env={"STARBURST_RETENTION": "1s"})
+    assert json.loads(swept.stdout)["deleted"] == [finished.session_id]
+    assert busy.session_id in listed() and finished.session_id not in listed()
+    assert not (starburst_home / "logs" / finished.session_id).exists()
+
+    # --all takes the running one too, and stops its worker.
+    everything = json.loads(starburst("cleanup", "--all", "--json").stdout)
+    assert everything["deleted"] == [busy.session_id]
+    assert not listed() & ids
+    assert not (starburst_home / "logs" / busy.session_id).exists()
+    deadline = time.monotonic() + 60
+    while _running(worker_pid):
+        assert time.monotonic() < deadline, "the cleaned-up session's worker still runs"
+        time.sleep(0.05)
+
+    usage = starburst("cleanup", "--older-than", "1d")
+    assert usage.returncode == 1 and "one of" in usage.stderr
+    bad = starburst("cleanup", "--finished", "--older-than", "soon")
+    assert bad.returncode == 1 and "invalid duration 'soon'" in bad.stderr

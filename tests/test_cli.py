@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import time
 from pathlib import Path
 
@@ -90,7 +91,18 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
         worker_logs = starburst("logs", sid)
         header = next(line for line in worker_logs.stdout.splitlines() if line.startswith("== "))
         assert sid in header and header.endswith(".log")
-        assert "hello from 0" in worker_logs.stdout
+        # Each line a task printed carries the time and the task id; failures show whole.
+        stamped = re.compile(
+            rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} {futures[0].task_id} \| hello from 0$",
+            re.MULTILINE,
+        )
+        assert stamped.search(worker_logs.stdout), worker_logs.stdout
+        failed_at = worker_logs.stdout.index(f"task {futures[3].task_id} failed:")
+        assert "raise CustomError" in worker_logs.stdout[failed_at:]
+        followed = starburst("logs", sid, "--follow").stdout.splitlines()
+        labels = {line.split("] ", 1)[0] + "]" for line in followed}
+        assert all(re.fullmatch(r"\[w-[0-9a-z-]+\]", label) for label in labels), labels
+        assert any(line.endswith(f"{futures[1].task_id} | hello from 1") for line in followed)
 
         # --json prints JSON, for one task and for the worker logs
         one = json.loads(starburst("logs", sid, "--task", futures[3].task_id, "--json").stdout)

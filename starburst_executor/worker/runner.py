@@ -55,6 +55,7 @@ from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerL
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
+from .logfmt import StampedLines
 
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
@@ -69,7 +70,7 @@ VIEW_MAX_AGE = 1.0
 class _Tee(io.TextIOBase):
     """Writes to the real stream and keeps a copy for the task's outcome."""
 
-    def __init__(self, real: TextIO) -> None:
+    def __init__(self, real: TextIO | io.TextIOBase) -> None:
         self.real = real
         self.copy = io.StringIO()
 
@@ -85,8 +86,8 @@ class _Tee(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _captured() -> Iterator[tuple[_Tee, _Tee]]:
-    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+def _captured(tid: str) -> Iterator[tuple[_Tee, _Tee]]:
+    out, err = _Tee(StampedLines(sys.stdout, tid)), _Tee(StampedLines(sys.stderr, tid))
     with (
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
@@ -408,6 +409,8 @@ class Worker:
             if executed is None:
                 return
             outcome = executed
+        if outcome.kind == "error":  # the log shows each failure whole, as a local run would
+            log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
         written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
         if written is False:
             self.stats.duplicates_dropped += 1
@@ -455,7 +458,7 @@ class Worker:
                 fn, args, kwargs = decode_call(blob.body, key=key)
             except StarburstError as err:
                 return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
-            with _captured() as (out, err_stream):
+            with _captured(tid) as (out, err_stream):
                 try:
                     if self.settings.seed is not None:
                         apply_task_seed(self.settings.seed, task_index(tid))

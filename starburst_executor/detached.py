@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -280,6 +281,20 @@ class DetachedExecutor(SessionExecutor):
             self._poller.stop()
             if not self._detached:
                 self._runtime.loop.run(self._session.request_stop())
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C leaves the work running: the session is the point of this executor.
+            sid = self.detach()
+            print(
+                f"starburst: interrupted; session {sid} keeps running. Attach with "
+                f"DetachedExecutor.attach({sid!r}), watch it with `starburst status {sid} "
+                f"--watch`, stop it with `starburst cleanup {sid}`",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self.shutdown(wait=True)
 
     def detach(self) -> str:
         """Let go of the session: workers keep going; ``attach`` later. Returns its id."""

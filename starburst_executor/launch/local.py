@@ -173,13 +173,19 @@ class LocalLauncher:
                 os.killpg(pid, signal.SIGTERM)
         return len(victims)
 
-    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
+    def stop(
+        self,
+        session_id: str,
+        registry: Sequence[Mapping[str, object]],
+        *,
+        grace: float | None = None,
+    ) -> int:
         self.adopt(session_id, registry)
         pids = {pid for pid in self._pids(session_id) if _serves(pid, session_id)}
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + (STOP_GRACE if grace is None else grace)
         while time.monotonic() < deadline and any(self._reap(pid) for pid in pids):
             time.sleep(0.05)
         for pid in pids:
@@ -188,7 +194,7 @@ class LocalLauncher:
                     os.killpg(pid, signal.SIGKILL)
         for proc in self._procs.pop(session_id, []):
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=STOP_GRACE)
+                proc.wait(timeout=STOP_GRACE)  # reaps; they were SIGKILLed above if need be
         self._adopted.pop(session_id, None)
         return len(pids)
 

@@ -556,6 +556,20 @@ def _cmd_extend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    if (stopped := _looking_needs_server(args)) is not None:
+        return stopped
+    ex = _attach(args.session)
+    try:
+        path = ex.plot(args.out)
+    finally:
+        ex.detach()
+    _print(
+        {"session_id": args.session, "path": str(path)}, args.json, f"timeline written to {path}"
+    )
+    return EXIT_OK
+
+
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     chosen = [bool(args.session), args.finished, args.all]
     if sum(chosen) != 1:
@@ -639,6 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("seconds", type=float)
     p.set_defaults(func=_cmd_extend)
+    p = add("plot", "draw a session as a timeline PNG (needs the plot extra: matplotlib)")
+    p.add_argument("session")
+    p.add_argument("--out", help="the image file (default: <session>.png)")
+    p.set_defaults(func=_cmd_plot)
     p = add("setup", "create the AWS resources of the ECS backend (idempotent)")
     p.add_argument("--region")
     p.add_argument("--bucket", help="default: starburst-<account>-<region>")

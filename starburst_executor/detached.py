@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec, Self
@@ -338,6 +339,12 @@ class DetachedExecutor(SessionExecutor):
         else:
             self._poller.sync()
         return [TaskOutcome.from_future(f) for f in futures if f.done()]
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """As ``StarburstExecutor.plot``, with every outcome finished so far in S3."""
+        self._require_attached()
+        self._poller.sync()
+        return super().plot(path)
 
     def cost(self) -> dict[str, object]:
         """Rate per worker-hour, running workers, hourly estimate and cost so far.

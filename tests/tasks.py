@@ -145,3 +145,21 @@ class HoldsLockError(Exception):
 
 def raise_holding_lock() -> None:
     raise HoldsLockError("it holds a lock")
+
+
+def barrier(folder: str, i: int, n: int, hold: float = 0.0, timeout: float = 60.0) -> int:
+    """Returns ``hold`` seconds after ``n`` tasks reached it: they ran at once, on ``n``
+    different workers."""
+    Path(folder, str(i)).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while len(list(Path(folder).iterdir())) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(Path(folder).iterdir()))} of {n} arrived")
+        time.sleep(0.02)
+    time.sleep(hold)
+    return os.getpid()
+
+
+def fail_after(seconds: float) -> None:
+    time.sleep(seconds)
+    raise CustomError(f"failed after {seconds}s")

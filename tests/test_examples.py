@@ -70,6 +70,7 @@ def test_every_example_is_covered(name):
         "attach_collect.py",
         "asyncio_use.py",
         "error_handling.py",
+        "timeline.py",
     }
     assert name in covered, f"examples/{name} has no test"
 

@@ -603,12 +603,14 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     else:
         for info in deleted:
             print(f"{verb} {info.session_id} ({info.status.total} tasks)")
-        print(f"{len(deleted)} session(s) {verb}")
+        print(f"{len(deleted)} session(s) {'would be deleted' if args.dry_run else 'deleted'}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="starburst", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="starburst", description=__doc__.splitlines()[0].replace("``", "")
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -163,3 +163,7 @@ def barrier(folder: str, i: int, n: int, hold: float = 0.0, timeout: float = 60.
 def fail_after(seconds: float) -> None:
     time.sleep(seconds)
     raise CustomError(f"failed after {seconds}s")
+
+
+def env(name: str) -> str | None:
+    return os.environ.get(name)

@@ -12,6 +12,7 @@ Environment variables (read when a function here is called, never at import):
 ``STARBURST_SSE``          ``AES256`` (default on AWS) or ``aws:kms``
 ``STARBURST_SSE_KMS_KEY_ID`` the KMS key for ``aws:kms``
 ``STARBURST_RETENTION``    how long a finished session is kept (default ``7d``)
+``STARBURST_FORKSERVER``   ``0``: start local per-call workers as subprocesses, not forks
 =========================  ==================================================
 
 A worker receives its session through the ``WORKER_ENV`` variables only, the
@@ -186,6 +187,12 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: write a number and a unit, e.g. '90m', '12h' or '7d'"
         )
     return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def forkserver_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Fork local per-call workers from a template (``STARBURST_FORKSERVER=0``: do not)."""
+    env = os.environ if environ is None else environ
+    return env.get("STARBURST_FORKSERVER", "1") != "0"
 
 
 def retention_seconds(environ: Mapping[str, str] | None = None) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .._core.layout import new_worker_id
 from .._procs import pid_alive
-from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER
+from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
 from ..errors import StarburstError
 from .base import ExitStatus, TaskWorker
 
@@ -227,7 +227,7 @@ class LocalLauncher:
         self, session_id: str, task_id: str, env: Mapping[str, str]
     ) -> TaskWorker:
         task_env = {**env, ENV_TASK: task_id}
-        if os.environ.get("STARBURST_FORKSERVER", "1") != "0":
+        if forkserver_enabled():
             with contextlib.suppress(StarburstError, OSError):  # else: a plain subprocess
                 worker_id, forked, path = self._fork(session_id, task_env)
                 return TaskWorker(session_id, task_id, worker_id, str(path), forked)

@@ -1,6 +1,8 @@
 """Per-call latency, submit to result, p50 and p95, next to ProcessPoolExecutor.
 
-StarburstExecutor starts a worker per call, so every call here is a cold worker.
+StarburstExecutor starts a worker per call, so every call here is a cold worker
+(locally forked from the worker template; ``STARBURST_FORKSERVER=0`` measures plain
+subprocesses).
 ProcessPoolExecutor is measured both warm (one pool) and cold (a new pool per call),
 in the same process, on the same machine.
 """

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ._core.calls import chain_results, get_chunks, process_chunk
@@ -223,3 +225,13 @@ class SessionExecutor(concurrent.futures.Executor):
     def status(self) -> SessionStatus:
         """Counts per state, from S3 (right from any interpreter, never stale)."""
         return self._runtime.loop.run(self._session.status())
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Draw the finished tasks as a timeline (one row per worker, throughput below)
+        to ``path`` (default ``<session id>.png``); returns the path. Needs the ``plot``
+        extra (matplotlib)."""
+        from .plot import render, timeline
+
+        target = Path(path) if path is not None else Path(f"{self.session_id}.png")
+        bars = timeline(self.futures, origin=self._manifest.created)
+        return render(bars, target, self.session_id)

@@ -50,6 +50,8 @@ class Runtime:
         with contextlib.suppress(Exception):
             self.loop.run(self.store.close(), timeout=10)
         self.loop.close()
+        if isinstance(self.launcher, LocalLauncher):
+            self.launcher.close()  # its worker template; the workers it forked run on
 
 
 def choose_backend(backend: str | None) -> str:

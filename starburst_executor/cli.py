@@ -1,8 +1,10 @@
 """The ``starburst`` command: thin commands over the public API.
 
 Exit codes: 0 success, 1 a library error (printed as one line) or a failed
-``doctor`` check, 2 bad usage.
-``--debug`` prints tracebacks; ``--json`` prints machine-readable output.
+``doctor`` check, 2 bad usage, 3 the local S3 server is stopped (``local status``,
+and the commands that only look: ``sessions``, ``status``).
+``--debug`` (before or after the command) prints tracebacks; ``--json`` prints
+machine-readable output.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from .errors import ConfigError, SessionNotFound, StarburstError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
@@ -29,9 +31,14 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
     server = LocalServer()
     if args.action == "start":
-        info = server.ensure_running()
+        info = server.ensure_running(announce=False)
         data = {"running": True, "pid": info.pid, "endpoint_url": info.endpoint_url}
-        _print(data, args.json, f"local S3 server running: {info.endpoint_url} (pid {info.pid})")
+        _print(
+            data,
+            args.json,
+            f"local S3 server running: {info.endpoint_url} (pid {info.pid}); it stays up "
+            "until `starburst local stop`",
+        )
     elif args.action == "stop":
         stopped = server.stop()
         _print({"stopped": stopped}, args.json, "stopped" if stopped else "not running")
@@ -46,14 +53,47 @@ def _cmd_local(args: argparse.Namespace) -> int:
         text = (
             f"running: {running.endpoint_url} (pid {running.pid}), state in {server.home}"
             if running
-            else f"not running (state directory {server.home})"
+            else f"not running (state directory {server.home}); `starburst local start` starts it"
         )
         _print(data, args.json, text)
+        return EXIT_OK if running else EXIT_STOPPED
     return EXIT_OK
+
+
+def _stopped_local_server() -> Path | None:
+    """The state directory of the embedded server, when it is what the store would be
+    and it is stopped; commands that only look say so rather than start it."""
+    from .config import backend_from_env, user_location_overrides
+    from .store.local_server import LocalServer
+
+    endpoint, bucket, _, _ = user_location_overrides()
+    if endpoint or bucket or (backend_from_env() or "local") != "local":
+        return None
+    server = LocalServer()
+    return None if server.running() is not None else server.home
+
+
+def _looking_needs_server(args: argparse.Namespace) -> int | None:
+    """EXIT_STOPPED (after saying so) when the local server is stopped, else None."""
+    home = _stopped_local_server()
+    if home is None:
+        return None
+    message = (
+        f"the local S3 server is stopped (state in {home}); its sessions are kept but "
+        "cannot be read until `starburst local start` starts it"
+    )
+    if args.json:
+        print(json.dumps({"running": False, "home": str(home), "message": message}))
+    else:
+        print(f"starburst: {message}", file=sys.stderr)
+    return EXIT_STOPPED
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
     from .detached import list_sessions
+
+    if (stopped := _looking_needs_server(args)) is not None:
+        return stopped
 
     rows = list_sessions()
     if args.json:
@@ -84,6 +124,8 @@ def _attach(session_id: str) -> Any:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if (stopped := _looking_needs_server(args)) is not None:
+        return stopped
     if args.watch:
         return _cmd_watch(args)
     ex = _attach(args.session)
@@ -131,6 +173,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     import cloudpickle
 
+    if (stopped := _looking_needs_server(args)) is not None:
+        return stopped
     ex = _attach(args.session)
     try:
         outcomes = ex.collect(wait=args.wait, timeout=args.timeout)
@@ -139,6 +183,19 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "wb") as f:
             cloudpickle.dump(outcomes, f)
+        # The file has the outcomes; the terminal gets a count, not every value again.
+        counts = {
+            state: sum(o.state == state for o in outcomes)
+            for state in ("completed", "failed", "cancelled")
+        }
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+        _print(
+            {"session_id": args.session, "out": args.out, "outcomes": len(outcomes), **counts},
+            args.json,
+            f"{len(outcomes)} outcomes ({summary}) written to {args.out} "
+            "(a pickled list of TaskOutcome)",
+        )
+        return EXIT_OK
     rows = [
         {
             "task_id": o.task_id,
@@ -154,8 +211,6 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         for row in rows:
             shown = row["error"] if row["error"] else row["value"]
             print(f"{row['task_id']}  {row['state']:<10} {shown}")
-        if args.out:
-            print(f"{len(rows)} outcomes written to {args.out} (a pickled list of TaskOutcome)")
     return EXIT_OK
 
 
@@ -168,49 +223,111 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    if (stopped := _looking_needs_server(args)) is not None:
+        return stopped
     ex = _attach(args.session)
-    printed: set[str] = set()
     try:
         if args.task:
-            future = next((f for f in ex.futures if f.task_id == args.task), None)
-            if future is None:
-                raise SessionNotFound(
-                    f"task {args.task} is not in session {args.session}; "
-                    f"`starburst collect {args.session}` lists its tasks"
-                )
-            ex.collect(wait=False)  # resolves what has finished
-            if not future.done():
-                print(f"{args.task} has not finished; its output arrives with its result")
-                return EXIT_OK
-            print(f"== {args.task} (worker {future.worker_id}, attempt {future.attempt})")
-            print("-- stdout --")
-            print(future.stdout or "", end="")
-            print("-- stderr --")
-            print(future.stderr or "", end="")
-            error = future.exception() if not future.cancelled() else None
-            if error is not None:
-                print("-- error --")
-                print(f"{type(error).__name__}: {error}")
-                if error.__cause__ is not None:
-                    print(str(error.__cause__).strip().strip('"').strip())
-            return EXIT_OK
-        positions: dict[str, Any] = {}
-        while True:
-            for location in ex.worker_logs():
-                text, positions[location] = _read_log(location, positions.get(location))
-                if text:
-                    if location not in printed:
-                        printed.add(location)
-                        print(f"== {location}")
-                    print(text, end="" if text.endswith("\n") else "\n", flush=True)
-            if not args.follow:
-                break
-            status = ex.status()
-            if status.pending == 0 and status.running == 0:
-                break
-            time.sleep(args.interval)
+            return _task_log(ex, args)
+        return _worker_logs(ex, args)
     finally:
         ex.detach()
+
+
+def _task_log(ex: Any, args: argparse.Namespace) -> int:
+    future = next((f for f in ex.futures if f.task_id == args.task), None)
+    if future is None:
+        raise SessionNotFound(
+            f"task {args.task} is not in session {args.session}; "
+            f"`starburst collect {args.session}` lists its tasks"
+        )
+    ex.collect(wait=False)  # resolves what has finished
+    if not future.done():
+        _print(
+            {"task_id": args.task, "finished": False},
+            args.json,
+            f"{args.task} has not finished; its output arrives with its result",
+        )
+        return EXIT_OK
+    error = future.exception() if not future.cancelled() else None
+    remote_tb = str(error.__cause__).strip().strip('"').strip() if error is not None else ""
+    if args.json:
+        data = {
+            "task_id": args.task,
+            "finished": True,
+            "worker_id": future.worker_id,
+            "attempt": future.attempt,
+            "stdout": future.stdout or "",
+            "stderr": future.stderr or "",
+            "error": f"{type(error).__name__}: {error}" if error is not None else None,
+            "traceback": remote_tb or None,
+        }
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print(f"== {args.task} (worker {future.worker_id}, attempt {future.attempt})")
+    print("-- stdout --")
+    print(future.stdout or "", end="")
+    print("-- stderr --")
+    print(future.stderr or "", end="")
+    if error is not None:
+        print("-- error --")
+        print(f"{type(error).__name__}: {error}")
+        if remote_tb:
+            print(remote_tb)
+    return EXIT_OK
+
+
+def _worker_label(location: str) -> str:
+    """A short name for a worker's log: the file stem, or the CloudWatch stream's tail."""
+    if location.startswith("/"):
+        return Path(location).stem
+    return location.rsplit("/", 1)[-1]
+
+
+def _worker_logs(ex: Any, args: argparse.Namespace) -> int:
+    """Every worker's log. With --follow, lines of several workers interleave, so each
+    line carries its worker's label; only whole lines are printed until the end."""
+    positions: dict[str, Any] = {}
+    partial: dict[str, str] = {}
+    printed: set[str] = set()
+    records: list[dict[str, str]] = []
+
+    def emit(location: str, lines: list[str]) -> None:
+        label = _worker_label(location)
+        for line in lines:
+            if args.json:
+                record = {"worker": label, "log": location, "line": line}
+                if args.follow:
+                    print(json.dumps(record), flush=True)
+                else:
+                    records.append(record)
+            elif args.follow:
+                print(f"[{label}] {line}", flush=True)
+            else:
+                if location not in printed:
+                    printed.add(location)
+                    print(f"== {location}")
+                print(line)
+
+    while True:
+        for location in ex.worker_logs():
+            text, positions[location] = _read_log(location, positions.get(location))
+            if not text:
+                continue
+            lines = (partial.pop(location, "") + text).split("\n")
+            if lines[-1]:
+                partial[location] = lines[-1]
+            emit(location, lines[:-1])
+        if not args.follow:
+            break
+        status = ex.status()
+        if status.pending == 0 and status.running == 0:
+            break
+        time.sleep(args.interval)
+    for location, rest in partial.items():
+        emit(location, [rest])
+    if args.json and not args.follow:
+        print(json.dumps(records, indent=2))
     return EXIT_OK
 
 
@@ -231,7 +348,7 @@ def _read_log(location: str, position: Any) -> tuple[str, Any]:
 
     config = load_config() or AwsConfig(region="us-east-1")
     lines, token = read_events(AwsClients(config.region), location, position)
-    return "\n".join(lines), token
+    return "".join(line + "\n" for line in lines), token
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -240,18 +357,38 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         if args.task:
             future = next((f for f in ex.futures if f.task_id == args.task), None)
             if future is None:
-                raise SessionNotFound(f"task {args.task} is not in session {args.session}")
+                raise SessionNotFound(
+                    f"task {args.task} is not in session {args.session}; "
+                    f"`starburst collect {args.session}` lists its tasks"
+                )
             count = 1 if future.cancel() else 0
+            reason = "" if count else _why_not_cancelled(ex, future)
         else:
             count = ex.cancel_pending()
+            reason = "" if count else "no task was waiting for a worker"
     finally:
         ex.detach()
-    _print(
-        {"session_id": args.session, "cancelled": count},
-        args.json,
-        f"{args.session}: {count} task(s) cancelled (running tasks finish)",
-    )
+    what = f"{args.task} cancelled" if args.task and count else f"{count} task(s) cancelled"
+    text = f"{args.session}: {what}"
+    text += f": {reason}" if reason else " (running tasks finish)"
+    _print({"session_id": args.session, "cancelled": count, "reason": reason}, args.json, text)
     return EXIT_OK
+
+
+def _why_not_cancelled(ex: Any, future: Any) -> str:
+    """Why ``cancel()`` refused: the task finished already, or a worker is running it."""
+    ex.collect(wait=False)  # resolves the futures of finished tasks
+    if future.done():
+        state = (
+            "cancelled"
+            if future.cancelled()
+            else ("failed" if future.exception() is not None else "completed")
+        )
+        return f"it already finished ({state}); nothing to cancel"
+    return (
+        "a worker is running it, and a running task cannot be cancelled; "
+        f"`starburst cleanup {ex.session_id}` stops the session's workers"
+    )
 
 
 def _region(args: argparse.Namespace) -> str:
@@ -440,6 +577,11 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
+    if not args.seconds > 0:  # also refuses NaN
+        raise ConfigError(
+            f"extend needs a positive number of seconds, got {args.seconds:g}; a deadline "
+            f"only moves later (`starburst cleanup {args.session}` ends a session early)"
+        )
     ex = _attach(args.session)
     try:
         deadline = ex.extend(args.seconds)
@@ -453,22 +595,74 @@ def _cmd_extend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_cleanup(args: argparse.Namespace) -> int:
+def _cmd_plot(args: argparse.Namespace) -> int:
+    if (stopped := _looking_needs_server(args)) is not None:
+        return stopped
     ex = _attach(args.session)
-    ex.cleanup(stop_workers=True, force=args.force)
-    what = "workers stopped, objects deleted" if args.force else "workers stopped"
-    _print({"session_id": args.session, "force": args.force}, args.json, f"{args.session}: {what}")
+    try:
+        path = ex.plot(args.out)
+    finally:
+        ex.detach()
+    _print(
+        {"session_id": args.session, "path": str(path)}, args.json, f"timeline written to {path}"
+    )
+    return EXIT_OK
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    chosen = [bool(args.session), args.finished, args.all]
+    if sum(chosen) != 1:
+        raise ConfigError(
+            "cleanup takes one of: a SESSION id, --finished [--older-than 7d], or --all"
+        )
+    if args.older_than is not None and not args.finished:
+        raise ConfigError("--older-than goes with --finished")
+    if args.session:
+        ex = _attach(args.session)
+        ex.cleanup(stop_workers=True, force=args.force)
+        what = (
+            "workers stopped, objects and local logs deleted" if args.force else "workers stopped"
+        )
+        data = {"session_id": args.session, "force": args.force}
+        _print(data, args.json, f"{args.session}: {what}")
+        return EXIT_OK
+    from .config import parse_duration
+    from .detached import cleanup_sessions
+
+    older_than = parse_duration(args.older_than) if args.older_than is not None else None
+    deleted = cleanup_sessions(older_than=older_than, everything=args.all, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.json:
+        print(
+            json.dumps(
+                {"dry_run": args.dry_run, verb.replace(" ", "_"): [d.session_id for d in deleted]},
+                indent=2,
+            )
+        )
+    else:
+        for info in deleted:
+            print(f"{verb} {info.session_id} ({info.status.total} tasks)")
+        print(f"{len(deleted)} session(s) {'would be deleted' if args.dry_run else 'deleted'}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="starburst", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="starburst", description=__doc__.splitlines()[0].replace("``", "")
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        # SUPPRESS: a subcommand without --debug keeps what the top level parsed.
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks on errors",
+        )
         return p
 
     p = add("local", "start, stop or check the embedded S3 server")
@@ -500,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("seconds", type=float)
     p.set_defaults(func=_cmd_extend)
+    p = add("plot", "draw a session as a timeline PNG (needs the plot extra: matplotlib)")
+    p.add_argument("session")
+    p.add_argument("--out", help="the image file (default: <session>.png)")
+    p.set_defaults(func=_cmd_plot)
     p = add("setup", "create the AWS resources of the ECS backend (idempotent)")
     p.add_argument("--region")
     p.add_argument("--bucket", help="default: starburst-<account>-<region>")
@@ -538,9 +736,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("doctor", "check versions, the local server and AWS; say what to fix").set_defaults(
         func=_cmd_doctor
     )
-    p = add("cleanup", "stop a session's workers (--force: delete its objects too)")
-    p.add_argument("session")
-    p.add_argument("--force", action="store_true")
+    p = add(
+        "cleanup",
+        "stop a session's workers (--force: delete it too), or delete sessions in bulk",
+    )
+    p.add_argument("session", nargs="?")
+    p.add_argument("--force", action="store_true", help="also delete its objects and logs")
+    p.add_argument(
+        "--finished",
+        action="store_true",
+        help="delete every session finished longer ago than --older-than",
+    )
+    p.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="e.g. 12h or 7d (default: STARBURST_RETENTION, 7d)",
+    )
+    p.add_argument("--all", action="store_true", help="delete every session, finished or not")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     p.set_defaults(func=_cmd_cleanup)
     return parser
 
@@ -548,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
     try:
         code: int = args.func(args)
         return code

@@ -12,6 +12,8 @@ Environment variables (read when a function here is called, never at import):
 ``STARBURST_SSE``          ``AES256`` (default on AWS) or ``aws:kms``
 ``STARBURST_SSE_KMS_KEY_ID`` the KMS key for ``aws:kms``
 ``STARBURST_SHIP_CODE``    ``0`` turns off shipping the user's own modules
+``STARBURST_RETENTION``    how long a finished session is kept (default ``7d``)
+``STARBURST_FORKSERVER``   ``0``: start local per-call workers as subprocesses, not forks
 =========================  ==================================================
 
 A worker receives its session through the ``WORKER_ENV`` variables only, the
@@ -180,6 +182,37 @@ def user_location_overrides(
         env.get(ENV_PREFIX) or DEFAULT_PREFIX,
         env.get(ENV_REGION) or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
     )
+
+
+DEFAULT_RETENTION = "7d"
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"7d"`` -> 604800.0 seconds; units s, m, h, d, w; a bare number is seconds."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ConfigError(
+            f"invalid duration {text!r}: write a number and a unit, e.g. '90m', '12h' or '7d'"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def forkserver_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Fork local per-call workers from a template (``STARBURST_FORKSERVER=0``: do not)."""
+    env = os.environ if environ is None else environ
+    return env.get("STARBURST_FORKSERVER", "1") != "0"
+
+
+def retention_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """How long a finished session is kept (``STARBURST_RETENTION``, default 7 days)."""
+    env = os.environ if environ is None else environ
+    text = env.get("STARBURST_RETENTION") or DEFAULT_RETENTION
+    try:
+        return parse_duration(text)
+    except ConfigError as err:
+        raise ConfigError(f"STARBURST_RETENTION: {err}") from None
 
 
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(MB|MiB|GB|GiB|M|G)?\s*$", re.IGNORECASE)

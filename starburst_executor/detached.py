@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec, Self
@@ -291,6 +293,20 @@ class DetachedExecutor(SessionExecutor):
             if not self._detached:
                 self._runtime.loop.run(self._session.request_stop())
 
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C leaves the work running: the session is the point of this executor.
+            sid = self.detach()
+            print(
+                f"starburst: interrupted; session {sid} keeps running. Attach with "
+                f"DetachedExecutor.attach({sid!r}), watch it with `starburst status {sid} "
+                f"--watch`, stop it with `starburst cleanup {sid}`",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self.shutdown(wait=True)
+
     def detach(self) -> str:
         """Let go of the session: workers keep going; ``attach`` later. Returns its id."""
         with self._lock:
@@ -333,6 +349,12 @@ class DetachedExecutor(SessionExecutor):
         else:
             self._poller.sync()
         return [TaskOutcome.from_future(f) for f in futures if f.done()]
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """As ``StarburstExecutor.plot``, with every outcome finished so far in S3."""
+        self._require_attached()
+        self._poller.sync()
+        return super().plot(path)
 
     def cost(self) -> dict[str, object]:
         """Rate per worker-hour, running workers, hourly estimate and cost so far.
@@ -399,11 +421,23 @@ class DetachedExecutor(SessionExecutor):
             self._runtime.launcher.stop(self.session_id, registry)
         if force:
             loop.run(self._session.delete())
+            self._delete_local_logs()
         self._poller.stop()
         for future in self.futures:
             if not future.done():
                 future._mark_cancelled()
         self._close_runtime()
+
+    def _delete_local_logs(self) -> None:
+        """Local workers' logs go with their session (CloudWatch keeps ECS logs for the
+        log group's retention)."""
+        import shutil
+
+        from .launch.local import LocalLauncher
+
+        launcher = self._runtime.launcher
+        if isinstance(launcher, LocalLauncher):
+            shutil.rmtree(launcher.logs_root / self.session_id, ignore_errors=True)
 
     # -- executor-only -------------------------------------------------------------
 
@@ -494,6 +528,65 @@ def list_sessions(
         return runtime.loop.run(_list_sessions(runtime))
     finally:
         runtime.close()
+
+
+def session_finished_at(info: SessionInfo) -> float | None:
+    """When the session finished (its last write), or None while it has work left.
+
+    A session is finished when every task has an outcome, or when its deadline passed.
+    """
+    import time
+
+    last = (info.last_activity or info.created).timestamp()
+    if info.status.pending == 0 and info.status.running == 0:
+        return last
+    if info.deadline.timestamp() < time.time():
+        return info.deadline.timestamp()
+    return None
+
+
+def cleanup_sessions(
+    *,
+    older_than: float | None = None,
+    everything: bool = False,
+    dry_run: bool = False,
+    endpoint_url: str | None = None,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    region: str | None = None,
+) -> list[SessionInfo]:
+    """Delete finished sessions older than the retention: their workers are stopped, their
+    objects and local logs deleted. Returns the sessions deleted (or, with ``dry_run``,
+    those that would be).
+
+    Args:
+        older_than: seconds since a session finished (default: ``STARBURST_RETENTION``,
+            7 days).
+        everything: every session, finished or not, whatever its age.
+    """
+    import time
+
+    from .config import retention_seconds
+
+    age = retention_seconds() if older_than is None else older_than
+    if age < 0:
+        raise ValueError(f"older_than must be >= 0 seconds, got {age}")
+    where = {"endpoint_url": endpoint_url, "bucket": bucket, "prefix": prefix, "region": region}
+    now = time.time()
+    chosen = []
+    for info in list_sessions(**where):
+        finished = session_finished_at(info)
+        if everything or (finished is not None and now - finished >= age):
+            chosen.append(info)
+    if dry_run:
+        return chosen
+    for info in chosen:
+        try:
+            ex = DetachedExecutor.attach(info.session_id, launch_workers=False, **where)
+        except StarburstError:
+            continue  # deleted meanwhile by someone else
+        ex.cleanup(stop_workers=True, force=True)
+    return chosen
 
 
 async def _list_sessions(runtime: Runtime) -> list[SessionInfo]:

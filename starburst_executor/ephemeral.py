@@ -22,9 +22,11 @@ Changes from the standard library's process pool, on purpose:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -169,6 +171,46 @@ class StarburstExecutor(SessionExecutor):
                 self._runtime.loop.run(self._session.delete())
             self._close_runtime()
 
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._interrupt()  # Ctrl-C: stop now, not after every queued call
+            return
+        self.shutdown(wait=True)
+
+    def _interrupt(self) -> None:
+        """Cancel the queued calls, stop this executor's running workers, say so in one
+        line; the ``KeyboardInterrupt`` goes on. Used by ``with`` on Ctrl-C."""
+        with self._lock:
+            self._closed = True
+        with self._cv:
+            queued = list(self._queue)
+            self._queue.clear()
+            running = [f for f, _ in self._running.values()]
+            self._stopping = True
+            self._cv.notify_all()
+        for future in queued:
+            future._mark_cancelled()
+        stopped = 0
+        with contextlib.suppress(StarburstError, OSError):
+            # No grace: the user asked to stop, their calls' results are not wanted.
+            stopped = self._runtime.launcher.stop(self.session_id, [], grace=0.5)
+        for future in running:
+            future._fail(
+                concurrent.futures.CancelledError(
+                    f"task {future.task_id} was stopped by an interrupt (Ctrl-C)"
+                )
+            )
+        self._dispatcher.join(timeout=5)
+        with contextlib.suppress(StarburstError, concurrent.futures.TimeoutError):
+            self._runtime.loop.run(self._session.delete(), timeout=5)
+        self._close_runtime()
+        print(
+            f"starburst: interrupted: cancelled {len(queued)} queued call(s), stopped "
+            f"{stopped} running worker(s) of session {self.session_id}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     # -- executor-only -------------------------------------------------------------
 
     def _cancel_queued(self, tid: str) -> bool:
@@ -251,10 +293,13 @@ class StarburstExecutor(SessionExecutor):
             if status.out_of_memory
             else "this can be caused by a segmentation fault, excessive memory use or a kill"
         )
+        ended = status.reason
+        if status.code is not None and status.code >= 0 and "exit code" not in ended:
+            ended += f", exit code {status.code}"  # ECS reasons do not name it; local ones do
         future._fail(
             WorkerDied(
                 f"task {future.task_id} of session {self.session_id}: its worker "
-                f"{worker.worker_id} ended ({status.reason}, exit code {status.code}) "
+                f"{worker.worker_id} ended ({ended}) "
                 f"without a result; {hint}. Logs: {status.logs}",
                 task_id=future.task_id,
                 exit_status=status.code,

@@ -19,6 +19,8 @@
     ├── CostLimitExceeded               launching would pass ``max_hourly_cost``
     ├── StoreError                      the object store refused or failed a request
     │   ├── AccessDenied                credentials lack a permission (names the action)
+    │   ├── CredentialsMissing          no credentials were found for the store
+    │   ├── EndpointUnreachable         the store's endpoint does not answer
     │   ├── BucketNotFound              the bucket does not exist
     │   ├── ObjectNotFound              no object under that key
     │   └── PreconditionFailed          a conditional write lost its race (412/409)
@@ -35,6 +37,8 @@ __all__ = [
     "ConfigError",
     "CorruptObject",
     "CostLimitExceeded",
+    "CredentialsMissing",
+    "EndpointUnreachable",
     "EnvironmentMismatch",
     "InvalidSessionId",
     "LocalServerError",
@@ -99,25 +103,33 @@ class CorruptObject(StarburstError):
 
 
 class RemoteError(StarburstError):
-    """A task raised an exception whose class could not be rebuilt on the client.
+    """A task raised an exception that could not be rebuilt on the client.
 
     Attributes:
         type_name: the qualified name of the remote exception's class.
         remote_message: ``str()`` of the remote exception.
         remote_traceback: the formatted remote traceback.
+        reason: why it could not be rebuilt, and what to do about it.
     """
 
-    def __init__(self, type_name: str, remote_message: str, remote_traceback: str) -> None:
-        super().__init__(
-            f"task raised {type_name}: {remote_message} "
-            "(its class could not be unpickled here; install the module that defines it)"
-        )
+    def __init__(
+        self,
+        type_name: str,
+        remote_message: str,
+        remote_traceback: str,
+        reason: str = "its class could not be unpickled here; install the module that defines it",
+    ) -> None:
+        super().__init__(f"task raised {type_name}: {remote_message} ({reason})")
         self.type_name = type_name
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        self.reason = reason
 
-    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
-        return (RemoteError, (self.type_name, self.remote_message, self.remote_traceback))
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str, str]]:
+        return (
+            RemoteError,
+            (self.type_name, self.remote_message, self.remote_traceback, self.reason),
+        )
 
 
 class WorkerLost(StarburstError):
@@ -175,6 +187,14 @@ class StoreError(StarburstError):
 
 class AccessDenied(StoreError):
     """The credentials in use lack a permission."""
+
+
+class CredentialsMissing(StoreError):
+    """No credentials were found for the object store (none in the AWS chain)."""
+
+
+class EndpointUnreachable(StoreError):
+    """The object store's endpoint did not answer (connection refused, timeout, DNS)."""
 
 
 class BucketNotFound(StoreError):

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def starburst(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``starburst`` command in a fresh interpreter with this environment."""
+def starburst(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``starburst`` command in a fresh interpreter with this environment
+    (and ``env`` on top of it)."""
     return subprocess.run(
         [sys.executable, "-m", "starburst_executor.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env=os.environ.copy(),
+        env={**os.environ, **(env or {})},
     )
 
 

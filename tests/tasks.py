@@ -184,3 +184,50 @@ def raise_unloadable() -> None:
     WorkerOnlyError.__qualname__ = "WorkerOnlyError"
     module.WorkerOnlyError = WorkerOnlyError  # type: ignore[attr-defined]
     raise WorkerOnlyError("only the worker knows this class")
+
+
+class CodedError(Exception):
+    """An exception whose __init__ takes other arguments than its args."""
+
+    def __init__(self, code: int, *, detail: str) -> None:
+        super().__init__(f"failed with code {code}")
+        self.code = code
+        self.detail = detail
+
+
+def raise_coded(code: int) -> None:
+    raise CodedError(code, detail="see the manual")
+
+
+class HoldsLockError(Exception):
+    def __init__(self, message: str) -> None:
+        import threading
+
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_holding_lock() -> None:
+    raise HoldsLockError("it holds a lock")
+
+
+def barrier(folder: str, i: int, n: int, hold: float = 0.0, timeout: float = 60.0) -> int:
+    """Returns ``hold`` seconds after ``n`` tasks reached it: they ran at once, on ``n``
+    different workers."""
+    Path(folder, str(i)).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while len(list(Path(folder).iterdir())) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(Path(folder).iterdir()))} of {n} arrived")
+        time.sleep(0.02)
+    time.sleep(hold)
+    return os.getpid()
+
+
+def fail_after(seconds: float) -> None:
+    time.sleep(seconds)
+    raise CustomError(f"failed after {seconds}s")
+
+
+def env(name: str) -> str | None:
+    return os.environ.get(name)

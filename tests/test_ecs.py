@@ -148,6 +148,40 @@ def test_setup_is_idempotent_and_teardown_leaves_nothing(aws_env):
     assert _inventory(aws_env) == before
 
 
+def test_setup_adds_the_expiry_rule_to_an_existing_bucket_and_teardown_removes_it(aws_env):
+    """The lifecycle rule is the backstop of session retention, also on a bucket of the
+    user's; teardown takes our rule away and leaves the bucket and its other rules."""
+    s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
+    s3.create_bucket(Bucket="users-own-bucket")
+    theirs = {
+        "ID": "their-rule",
+        "Status": "Enabled",
+        "Filter": {"Prefix": "tmp/"},
+        "Expiration": {"Days": 1},
+    }
+    s3.put_bucket_lifecycle_configuration(
+        Bucket="users-own-bucket", LifecycleConfiguration={"Rules": [theirs]}
+    )
+    result = starburst("setup", "--bucket", "users-own-bucket", "--expiry-days", "9", "--json")
+    assert result.returncode == 0, result.stderr
+    steps = {s["kind"]: s for s in json.loads(result.stdout)["steps"]}
+    assert steps["s3-bucket"]["action"] == "exists"
+    assert steps["s3-lifecycle"]["action"] == "created"
+    rules = {
+        r["ID"]: r
+        for r in s3.get_bucket_lifecycle_configuration(Bucket="users-own-bucket")["Rules"]
+    }
+    assert set(rules) == {"their-rule", "starburst-expire-old-sessions"}
+    assert rules["starburst-expire-old-sessions"]["Expiration"] == {"Days": 9}
+    again = json.loads(starburst("setup", "--json").stdout)["steps"]
+    assert all(s["action"] == "exists" for s in again)
+
+    assert starburst("teardown").returncode == 0
+    left = s3.get_bucket_lifecycle_configuration(Bucket="users-own-bucket")["Rules"]
+    assert [r["ID"] for r in left] == ["their-rule"]
+    assert "users-own-bucket" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
 def _ecs_config(aws_env):  # type: ignore[no-untyped-def]
     result = starburst("setup", "--json")
     assert result.returncode == 0, result.stderr

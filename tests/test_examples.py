@@ -82,5 +82,14 @@ def test_every_example_is_covered(name):
         "error_handling.py",
         "own_module.py",
         "mymodel.py",  # the sibling module own_module.py ships
+        "timeline.py",
     }
     assert name in covered, f"examples/{name} has no test"
+
+
+def test_timeline_writes_a_png(prefix, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "timeline.png"
+    printed = run_example("timeline.py", "8", "2", str(out))
+    assert f"timeline written to {out}" in printed and "8 tasks" in printed
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -36,11 +36,16 @@ def _listening_addresses(pid: int) -> set[str]:
     return addresses
 
 
-def test_start_reuse_restart_and_stop(tmp_path):
+def test_start_reuse_restart_and_stop(tmp_path, capsys):
     server = LocalServer(tmp_path / "home")
     try:
         first = server.ensure_running()
         assert first.endpoint_url.startswith("http://127.0.0.1:")
+        # A start says, in one line, where the server is, that it stays up, how to stop it.
+        announced = capsys.readouterr().err.splitlines()
+        assert len(announced) == 1
+        assert first.endpoint_url in announced[0] and "stays up" in announced[0]
+        assert "`starburst local stop`" in announced[0]
         # Loopback only: 0100007F is 127.0.0.1 in /proc/net/tcp's byte order.
         assert _listening_addresses(first.pid) == {"0100007F"}
         creds = tmp_path / "home" / "credentials.json"
@@ -61,6 +66,7 @@ def test_start_reuse_restart_and_stop(tmp_path):
             check=True,
         )
         assert int(out.stdout) == first.pid
+        assert out.stderr == ""  # finding a running server is silent
 
         # Data written before a crash survives the restart, on the same port.
         _put(first, tmp_path / "home", "survivor", b"still here")

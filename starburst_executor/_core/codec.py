@@ -9,16 +9,34 @@ code) is still read. An outcome is
 a result the client cannot unpickle still arrives as an error that names it,
 and a remote exception whose class is missing here arrives as ``RemoteError``
 with its type name, message and traceback.
+
+Two changes to what cloudpickle does, both for tracebacks that read like local ones:
+
+- Functions pickled by value (defined in ``__main__`` or a notebook) keep their
+  code's file name; cloudpickle writes ``<dynamic-code>`` instead.
+- The worker often cannot read that file (another machine, a notebook cell), so the
+  client fills the missing source lines of the remote traceback from its own
+  ``linecache``, which knows the script and the notebook's cells.
+
+An exception whose ``__init__`` takes other arguments than its ``args`` cannot be
+rebuilt by pickle's default (``cls(*args)``); the worker then ships it as
+``cls.__new__`` + ``args`` + ``__dict__``, and says why when even that fails.
 """
 
 from __future__ import annotations
 
+import io
+import linecache
 import pickle
 import platform
+import re
 import secrets
 import traceback
+import types
+from collections import ChainMap
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import cloudpickle
 
@@ -70,6 +88,33 @@ def fingerprint_mismatch(client: dict[str, str], worker: dict[str, str]) -> str 
     )
 
 
+def _code_at(filename: str, build: Callable[..., types.CodeType], args: tuple[Any, ...]) -> Any:
+    """Unpickles a code object with its real file name (see ``_reduce_code``)."""
+    return build(*args).replace(co_filename=filename)
+
+
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    build, args = _cloudpickle_code_reduce(code)
+    return (_code_at, (code.co_filename, build, args))
+
+
+class _CallPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, except that code pickled by value keeps its file name."""
+
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def _dumps_call(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _CallPickler(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
 def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     candidates: list[tuple[str, Any]] = [("the function", fn)]
     candidates += [(f"argument {i}", a) for i, a in enumerate(args)]
@@ -90,7 +135,7 @@ def encode_call(
     ``code`` names the code bundles (digests) the worker must import from first.
     """
     try:
-        blob: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
+        blob = _dumps_call((fn, args, kwargs))
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
@@ -205,13 +250,8 @@ class Outcome:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         except BaseException:
             tb = f"{exc_type}: {message}\n(the traceback could not be formatted)\n"
-        blob: bytes | None
-        try:
-            blob = cloudpickle.dumps(exc, protocol=5)
-            pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is common
-        except BaseException:
-            blob = None
-        return cls(
+        blob, problem = _pickle_exception(exc)
+        outcome = cls(
             task_id,
             "error",
             exc=blob,
@@ -220,6 +260,9 @@ class Outcome:
             traceback=tb,
             **meta,
         )
+        if problem:
+            outcome.extra["exc_problem"] = problem
+        return outcome
 
     def encode(self) -> bytes:
         return MAGIC_OUTCOME + pickle.dumps(self.__dict__, protocol=5)
@@ -248,14 +291,105 @@ class Outcome:
     def exception(self) -> BaseException:
         """The remote exception with its traceback as ``__cause__`` (kind ``error``)."""
         exc: BaseException
+        tb = fill_source_lines(self.traceback)
         try:
             if self.exc is None:
-                raise ValueError("not picklable")
+                raise _NotShipped(self.extra.get("exc_problem") or "it could not be pickled")
             loaded = pickle.loads(self.exc)
             if not isinstance(loaded, BaseException):
-                raise TypeError("not an exception")
+                raise TypeError(f"it unpickled as a {type(loaded).__name__}, not an exception")
             exc = loaded
-        except BaseException:  # unpickling runs the exception's code: even sys.exit
-            exc = RemoteError(self.exc_type, self.exc_message, self.traceback)
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback}"""')
+        except BaseException as err:  # unpickling runs the exception's code: even sys.exit
+            exc = RemoteError(self.exc_type, self.exc_message, tb, reason=_why_not_rebuilt(err))
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
         return exc
+
+
+def _safe_str(obj: object) -> str:
+    """``str(obj)``, or a placeholder when its ``__str__`` raises."""
+    try:
+        return str(obj)
+    except BaseException:
+        return f"<str() of a {type(obj).__name__} failed>"
+
+
+class _NotShipped(Exception):
+    """The worker could not pickle the exception; the message says why."""
+
+
+def _why_not_rebuilt(err: BaseException) -> str:
+    if isinstance(err, _NotShipped):
+        return f"{err}; it arrives as text only"
+    if isinstance(err, (ImportError, AttributeError)):
+        return (
+            f"its class could not be found here ({type(err).__name__}: {err}); "
+            "install the module that defines it"
+        )
+    return f"it could not be rebuilt here ({type(err).__name__}: {err})"
+
+
+def _rebuild_exception(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None
+) -> BaseException:
+    """An exception made without calling its ``__init__``: ``BaseException.__new__``
+    sets ``args``, and the instance dict holds what ``__init__`` had set."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
+class _ByState:
+    """Pickles an exception as class + args + ``__dict__`` instead of ``cls(*args)``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(getattr(self.exc, "__dict__", {}))
+        return (_rebuild_exception, (type(self.exc), self.exc.args, state))
+
+
+def _pickle_exception(exc: BaseException) -> tuple[bytes | None, str]:
+    """The pickled exception and "", or None and why it cannot travel.
+
+    Each candidate is unpickled here, as the client will: an exception that pickles but
+    cannot be rebuilt (an ``__init__`` taking other arguments than ``args``) is common.
+    """
+    problems: list[str] = []
+    for candidate in (exc, _ByState(exc)):
+        try:
+            blob: bytes = cloudpickle.dumps(candidate, protocol=5)
+            pickle.loads(blob)
+        except BaseException as err:  # a __reduce__ may even call sys.exit
+            problems.append(f"{type(err).__name__}: {_safe_str(err)}")
+            continue
+        return blob, ""
+    return None, (
+        f"the worker could not pickle {type(exc).__qualname__} ({problems[-1]}); "
+        "keep an exception's attributes picklable, or define __reduce__ for it"
+    )
+
+
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def fill_source_lines(tb: str) -> str:
+    """Add the source line under each frame of a formatted traceback that lacks it,
+    from this interpreter's ``linecache`` (the client has the script or the notebook
+    cells that the worker could not read)."""
+    lines = tb.splitlines(keepends=True)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        match = _FRAME.match(line)
+        if match is None:
+            continue
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if following.startswith("    "):
+            continue  # the worker had the source
+        source = linecache.getline(match["file"], int(match["line"])).strip()
+        if source:
+            out.append(f"    {source}\n")
+    return "".join(out)

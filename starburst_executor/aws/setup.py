@@ -174,20 +174,30 @@ class Setup:
             s3.put_bucket_lifecycle_configuration(
                 Bucket=bucket,
                 ExpectedBucketOwner=account,
-                LifecycleConfiguration={
-                    "Rules": [
-                        {
-                            "ID": "starburst-expire-old-sessions",
-                            "Status": "Enabled",
-                            "Filter": {"Prefix": f"{prefix}/sessions/"},
-                            "Expiration": {"Days": expiry_days},
-                            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-                        }
-                    ]
-                },
+                LifecycleConfiguration={"Rules": [_expiry_rule(prefix, expiry_days)]},
             )
 
         self._step("s3-bucket", bucket, exists, create, f"sessions expire after {expiry_days} days")
+        if exists:
+            self._lifecycle(bucket, prefix, account, expiry_days)
+
+    def _lifecycle(self, bucket: str, prefix: str, account: str, expiry_days: int) -> None:
+        """The expiry rule on a bucket setup did not create: the backstop for sessions
+        nobody cleaned up. Other rules of the bucket are kept."""
+        s3 = self.c("s3")
+        rules = _lifecycle_rules(s3, bucket, account)
+        present = any(r.get("ID") == EXPIRY_RULE_ID for r in rules)
+
+        def add() -> None:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=bucket,
+                ExpectedBucketOwner=account,
+                LifecycleConfiguration={"Rules": [*rules, _expiry_rule(prefix, expiry_days)]},
+            )
+
+        self._step(
+            "s3-lifecycle", bucket, present, add, f"sessions expire after {expiry_days} days"
+        )
 
     def log_group(self, name: str, retention_days: int) -> None:
         logs = self.c("logs")
@@ -460,6 +470,34 @@ class Setup:
         return name
 
 
+EXPIRY_RULE_ID = "starburst-expire-old-sessions"
+
+
+def _expiry_rule(prefix: str, days: int) -> dict[str, Any]:
+    return {
+        "ID": EXPIRY_RULE_ID,
+        "Status": "Enabled",
+        "Filter": {"Prefix": f"{prefix}/sessions/"},
+        "Expiration": {"Days": days},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+
+
+def _lifecycle_rules(s3: Any, bucket: str, account: str | None) -> list[dict[str, Any]]:
+    from botocore.exceptions import ClientError
+
+    owner = {"ExpectedBucketOwner": account} if account else {}
+    try:
+        rules: list[dict[str, Any]] = s3.get_bucket_lifecycle_configuration(
+            Bucket=bucket, **owner
+        ).get("Rules", [])
+    except ClientError as err:
+        if "NoSuchLifecycleConfiguration" in str(err.response.get("Error", {}).get("Code")):
+            return []
+        raise
+    return rules
+
+
 def teardown(
     config: AwsConfig, clients: AwsClients, *, dry_run: bool = False, delete_data: bool = False
 ) -> list[Step]:
@@ -509,6 +547,17 @@ def _delete(
                 if keys:
                     s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True}, **owner)
         s3.delete_bucket(Bucket=name, **owner)
+    elif kind == "s3-lifecycle":  # on a bucket of the user's: remove our rule only
+        s3 = c("s3")
+        owner = {"ExpectedBucketOwner": config.account_id} if config.account_id else {}
+        rules = _lifecycle_rules(s3, name, config.account_id or None)
+        others = [r for r in rules if r.get("ID") != EXPIRY_RULE_ID]
+        if others:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=name, LifecycleConfiguration={"Rules": others}, **owner
+            )
+        else:
+            s3.delete_bucket_lifecycle(Bucket=name, **owner)
     elif kind == "log-group":
         c("logs").delete_log_group(logGroupName=name)
     elif kind == "ecr-repository":

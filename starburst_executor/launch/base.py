@@ -67,8 +67,18 @@ class Launcher(Protocol):
         """Ask ``count`` of the session's workers to stop (they finish their task first)."""
         ...
 
-    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
-        """Stop the session's workers, and only those; returns how many were stopped."""
+    def stop(
+        self,
+        session_id: str,
+        registry: Sequence[Mapping[str, object]],
+        *,
+        grace: float | None = None,
+    ) -> int:
+        """Stop the session's workers, and only those; returns how many were stopped.
+
+        ``grace``: seconds a worker gets to finish or hand back its task before it is
+        killed (None: the launcher's default; ECS uses the container's stop timeout).
+        """
         ...
 
     def start_task_worker(

@@ -468,7 +468,15 @@ class EcsLauncher:
                 raise translate(err, "ecs:StopTask", arn) from err
         return len(victims)
 
-    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
+    def stop(
+        self,
+        session_id: str,
+        registry: Sequence[Mapping[str, object]],
+        *,
+        grace: float | None = None,
+    ) -> int:
+        # StopTask sends SIGTERM, then SIGKILL after the container's stop timeout: ECS
+        # owns the grace period, so ``grace`` has no effect here.
         arns = self._session_tasks(session_id)
         stopped = 0
         for task in self.describe(arns):

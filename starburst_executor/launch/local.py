@@ -4,16 +4,24 @@ Each worker is ``python -m starburst_executor.worker`` in its own process group
 (so it outlives a detached client), configured only by the environment
 variables the ECS launcher would pass. Its output goes to
 ``<STARBURST_HOME>/logs/<session>/<worker>.log``.
+
+Per-call workers (``StarburstExecutor``) are forked from a template process that has
+already imported the worker (``worker/forkserver.py``): a cold call then costs a
+fork, not an interpreter start and the SDK's imports. ``STARBURST_FORKSERVER=0``
+starts them as subprocesses instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,10 +29,83 @@ from typing import Any
 
 from .._core.layout import new_worker_id
 from .._procs import pid_alive
-from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER
+from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
+from ..errors import StarburstError
 from .base import ExitStatus, TaskWorker
 
 STOP_GRACE = 5.0
+FORK_REPLY_TIMEOUT = 60.0
+
+
+class ForkServer:
+    """The client's end of one template process (see ``worker/forkserver.py``)."""
+
+    def __init__(self, env: dict[str, str], cwd: str, log: Path) -> None:
+        self.key = (env.get("PYTHONPATH", ""), cwd)
+        log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(log, "ab") as errors:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "starburst_executor.worker.forkserver"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # Ctrl-C in the client's terminal must not reach it
+            )
+        self._lock = threading.Lock()
+        self._pids: queue.Queue[int] = queue.Queue()
+        self._exits: dict[int, int] = {}
+        self._reader = threading.Thread(target=self._read, name="starburst-forkserver", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            if "pid" in message:
+                self._pids.put(int(message["pid"]))
+            else:
+                self._exits[int(message["exited"])] = int(message["code"])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def spawn(self, env: Mapping[str, str], log: Path) -> ForkedWorker:
+        request = json.dumps({"env": dict(env), "log": str(log)}).encode() + b"\n"
+        with self._lock:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(request)
+                self.proc.stdin.flush()
+                pid = self._pids.get(timeout=FORK_REPLY_TIMEOUT)
+            except (OSError, queue.Empty) as err:
+                raise StarburstError(f"the worker template process did not fork: {err}") from err
+        return ForkedWorker(pid, self)
+
+    def exit_code(self, pid: int) -> int | None:
+        code = self._exits.get(pid)
+        if code is None and not self.alive() and not pid_alive(pid):
+            return -signal.SIGKILL  # the template died before reporting it; it is gone
+        return code
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()  # the template exits; its workers run on
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=STOP_GRACE)
+
+
+class ForkedWorker:
+    """A worker forked by the template: its exit code comes from the template."""
+
+    def __init__(self, pid: int, server: ForkServer) -> None:
+        self.pid = pid
+        self._server = server
+
+    def poll(self) -> int | None:
+        return self._server.exit_code(self.pid)
 
 
 def _serves(pid: int, session_id: str) -> bool:
@@ -59,7 +140,10 @@ class LocalLauncher:
         self._python = python or sys.executable
         self._environ = environ
         self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self._forked: dict[str, list[ForkedWorker]] = {}
         self._adopted: dict[str, set[int]] = {}
+        self._fork_server: ForkServer | None = None
+        self._fork_lock = threading.Lock()
 
     def log_path(self, session_id: str, worker_id: str) -> Path:
         return self.logs_root / session_id / f"{worker_id}.log"
@@ -71,13 +155,17 @@ class LocalLauncher:
             return []
         return sorted(folder.glob("w-*.log"), key=lambda p: p.stat().st_mtime)
 
-    def _spawn(
-        self, session_id: str, env: Mapping[str, str]
-    ) -> tuple[str, subprocess.Popen[bytes], Path]:
+    def _base_env(self) -> dict[str, str]:
         base = dict(os.environ if self._environ is None else self._environ)
         if self._strip_aws_env:
             # The embedded server has its own generated keys; never hand workers the user's.
             base = {k: v for k, v in base.items() if not k.startswith("AWS_")}
+        return base
+
+    def _spawn(
+        self, session_id: str, env: Mapping[str, str]
+    ) -> tuple[str, subprocess.Popen[bytes], Path]:
+        base = self._base_env()
         base.update(env)
         worker_id = new_worker_id()
         path = self.log_path(session_id, worker_id)
@@ -98,6 +186,35 @@ class LocalLauncher:
             )
         self._procs.setdefault(session_id, []).append(proc)
         return worker_id, proc, path
+
+    def _forkserver(self, base: dict[str, str]) -> ForkServer:
+        """The template for this environment's import path, started on first use (and
+        again when it died or ``PYTHONPATH``/the working directory changed)."""
+        with self._fork_lock:
+            server = self._fork_server
+            key = (base.get("PYTHONPATH", ""), os.getcwd())
+            if server is None or not server.alive() or server.key != key:
+                if server is not None:
+                    server.close()
+                server = ForkServer(base, key[1], self.logs_root / "forkserver.log")
+                self._fork_server = server
+            return server
+
+    def _fork(self, session_id: str, env: Mapping[str, str]) -> tuple[str, ForkedWorker, Path]:
+        base = self._base_env()
+        worker_id = new_worker_id()
+        path = self.log_path(session_id, worker_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        full = {
+            **base,
+            **env,
+            ENV_SESSION: session_id,
+            ENV_WORKER: worker_id,
+            "STARBURST_WORKER_LOG": str(path),
+        }
+        worker = self._forkserver(base).spawn(full, path)
+        self._forked.setdefault(session_id, []).append(worker)
+        return worker_id, worker, path
 
     def launch(
         self, session_id: str, count: int, env: Mapping[str, str]
@@ -121,7 +238,14 @@ class LocalLauncher:
     def start_task_worker(
         self, session_id: str, task_id: str, env: Mapping[str, str]
     ) -> TaskWorker:
-        worker_id, proc, path = self._spawn(session_id, {**env, ENV_TASK: task_id})
+        task_env = {**env, ENV_TASK: task_id}
+        # The template is this interpreter with this environment: a launcher told to
+        # use another Python or a clean environment starts plain subprocesses.
+        if forkserver_enabled() and self._python == sys.executable and self._environ is None:
+            with contextlib.suppress(StarburstError, OSError):  # else: a plain subprocess
+                worker_id, forked, path = self._fork(session_id, task_env)
+                return TaskWorker(session_id, task_id, worker_id, str(path), forked)
+        worker_id, proc, path = self._spawn(session_id, task_env)
         return TaskWorker(session_id, task_id, worker_id, str(path), proc)
 
     def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
@@ -157,10 +281,17 @@ class LocalLauncher:
     def _pids(self, session_id: str) -> set[int]:
         procs = self._procs.get(session_id, [])
         self._procs[session_id] = [p for p in procs if p.poll() is None]
-        own = {p.pid for p in self._procs[session_id]}
+        own = {p.pid for p in self._procs[session_id]} | self._forked_pids(session_id)
         adopted = {pid for pid in self._adopted.get(session_id, set()) if pid_alive(pid)}
         self._adopted[session_id] = adopted
         return own | adopted
+
+    def _forked_pids(self, session_id: str) -> set[int]:
+        """Live forked workers: the template has not reported them reaped, so their pids
+        cannot have been reused (their environ in /proc is the template's: no check)."""
+        forked = [w for w in self._forked.get(session_id, []) if w.poll() is None]
+        self._forked[session_id] = forked
+        return {w.pid for w in forked}
 
     def live_count(self, session_id: str) -> int:
         return len(self._pids(session_id))
@@ -185,13 +316,20 @@ class LocalLauncher:
                 os.killpg(pid, signal.SIGTERM)
         return len(victims)
 
-    def stop(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> int:
+    def stop(
+        self,
+        session_id: str,
+        registry: Sequence[Mapping[str, object]],
+        *,
+        grace: float | None = None,
+    ) -> int:
         self.adopt(session_id, registry)
-        pids = {pid for pid in self._pids(session_id) if _serves(pid, session_id)}
+        forked = self._forked_pids(session_id)
+        pids = {pid for pid in self._pids(session_id) if pid in forked or _serves(pid, session_id)}
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + (STOP_GRACE if grace is None else grace)
         while time.monotonic() < deadline and any(self._reap(pid) for pid in pids):
             time.sleep(0.05)
         for pid in pids:
@@ -200,7 +338,7 @@ class LocalLauncher:
                     os.killpg(pid, signal.SIGKILL)
         for proc in self._procs.pop(session_id, []):
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=STOP_GRACE)
+                proc.wait(timeout=STOP_GRACE)  # reaps; they were SIGKILLed above if need be
         self._adopted.pop(session_id, None)
         return len(pids)
 
@@ -209,3 +347,9 @@ class LocalLauncher:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         return pid_alive(pid)
+
+    def close(self) -> None:
+        """Let the worker template go (it exits; workers it forked run on)."""
+        if self._fork_server is not None:
+            self._fork_server.close()
+            self._fork_server = None

@@ -199,8 +199,12 @@ class LocalServer:
             s.settimeout(1.0)
             return s.connect_ex(("127.0.0.1", int(state["ports"]["s3"]))) == 0
 
-    def ensure_running(self) -> ServerInfo:
-        """Return the running server, starting (or restarting) it when needed."""
+    def ensure_running(self, *, announce: bool = True) -> ServerInfo:
+        """Return the running server, starting (or restarting) it when needed.
+
+        A start is announced on stderr in one line (unless ``announce`` is False): the
+        server is a daemon that outlives this process, and the user should know it.
+        """
         info = self.running()
         if info is not None:
             return info
@@ -208,7 +212,16 @@ class LocalServer:
             info = self.running()
             if info is not None:
                 return info
-            return self._start()
+            info = self._start()
+        if announce:
+            print(
+                f"starburst: started the local S3 server at {info.endpoint_url} "
+                f"(pid {info.pid}, state in {self.home}); it stays up after this program "
+                "exits; stop it with `starburst local stop`",
+                file=sys.stderr,
+                flush=True,
+            )
+        return info
 
     def _credentials(self) -> tuple[str, str]:
         path = self.home / "credentials.json"

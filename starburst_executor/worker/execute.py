@@ -19,12 +19,13 @@ from typing import Any, TextIO
 from .._core.codec import Outcome, decode_call
 from .._core.layout import task_index
 from .._core.seeds import apply_task_seed
+from .logfmt import StampedLines
 
 
 class _Tee(io.TextIOBase):
     """Writes to the real stream and keeps a copy for the task's outcome."""
 
-    def __init__(self, real: TextIO) -> None:
+    def __init__(self, real: TextIO | io.TextIOBase) -> None:
         self.real = real
         self.copy = io.StringIO()
 
@@ -40,8 +41,10 @@ class _Tee(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _captured() -> Iterator[tuple[_Tee, _Tee]]:
-    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+def _captured(tid: str) -> Iterator[tuple[_Tee, _Tee]]:
+    # The worker's log gets each line stamped with its time and task; the outcome
+    # keeps the task's own text.
+    out, err = _Tee(StampedLines(sys.stdout, tid)), _Tee(StampedLines(sys.stderr, tid))
     with (
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
@@ -63,7 +66,7 @@ def run_call(
     except BaseException as err:
         outcome = Outcome.failure(tid, err, **meta)
     else:
-        with _captured() as (out, err_stream):
+        with _captured(tid) as (out, err_stream):
             try:
                 if seed is not None:
                     apply_task_seed(seed, task_index(tid))

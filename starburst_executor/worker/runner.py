@@ -448,6 +448,8 @@ class Worker:
             if executed is None:
                 return
             outcome = executed
+        if outcome.kind == "error":  # the log shows each failure whole, as a local run would
+            log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
         written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
         if written is False:
             self.stats.duplicates_dropped += 1

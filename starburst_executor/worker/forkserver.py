@@ -1,0 +1,106 @@
+"""A template process that forks per-call workers with everything already imported.
+
+::
+
+    client (LocalLauncher)               template (this module)       worker
+    ──────────────────────               ──────────────────────       ──────
+    spawn ──{"env", "log"} on stdin───▶  fork() ───────────────────▶  setsid; stdout, stderr
+          ◀──{"pid"} on stdout────────                                to its log; environ
+    poll  ◀──{"exited", "code"}───────   waitpid(WNOHANG), 5 ms       replaced; runner.main()
+
+Starting ``python -m starburst_executor.worker`` costs an interpreter and the imports
+of botocore, aiobotocore and cloudpickle: half a second, seconds on a loaded machine.
+The template pays that once; a fork costs milliseconds. Each worker still gets the
+whole environment the client would have given a subprocess (sent per request), its own
+session and process group, and its own log file. The template exits when the client
+closes its stdin, that is when the client exits; its workers run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import sys
+import traceback
+from typing import Any
+
+REAP_INTERVAL = 0.005
+
+
+def _child(request: dict[str, Any], channel: tuple[int, int]) -> None:
+    """In the forked worker: become the process ``python -m ...worker`` would have been."""
+    code = 1
+    try:
+        os.setsid()
+        for fd in channel:
+            os.close(fd)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        from .runner import main
+
+        code = main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    # Requests arrive on fd 0, replies leave on a private copy of fd 1; fd 1 itself is
+    # pointed at /dev/null so that nothing printed here can corrupt the replies.
+    requests = 0
+    replies = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    from ..store import s3
+    from . import runner  # noqa: F401 - the imports every worker would pay for
+
+    s3.prewarm()
+
+    children: set[int] = set()
+    buffered = b""
+
+    def reply(message: dict[str, Any]) -> None:
+        os.write(replies, json.dumps(message).encode() + b"\n")
+
+    while True:
+        ready, _, _ = select.select([requests], [], [], REAP_INTERVAL)
+        if ready:
+            chunk = os.read(requests, 65536)
+            if not chunk:
+                return  # the client is gone; the workers run on
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                request = json.loads(line)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _child(request, (requests, replies))
+                children.add(pid)
+                reply({"pid": pid})
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.discard(pid)
+                reply({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+if __name__ == "__main__":
+    serve()

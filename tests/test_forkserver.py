@@ -1,0 +1,35 @@
+"""Per-call local workers are forked from a template that has imported everything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tasks
+
+from starburst_executor import StarburstExecutor
+
+TIMEOUT = 120
+
+
+def test_per_call_workers_are_forked_from_one_template(prefix):
+    with StarburstExecutor(max_workers=2) as ex:
+        parents = {f.result(timeout=TIMEOUT) for f in [ex.submit(os.getppid) for _ in range(4)]}
+        assert len(parents) == 1 and os.getpid() not in parents
+        (template,) = parents
+        cmdline = Path(f"/proc/{template}/cmdline").read_bytes().split(b"\0")
+        assert b"starburst_executor.worker.forkserver" in cmdline
+        # Each call still runs in a fresh process with the environment of its own task.
+        pids = [f.result(timeout=TIMEOUT) for f in [ex.submit(os.getpid) for _ in range(3)]]
+        assert len(set(pids)) == 3
+        task_ids = [
+            f.result(timeout=TIMEOUT)
+            for f in [ex.submit(tasks.env, "STARBURST_TASK_ID") for _ in range(2)]
+        ]
+        assert task_ids == [f.task_id for f in ex.futures[-2:]]
+
+
+def test_the_template_can_be_turned_off(prefix, monkeypatch):
+    monkeypatch.setenv("STARBURST_FORKSERVER", "0")
+    with StarburstExecutor(max_workers=1) as ex:
+        assert ex.submit(os.getppid).result(timeout=TIMEOUT) == os.getpid()

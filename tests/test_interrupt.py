@@ -1,0 +1,102 @@
+"""Ctrl-C inside ``with``: a real SIGINT sent to a script, as a terminal sends it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from starburst_executor import DetachedExecutor
+
+TIMEOUT = 120
+
+EPHEMERAL = """
+import sys, tasks
+from starburst_executor import StarburstExecutor
+marks = sys.argv[1]
+with StarburstExecutor(max_workers=2) as ex:
+    print(ex.session_id, flush=True)
+    futures = [
+        ex.submit(tasks.touch_then_wait, f"{marks}/started-{i}", f"{marks}/never")
+        for i in range(6)
+    ]
+    futures[0].result()
+"""
+
+DETACHED = """
+import sys, tasks
+from starburst_executor import DetachedExecutor
+marks = sys.argv[1]
+with DetachedExecutor(max_workers=1) as ex:
+    print(ex.session_id, flush=True)
+    ex.submit(tasks.touch_then_wait, f"{marks}/started-0", f"{marks}/release").result()
+"""
+
+
+def _wait_for(paths: list[Path], proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not all(p.exists() for p in paths):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> tuple[float, str]:
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    return time.monotonic() - sent, err
+
+
+def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EPHEMERAL, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = [tmp_path / "started-0", tmp_path / "started-1"]
+    _wait_for(started, proc)
+    pids = [int(p.read_text()) for p in started]
+    took, err = _interrupt(proc)
+    print(f"stopped {took:.2f}s after SIGINT")
+    # Without the interrupt handling, `with` waits for all six calls (each up to 60 s).
+    assert took < 20, f"took {took:.1f}s to stop"
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("starburst: interrupted"))
+    assert "cancelled 4 queued call(s), stopped 2 running worker(s)" in line
+    assert not any(_running(pid) for pid in pids)
+    assert not (tmp_path / "started-2").exists()  # no queued call ever started
+
+
+def test_ctrl_c_in_a_detached_executor_leaves_the_session_running(prefix, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DETACHED, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    _wait_for([tmp_path / "started-0"], proc)
+    took, err = _interrupt(proc)
+    assert took < 20, f"took {took:.1f}s to stop"
+    assert f"session {sid} keeps running" in err
+    assert f"DetachedExecutor.attach('{sid}')" in err
+    ex = DetachedExecutor.attach(sid)
+    try:
+        assert ex.status().running == 1  # the worker goes on without its client
+        (tmp_path / "release").write_text("go")
+        assert ex.futures[0].result(timeout=TIMEOUT) == int((tmp_path / "started-0").read_text())
+    finally:
+        ex.cleanup(force=True)

@@ -20,7 +20,7 @@
     │   ├── AccessDenied                credentials lack a permission (names the action)
     │   ├── BucketNotFound              the bucket does not exist
     │   ├── ObjectNotFound              no object under that key
-    │   └── PreconditionFailed          a conditional write lost its race (412/409)
+    │   └── PreconditionFailed          a conditional write lost its race (412)
     └── LocalServerError                the embedded S3 server cannot start or be reached
 
 Messages name the session, task or key involved and say what to do next.
@@ -180,7 +180,7 @@ class ObjectNotFound(StoreError):
 
 
 class PreconditionFailed(StoreError):
-    """A conditional write lost its race (HTTP 412 or 409)."""
+    """A conditional write lost its race (HTTP 412; a 409 overlap is retried instead)."""
 
 
 class LocalServerError(StarburstError):

@@ -120,3 +120,9 @@ def raise_unloadable() -> None:
     WorkerOnlyError.__qualname__ = "WorkerOnlyError"
     module.WorkerOnlyError = WorkerOnlyError  # type: ignore[attr-defined]
     raise WorkerOnlyError("only the worker knows this class")
+
+
+def append_index_slowly(path: str, i: int, seconds: float) -> int:
+    """Runs longer than a lease, so it survives only if its lease keeps being renewed."""
+    time.sleep(seconds)
+    return append_index(path, i)

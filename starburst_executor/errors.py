@@ -4,6 +4,7 @@
 
     StarburstError                      base of everything below
     ├── ConfigError                     a setting is invalid or missing
+    │   └── InvalidTaskSize             a cpu/memory pair Fargate does not offer
     ├── InvalidSessionId (ValueError)   a session or task id fails the fixed pattern
     ├── SessionNotFound                 no manifest under that session id
     ├── SessionExpired                  the session's deadline has passed
@@ -16,6 +17,7 @@
     ├── WorkerLost                      a task's worker died more than ``max_retries`` times
     ├── WorkerDied                      an ephemeral task's worker exited without a result
     ├── CostLimitExceeded               launching would pass ``max_hourly_cost``
+    ├── WorkersCannotStart              new workers keep stopping before they run
     ├── StoreError                      the object store refused or failed a request
     │   ├── AccessDenied                credentials lack a permission (names the action)
     │   ├── BucketNotFound              the bucket does not exist
@@ -36,6 +38,7 @@ __all__ = [
     "CostLimitExceeded",
     "EnvironmentMismatch",
     "InvalidSessionId",
+    "InvalidTaskSize",
     "LocalServerError",
     "ObjectNotFound",
     "PayloadTooLarge",
@@ -49,6 +52,7 @@ __all__ = [
     "StoreError",
     "WorkerDied",
     "WorkerLost",
+    "WorkersCannotStart",
 ]
 
 
@@ -58,6 +62,14 @@ class StarburstError(Exception):
 
 class ConfigError(StarburstError):
     """A setting is invalid or missing."""
+
+
+class InvalidTaskSize(ConfigError):
+    """Fargate does not offer this cpu/memory pair; ``nearest`` lists valid ones."""
+
+    def __init__(self, message: str, *, nearest: list[tuple[float, int]]) -> None:
+        super().__init__(message)
+        self.nearest = nearest
 
 
 class InvalidSessionId(StarburstError, ValueError):
@@ -161,6 +173,16 @@ def _rebuild_worker_died(message: str, fields: dict[str, object]) -> WorkerDied:
 
 class CostLimitExceeded(StarburstError):
     """Launching another worker would pass the session's ``max_hourly_cost``."""
+
+
+class WorkersCannotStart(StarburstError):
+    """The session's last workers all stopped before running anything (the image cannot
+    be pulled, the task cannot reach S3 or its secrets): launching more would only
+    repeat it. ``stopped_reason`` is ECS's own words for the last one."""
+
+    def __init__(self, message: str, *, stopped_reason: str = "") -> None:
+        super().__init__(message)
+        self.stopped_reason = stopped_reason
 
 
 class StoreError(StarburstError):

@@ -170,7 +170,8 @@ def ecs_session(aws_env, prefix, starburst_home, monkeypatch, tmp_path):  # type
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     logs = tmp_path / "ecs-logs"
     logs.mkdir()
-    with harness(aws_env, config.cluster, logs) as h:
+    task_role = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+    with harness(aws_env, config.cluster, logs, task_role) as h:
         yield h
     starburst("teardown", "--delete-data")
 

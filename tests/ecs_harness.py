@@ -60,17 +60,22 @@ def inject(
     """
     queue = list(answers)
     seen: list[Mapping[str, Any]] = []
+    asked: list[Mapping[str, Any]] = []
     service = client.meta.service_model.service_id.hyphenize()
 
-    def before(params: Mapping[str, Any], **_: Any) -> tuple[Any, dict[str, Any]] | None:
+    def build(params: Mapping[str, Any], **_: Any) -> None:
+        asked[:] = [dict(params)]  # the API parameters, before serialisation
+
+    def before(**_: Any) -> tuple[Any, dict[str, Any]] | None:
         if not queue:
             return None
-        seen.append(params)
+        seen.append(asked[0] if asked else {})
         answer = dict(queue.pop(0))
         status = int(answer.pop("status", 400 if "Error" in answer else 200))
         answer.setdefault("ResponseMetadata", {"HTTPStatusCode": status, "HTTPHeaders": {}})
         return SimpleNamespace(status_code=status, headers={}, content=b""), answer
 
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", build)
     client.meta.events.register(f"before-call.{service}.{operation}", before)
     return seen
 
@@ -83,7 +88,7 @@ def record_calls(client: Any, operation: str) -> list[Mapping[str, Any]]:
     def before(params: Mapping[str, Any], **_: Any) -> None:
         seen.append(dict(params))
 
-    client.meta.events.register(f"before-call.{service}.{operation}", before)
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", before)
     return seen
 
 

@@ -145,7 +145,8 @@ def check_fargate_size(cpu: float, memory_mb: int) -> None:
     if cpu in FARGATE_MEMORY:
         nearest.append((cpu, min(FARGATE_MEMORY[cpu], key=lambda m: (abs(m - memory_mb), m))))
     else:
-        closest = min(FARGATE_MEMORY, key=lambda c: (abs(c - cpu), c))
+        # Round up: the caller asked for at least this much compute.
+        closest = min((c for c in FARGATE_MEMORY if c >= cpu), default=max(FARGATE_MEMORY))
         allowed = FARGATE_MEMORY[closest]
         nearest.append((closest, min(allowed, key=lambda m: (abs(m - memory_mb), m))))
     nearest += [(c, memory_mb) for c, allowed in FARGATE_MEMORY.items() if memory_mb in allowed]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -151,7 +152,7 @@ def test_setup_is_idempotent_and_teardown_leaves_nothing(aws_env):
         RoleName="starburst-task", PolicyName="starburst-session-data"
     )["PolicyDocument"]
     text = json.dumps(policy)
-    assert f"arn:aws:s3:::{config.bucket}/starburst/*" in text and '"s3:*"' not in text
+    assert f"arn:aws:s3:::{config.bucket}/starburst/sessions/*" in text and '"s3:*"' not in text
 
     down = starburst("teardown", "--json")
     assert down.returncode == 0, down.stderr
@@ -401,6 +402,9 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert template["InstanceType"] == "c7g.xlarge"
     assert template["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert template["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is True
+    user_data = base64.b64decode(template["UserData"]).decode()
+    assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true" in user_data
     cluster = boto3.client("ecs", **kw).describe_clusters(clusters=[config.cluster])["clusters"][0]
     assert "starburst-c7g-xlarge" in cluster["capacityProviders"]
 
@@ -417,7 +421,9 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
             "taskDefinition"
         ]
         assert definition["runtimePlatform"]["cpuArchitecture"] == "ARM64"
+        assert definition["networkMode"] == "bridge"  # awsvpc on EC2 has no public IP
         params = launcher._run_params("session-00000000000000bb", 1, {})  # type: ignore[attr-defined]
+        assert "networkConfiguration" not in params
         assert params["capacityProviderStrategy"] == [
             {"capacityProvider": "starburst-c7g-xlarge", "weight": 1}
         ]
@@ -444,6 +450,10 @@ def _setup_in_process(aws_env, **kwargs):  # type: ignore[no-untyped-def]
 def test_setup_creates_the_ecs_service_linked_role_and_retries_create_cluster(aws_env):
     from starburst_executor.aws.setup import ECS_SERVICE_LINKED_PATH
 
+    kw = {"endpoint_url": aws_env, "region_name": "us-east-1"}
+    iam = boto3.client("iam", **kw)
+    for role in iam.list_roles(PathPrefix=ECS_SERVICE_LINKED_PATH)["Roles"]:
+        iam.delete_service_linked_role(RoleName=role["RoleName"])  # an account new to ECS
     clients, setup, run = _setup_in_process(aws_env, ec2_instance_types=["c7g.xlarge"])
     pending = (
         "Unable to assume the service linked role. "
@@ -464,15 +474,13 @@ def test_setup_creates_the_ecs_service_linked_role_and_retries_create_cluster(aw
         assert len(create) == 2 and len(busy) == 1  # both answered, then retried
         calls = clients.calls
         assert calls.index("iam:CreateServiceLinkedRole") < calls.index("ecs:CreateCluster")
-        kw = {"endpoint_url": aws_env, "region_name": "us-east-1"}
-        iam = boto3.client("iam", **kw)
         assert iam.list_roles(PathPrefix=ECS_SERVICE_LINKED_PATH)["Roles"]
         config = load_config()
         assert config is not None
         cluster = boto3.client("ecs", **kw).describe_clusters(clusters=[config.cluster])
         assert "starburst-c7g-xlarge" in cluster["clusters"][0]["capacityProviders"]
         steps = {s.kind: s.action for s in setup.steps}
-        assert steps["service-linked-role"] in {"created", "exists"}
+        assert steps["service-linked-role"] == "created"
         assert "service-linked-role" not in {c["kind"] for c in config.created}  # kept
     finally:
         starburst("teardown", "--delete-data")
@@ -569,7 +577,6 @@ def test_ecs_ami_fallback_picks_amazon_linux_2023_not_windows():
     assert choose_ecs_ami(images, arm=False) == "ami-al2023-new"
     assert choose_ecs_ami(images, arm=True) == "ami-arm"
     assert choose_ecs_ami(images[2:3], arm=False) is None
-    import base64
 
     script = base64.b64decode(user_data("starburst")).decode()
     assert "ECS_CLUSTER=starburst" in script
@@ -689,3 +696,62 @@ def test_ephemeral_start_failure_names_the_fix(ecs_session):
             ex.submit(tasks.square, 3).result(timeout=TIMEOUT)
         assert "ResourceInitializationError" in info.value.stopped_reason
         assert ex.submit(tasks.square, 4).result(timeout=TIMEOUT) == 16
+
+
+def test_every_aws_call_is_in_the_documented_policy_and_setup_creates_those_roles(aws_env):
+    from starburst_executor.aws.iam import (
+        action_for,
+        client_policy,
+        ecs_task_trust,
+        policy_actions,
+        task_role_policy,
+    )
+    from starburst_executor.aws.setup import teardown
+    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+
+    clients, _, run = _setup_in_process(
+        aws_env, ec2_instance_types=["c7i.xlarge"], kms_key_arn="arn:aws:kms:us-east-1:1:key/k"
+    )
+    run()
+    config = load_config()
+    assert config is not None
+    launcher = EcsLauncher(config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE), clients)
+    session = "session-00000000000000ee"
+    launcher.launch(session, 2, {})
+    launcher.cost(session)
+    launcher.stop(session, [])
+    iam = boto3.client("iam", endpoint_url=aws_env, region_name="us-east-1")
+    inline = iam.get_role_policy(RoleName="starburst-task", PolicyName="starburst-session-data")
+    assert inline["PolicyDocument"] == task_role_policy(
+        config.bucket, config.prefix, "arn:aws:kms:us-east-1:1:key/k"
+    )
+    trust = iam.get_role(RoleName="starburst-task")["Role"]["AssumeRolePolicyDocument"]
+    assert trust == ecs_task_trust(config.account_id)
+    teardown(config, clients, delete_data=True, retry_delay=0.01)
+    allowed = policy_actions(client_policy(config.account_id, config.bucket))
+    needed = {action_for(c) for c in clients.calls}
+    assert needed - allowed == set()
+    assert {"iam:ListRoles", "ecs:RunTask", "ecs:DeleteCluster", "ssm:GetParameter"} <= needed
+
+
+def test_setup_with_subnets_checks_they_have_a_route_out(aws_env):
+    ec2 = boto3.client("ec2", endpoint_url=aws_env, region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="mine", Description="x", VpcId=vpc)["GroupId"]
+    closed = starburst("setup", "--subnets", subnet, "--security-groups", group, "--json")
+    assert closed.returncode != 0 and "no route out" in closed.stderr and subnet in closed.stderr
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    table = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
+    ec2.create_route(
+        RouteTableId=table["RouteTables"][0]["RouteTableId"],
+        DestinationCidrBlock="0.0.0.0/0",
+        GatewayId=gateway,
+    )
+    opened = starburst("setup", "--subnets", subnet, "--security-groups", group, "--json")
+    assert opened.returncode == 0, opened.stderr
+    config = load_config()
+    assert config is not None and config.subnets == (subnet,)
+    assert config.security_groups == (group,)
+    starburst("teardown", "--delete-data")

@@ -28,6 +28,14 @@ from typing import Any
 
 from ..errors import ConfigError, StarburstError
 from .clients import AwsClients, translate
+from .iam import (
+    EC2_TRUST,
+    EXECUTION_ROLE,
+    INSTANCE_ROLE,
+    TASK_ROLE,
+    ecs_task_trust,
+    task_role_policy,
+)
 from .retry import (
     CLUSTER_BUSY_CODES,
     CLUSTER_BUSY_PHRASES,
@@ -38,9 +46,6 @@ from .retry import (
 )
 from .settings import AwsConfig
 
-EXECUTION_ROLE = "starburst-task-execution"
-TASK_ROLE = "starburst-task"
-INSTANCE_ROLE = "starburst-ecs-instance"
 SECURITY_GROUP = "starburst-workers"
 ECS_SERVICE_LINKED_ROLE = "AWSServiceRoleForECS"
 ECS_SERVICE_LINKED_PATH = "/aws-service-role/ecs.amazonaws.com/"
@@ -48,26 +53,6 @@ ECS_SERVICE_LINKED_PATH = "/aws-service-role/ecs.amazonaws.com/"
 AL2023_ECS_AMI_NAME = "al2023-ami-ecs-hvm-*"
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 INSTANCE_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
-ECS_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-EC2_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 @dataclass(frozen=True)
@@ -82,28 +67,6 @@ class Step:
     def __str__(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""
         return f"{self.action:<8} {self.kind:<22} {self.name}{extra}"
-
-
-def task_role_policy(bucket: str, prefix: str) -> dict[str, Any]:
-    """Least privilege for workers: their session prefix, nothing else."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "SessionObjects",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
-            },
-            {
-                "Sid": "ListSessions",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": f"arn:aws:s3:::{bucket}",
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
-            },
-        ],
-    }
 
 
 def _cluster_busy(err: BaseException) -> bool:
@@ -322,6 +285,38 @@ class Setup:
         self._step("iam-role", name, exists, create)
         return arn
 
+    def check_routes(self, subnets: Sequence[str]) -> None:
+        """Subnets given with --subnets must let workers out: S3, ECR and CloudWatch
+        Logs are reached through a default route to an internet or NAT gateway."""
+        ec2 = self.c("ec2")
+        described = ec2.describe_subnets(SubnetIds=list(subnets))["Subnets"]
+        for subnet in described:
+            sid, vpc = subnet["SubnetId"], subnet["VpcId"]
+            tables = ec2.describe_route_tables(
+                Filters=[{"Name": "association.subnet-id", "Values": [sid]}]
+            )["RouteTables"] or [
+                t
+                for t in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])[
+                    "RouteTables"
+                ]
+                if any(a.get("Main") for a in t.get("Associations", []))
+            ]
+            routes = [r for t in tables for r in t.get("Routes", [])]
+            out = any(
+                r.get("DestinationCidrBlock") == "0.0.0.0/0"
+                and (
+                    str(r.get("GatewayId", "")).startswith("igw-")
+                    or str(r.get("NatGatewayId", "")).startswith("nat-")
+                )
+                for r in routes
+            )
+            if not out:
+                raise ConfigError(
+                    f"subnet {sid} has no route out (no 0.0.0.0/0 route to an internet or "
+                    "NAT gateway): workers could not reach S3, ECR or CloudWatch Logs; pass "
+                    "public subnets or ones behind a NAT gateway to --subnets"
+                )
+
     def network(self) -> tuple[list[str], str]:
         ec2 = self.c("ec2")
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -410,25 +405,39 @@ class Setup:
         ec2_instance_types: Sequence[str] = (),
         ec2_spot: bool = False,
         ec2_max: int = 10,
+        kms_key_arn: str | None = None,
+        subnets: Sequence[str] = (),
+        security_groups: Sequence[str] = (),
     ) -> AwsConfig:
+        """Create what is missing. ``subnets`` and ``security_groups`` replace the default
+        VPC's (an account without one needs them) and are checked for a route out."""
+        if bool(subnets) != bool(security_groups):
+            raise ConfigError("pass --subnets and --security-groups together (comma-separated ids)")
         self._account = self.account()
         chosen_bucket = bucket or base.bucket or f"starburst-{self._account}-{self.c.region}"
         self.bucket(chosen_bucket, base.prefix, self._account, expiry_days)
         self.log_group(base.log_group, log_retention_days)
         self.repository(base.ecr_repository)
-        execution = self.role(EXECUTION_ROLE, ECS_TRUST, [EXECUTION_POLICY], None)
-        task = self.role(TASK_ROLE, ECS_TRUST, [], task_role_policy(chosen_bucket, base.prefix))
-        subnets, group = (
-            (list(base.subnets), base.security_groups[0])
-            if base.subnets and base.security_groups
-            else self.network()
+        trust = ecs_task_trust(self._account)
+        execution = self.role(EXECUTION_ROLE, trust, [EXECUTION_POLICY], None)
+        task = self.role(
+            TASK_ROLE, trust, [], task_role_policy(chosen_bucket, base.prefix, kms_key_arn)
         )
+        if subnets:
+            self.check_routes(subnets)
+            chosen_subnets, groups = list(subnets), tuple(security_groups)
+        elif base.subnets and base.security_groups:
+            chosen_subnets, groups = list(base.subnets), base.security_groups
+        else:
+            chosen_subnets, made = self.network()
+            groups = (made,) if made else ()
+        group = groups[0] if groups else ""
         self.service_linked_role()
         self.cluster(base.cluster)
         providers = dict(base.capacity_providers)
         for instance_type in ec2_instance_types:
             providers[instance_type] = self.capacity_provider(
-                base.cluster, instance_type, subnets, group, spot=ec2_spot, max_size=ec2_max
+                base.cluster, instance_type, chosen_subnets, group, spot=ec2_spot, max_size=ec2_max
             )
         if ec2_instance_types and not self.dry_run:
             ecs = self.c("ecs")
@@ -446,8 +455,8 @@ class Setup:
             region=self.c.region,
             account_id=self._account,
             bucket=chosen_bucket,
-            subnets=tuple(subnets),
-            security_groups=(group,) if group else (),
+            subnets=tuple(chosen_subnets),
+            security_groups=groups,
             execution_role_arn=execution,
             task_role_arn=task,
             created=[*base.created, *self.created],
@@ -517,7 +526,16 @@ class Setup:
                 "ImageId": self._ecs_ami(instance_type),
                 "InstanceType": instance_type,
                 "IamInstanceProfile": {"Name": INSTANCE_ROLE},
-                "SecurityGroupIds": [group],
+                # EC2 tasks use the instance's network (bridge mode): a public address
+                # here is their way to S3 and ECR in a default VPC, which has no NAT.
+                "NetworkInterfaces": [
+                    {
+                        "DeviceIndex": 0,
+                        "AssociatePublicIpAddress": True,
+                        "Groups": [group],
+                        "DeleteOnTermination": True,
+                    }
+                ],
                 "UserData": user_data(cluster),
             }
             if spot:

@@ -287,7 +287,9 @@ class EcsLauncher:
         spec, cfg = self.spec, self.config
         definition: dict[str, Any] = {
             "family": FAMILY,
-            "networkMode": "awsvpc",
+            # awsvpc tasks on EC2 get no public IP (RunTask refuses ENABLED), so in a
+            # default VPC they could not reach S3: EC2 tasks share the instance's network.
+            "networkMode": "awsvpc" if spec.launch_type == "FARGATE" else "bridge",
             "requiresCompatibilities": [spec.launch_type],
             "cpu": str(spec.cpu_units),
             "memory": str(spec.memory_mb),
@@ -324,6 +326,7 @@ class EcsLauncher:
         platform = existing.get("runtimePlatform") or {}
         return (
             str(existing.get("cpu")) == wanted["cpu"]
+            and existing.get("networkMode") == wanted["networkMode"]
             and str(existing.get("memory")) == wanted["memory"]
             and container.get("image") == wanted["containerDefinitions"][0]["image"]
             and platform.get("cpuArchitecture", "X86_64")
@@ -389,15 +392,15 @@ class EcsLauncher:
             "tags": [{"key": SESSION_TAG, "value": session_id}],
             "enableECSManagedTags": True,
             "overrides": _env_overrides({**env, ENV_SESSION: session_id}),
-            "networkConfiguration": {
+        }
+        if spec.launch_type == "FARGATE":
+            params["networkConfiguration"] = {
                 "awsvpcConfiguration": {
                     "subnets": list(cfg.subnets),
                     "securityGroups": list(cfg.security_groups),
-                    "assignPublicIp": "ENABLED" if spec.launch_type == "FARGATE" else "DISABLED",
+                    "assignPublicIp": "ENABLED",
                 }
-            },
-        }
-        if spec.launch_type == "FARGATE":
+            }
             provider = "FARGATE_SPOT" if spec.use_spot else "FARGATE"
         else:
             assert spec.instance_type is not None

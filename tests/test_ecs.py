@@ -755,3 +755,57 @@ def test_setup_with_subnets_checks_they_have_a_route_out(aws_env):
     assert config is not None and config.subnets == (subnet,)
     assert config.security_groups == (group,)
     starburst("teardown", "--delete-data")
+
+
+def test_fargate_is_priced_in_the_sessions_region_and_billed_from_the_pull(aws_env):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.cost import actual_cost, fargate_rate
+
+    def product(usage: str, usd: str) -> str:
+        dimension = {"d": {"pricePerUnit": {"USD": usd}}}
+        return json.dumps(
+            {
+                "product": {"attributes": {"usagetype": usage, "regionCode": "eu-central-1"}},
+                "terms": {"OnDemand": {"t": {"priceDimensions": dimension}}},
+            }
+        )
+
+    clients = AwsClients("eu-central-1")
+    asked = inject(
+        clients("pricing", attempts=2),
+        "GetProducts",
+        [
+            {
+                "PriceList": [
+                    product("EUC1-Fargate-ARM-vCPU-Hours:perCPU", "0.0372"),
+                    product("EUC1-Fargate-vCPU-Hours:perCPU", "0.04656"),
+                    product("EUC1-Fargate-GB-Hours", "0.00511"),
+                ]
+            }
+        ],
+    )
+    rate = fargate_rate(2, 4096, spot=False, clients=clients)
+    assert asked[0]["Filters"][0]["Value"] == "eu-central-1"
+    assert rate.per_worker_hour == pytest.approx(2 * 0.04656 + 4 * 0.00511)
+    assert rate.source == "pricing-api (eu-central-1)"
+    # Without the Pricing API the estimate says whose prices it used.
+    fallback = fargate_rate(2, 4096, spot=False, clients=AwsClients("eu-central-1"))
+    assert fallback.source == "fargate-static (us-east-1 prices)"
+
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    short = {
+        "pullStartedAt": start,
+        "startedAt": start + dt.timedelta(seconds=20),
+        "stoppedAt": start + dt.timedelta(seconds=30),
+    }
+    long = {
+        "pullStartedAt": start,
+        "startedAt": start + dt.timedelta(minutes=1),
+        "stoppedAt": start + dt.timedelta(minutes=31),
+    }
+    assert actual_cost([short], rate, fargate=True) == pytest.approx(
+        rate.per_worker_hour / 60, abs=1e-6
+    )
+    assert actual_cost([long], rate, fargate=True) == pytest.approx(
+        rate.per_worker_hour * 31 / 60, abs=1e-6
+    )

@@ -449,7 +449,11 @@ class EcsLauncher:
             spec = self.spec
             if spec.launch_type == "FARGATE":
                 self._rate = fargate_rate(
-                    spec.cpu, spec.memory_mb, spot=spec.use_spot, arm=spec.architecture == "ARM64"
+                    spec.cpu,
+                    spec.memory_mb,
+                    spot=spec.use_spot,
+                    arm=spec.architecture == "ARM64",
+                    clients=self.clients,
                 )
             else:
                 assert spec.instance_type is not None
@@ -481,7 +485,9 @@ class EcsLauncher:
             "rate_source": rate.source,
             "running_workers": len(running),
             "estimate_per_hour": rate.estimate(len(running)),
-            "actual_to_date": actual_cost(self.describe(running + stopped), rate),
+            "actual_to_date": actual_cost(
+                self.describe(running + stopped), rate, fargate=self.spec.launch_type == "FARGATE"
+            ),
         }
 
     def check_starts(self, session_id: str) -> None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench soak clean
+.PHONY: demo test lint typecheck bench soak aws-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP) $(LITHOPS)
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+# Opt-in, on your own AWS account (costs cents); never part of `make test`.
+aws-smoke: $(STAMP)
+	$(BIN)/python bench/aws_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -426,6 +426,9 @@ def _cmd_setup(args: argparse.Namespace) -> int:
             ec2_instance_types=args.ec2 or (),
             ec2_spot=args.ec2_spot,
             ec2_max=args.ec2_max,
+            kms_key_arn=args.kms_key,
+            subnets=args.subnets.split(",") if args.subnets else (),
+            security_groups=args.security_groups.split(",") if args.security_groups else (),
         )
     except StarburstError:
         if setup.created:  # what was made before the failure stays known to teardown
@@ -711,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ec2-spot", action="store_true", help="EC2 capacity on Spot")
     p.add_argument("--ec2-max", type=int, default=10, help="instances per EC2 provider")
+    p.add_argument("--subnets", help="subnet ids, comma-separated (default: the default VPC's)")
+    p.add_argument("--security-groups", help="security group ids, comma-separated")
+    p.add_argument("--kms-key", help="the KMS key ARN of SSE-KMS: workers may use it")
     p.set_defaults(func=_cmd_setup)
     p = add("teardown", "remove what setup created, and only that")
     p.add_argument("--dry-run", action="store_true")

@@ -21,6 +21,7 @@ for every worker, and only before a worker has claimed the task.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import sys
 import threading
@@ -40,7 +41,9 @@ from ._core.poller import ResultPoller
 from ._core.session import SessionStatus, SessionStore, list_session_ids
 from ._runtime import Runtime, make_launcher, open_runtime
 from .config import SessionSettings, parse_memory_mb
-from .errors import SessionExpired, SessionNotFound, StarburstError
+from .errors import SessionExpired, SessionNotFound, StarburstError, WorkersCannotStart
+
+log = logging.getLogger("starburst_executor")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -454,7 +457,14 @@ class DetachedExecutor(SessionExecutor):
         max(min_workers, min(max_workers, outstanding)) workers alive."""
         if self._launch_workers and not self._detached and outstanding > 0:
             wanted = min(self.settings.max_workers, outstanding)
-            self._top_up(max(self.settings.min_workers, wanted))
+            try:
+                self._top_up(max(self.settings.min_workers, wanted))
+            except WorkersCannotStart as err:
+                # Relaunching would fail the same way forever: the waiting futures get
+                # the reason and the fix instead of hanging.
+                log.error("%s", err)
+                for future in self.futures:
+                    future._fail(err)
 
     def _top_up(self, workers: int) -> int:
         with self._scale_lock:

@@ -288,7 +288,7 @@ class StarburstExecutor(SessionExecutor):
             with self._cv:
                 self._start(future, takeover=True)
             return
-        hint = (
+        hint = status.hint or (
             "it ran out of memory: give workers more `memory`"
             if status.out_of_memory
             else "this can be caused by a segmentation fault, excessive memory use or a kill"

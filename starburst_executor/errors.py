@@ -4,6 +4,7 @@
 
     StarburstError                      base of everything below
     ├── ConfigError                     a setting is invalid or missing
+    │   └── InvalidTaskSize             a cpu/memory pair Fargate does not offer
     ├── InvalidSessionId (ValueError)   a session or task id fails the fixed pattern
     ├── SessionNotFound                 no manifest under that session id
     ├── SessionExpired                  the session's deadline has passed
@@ -17,13 +18,14 @@
     ├── WorkerLost                      a task's worker died more than ``max_retries`` times
     ├── WorkerDied                      an ephemeral task's worker exited without a result
     ├── CostLimitExceeded               launching would pass ``max_hourly_cost``
+    ├── WorkersCannotStart              new workers keep stopping before they run
     ├── StoreError                      the object store refused or failed a request
     │   ├── AccessDenied                credentials lack a permission (names the action)
     │   ├── CredentialsMissing          no credentials were found for the store
     │   ├── EndpointUnreachable         the store's endpoint does not answer
     │   ├── BucketNotFound              the bucket does not exist
     │   ├── ObjectNotFound              no object under that key
-    │   └── PreconditionFailed          a conditional write lost its race (412/409)
+    │   └── PreconditionFailed          a conditional write lost its race (412)
     └── LocalServerError                the embedded S3 server cannot start or be reached
 
 Messages name the session, task or key involved and say what to do next.
@@ -41,6 +43,7 @@ __all__ = [
     "EndpointUnreachable",
     "EnvironmentMismatch",
     "InvalidSessionId",
+    "InvalidTaskSize",
     "LocalServerError",
     "ObjectNotFound",
     "PayloadTooLarge",
@@ -55,6 +58,7 @@ __all__ = [
     "SubmitConflict",
     "WorkerDied",
     "WorkerLost",
+    "WorkersCannotStart",
 ]
 
 
@@ -64,6 +68,14 @@ class StarburstError(Exception):
 
 class ConfigError(StarburstError):
     """A setting is invalid or missing."""
+
+
+class InvalidTaskSize(ConfigError):
+    """Fargate does not offer this cpu/memory pair; ``nearest`` lists valid ones."""
+
+    def __init__(self, message: str, *, nearest: list[tuple[float, int]]) -> None:
+        super().__init__(message)
+        self.nearest = nearest
 
 
 class InvalidSessionId(StarburstError, ValueError):
@@ -181,6 +193,16 @@ class CostLimitExceeded(StarburstError):
     """Launching another worker would pass the session's ``max_hourly_cost``."""
 
 
+class WorkersCannotStart(StarburstError):
+    """The session's last workers all stopped before running anything (the image cannot
+    be pulled, the task cannot reach S3 or its secrets): launching more would only
+    repeat it. ``stopped_reason`` is ECS's own words for the last one."""
+
+    def __init__(self, message: str, *, stopped_reason: str = "") -> None:
+        super().__init__(message)
+        self.stopped_reason = stopped_reason
+
+
 class StoreError(StarburstError):
     """The object store refused or failed a request."""
 
@@ -206,7 +228,7 @@ class ObjectNotFound(StoreError):
 
 
 class PreconditionFailed(StoreError):
-    """A conditional write lost its race (HTTP 412 or 409)."""
+    """A conditional write lost its race (HTTP 412; a 409 overlap is retried instead)."""
 
 
 class LocalServerError(StarburstError):

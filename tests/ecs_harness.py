@@ -3,9 +3,16 @@
 moto's ECS (server mode, over HTTP on 127.0.0.1) accepts RunTask but runs nothing.
 ``EcsHarness`` watches it: each new RUNNING task is started as
 ``python -m starburst_executor.worker`` with exactly the environment overrides the
-launcher sent (on top of this process's environment, which stands in for the task
-role and the image); StopTask kills the process; a process that exits makes the
-harness stop its task, with the stop reason ECS would give (OutOfMemory, Spot).
+launcher sent on top of a minimal base (PATH, HOME, the image's code on PYTHONPATH,
+and the keys that stand in for the task role), never this process's environment, so
+a variable the launcher forgot fails the test as it would on AWS. StopTask kills the
+process; a process that exits makes the harness stop its task, with the stop reason
+ECS would give (OutOfMemory, Spot, Host EC2 terminated).
+
+It also plays what AWS does and moto does not: tasks that stop before running
+(``fail_starts``: CannotPullContainerError, ResourceInitializationError), a
+PROVISIONING delay before a task's process starts, and, through ``inject``, any
+control-plane answer, such as RunTask ``failures[]`` or a transient error.
 """
 
 from __future__ import annotations
@@ -19,14 +26,70 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 SPOT_REASON = "Your Spot Task was interrupted."
+HOST_TERMINATED_REASON = "Host EC2 (instance i-0123456789abcdef0) terminated."
+PULL_ERROR_REASON = (
+    "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to "
+    "resolve ref 123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst-worker:test: not found"
+)
+INIT_ERROR_REASON = (
+    "ResourceInitializationError: unable to pull secrets or registry auth: execution "
+    "resource retrieval failed: unable to retrieve ecr registry auth"
+)
+# What every container of the worker image has, whatever the launcher sends.
+_BASE_ENV = ("PATH", "HOME", "PYTHONPATH", "LANG", "TMPDIR")
+
+
+def inject(
+    client: Any, operation: str, answers: list[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Answer the client's next calls of ``operation`` with ``answers`` instead of AWS.
+
+    Each answer is a parsed response: ``{"Error": {"Code": ..., "Message": ...}}``
+    raises that error (status ``"status"``, default 400), anything else is returned as
+    the call's result. Once they are used up, calls reach moto again. Returns the
+    list of request parameters seen by the injected calls.
+    """
+    queue = list(answers)
+    seen: list[Mapping[str, Any]] = []
+    asked: list[Mapping[str, Any]] = []
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def build(params: Mapping[str, Any], **_: Any) -> None:
+        asked[:] = [dict(params)]  # the API parameters, before serialisation
+
+    def before(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        if not queue:
+            return None
+        seen.append(asked[0] if asked else {})
+        answer = dict(queue.pop(0))
+        status = int(answer.pop("status", 400 if "Error" in answer else 200))
+        answer.setdefault("ResponseMetadata", {"HTTPStatusCode": status, "HTTPHeaders": {}})
+        return SimpleNamespace(status_code=status, headers={}, content=b""), answer
+
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", build)
+    client.meta.events.register(f"before-call.{service}.{operation}", before)
+    return seen
+
+
+def record_calls(client: Any, operation: str) -> list[Mapping[str, Any]]:
+    """The parameters of every later call of ``operation`` on ``client``."""
+    seen: list[Mapping[str, Any]] = []
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def before(params: Mapping[str, Any], **_: Any) -> None:
+        seen.append(dict(params))
+
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", before)
+    return seen
 
 
 def manual_transitions(url: str) -> None:
@@ -41,7 +104,15 @@ def manual_transitions(url: str) -> None:
 
 
 class EcsHarness:
-    def __init__(self, moto_url: str, cluster: str, logs_dir: Path) -> None:
+    def __init__(
+        self,
+        moto_url: str,
+        cluster: str,
+        logs_dir: Path,
+        task_role: Mapping[str, str] | None = None,
+        *,
+        provisioning_delay: float = 0.0,
+    ) -> None:
         self.ecs = boto3.client(
             "ecs",
             endpoint_url=moto_url,
@@ -51,6 +122,12 @@ class EcsHarness:
         )
         self.cluster = cluster
         self.logs_dir = logs_dir
+        self.task_role = dict(task_role or {})
+        self.provisioning_delay = provisioning_delay
+        self._seen: dict[str, float] = {}  # first seen RUNNING, for the PROVISIONING delay
+        self._start_failure: str | None = None
+        self._start_failures_left: int | None = None
+        self.failed_starts: list[str] = []  # tasks stopped before running
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.overrides: dict[str, dict[str, str]] = {}
         self.stop_reasons: dict[str, str] = {}
@@ -91,9 +168,36 @@ class EcsHarness:
             except Exception as err:  # keep watching; a test fails on its own terms
                 print(f"ecs harness: {err!r}", file=sys.stderr)
 
+    def fail_starts(self, reason: str | None, count: int | None = None) -> None:
+        """Stop the next ``count`` new tasks (all, when None) before they run, with
+        ``reason``; ``None`` ends it."""
+        with self._lock:
+            self._start_failure = reason
+            self._start_failures_left = count
+
+    def _take_start_failure(self) -> str | None:
+        with self._lock:
+            reason = self._start_failure
+            if reason is None:
+                return None
+            if self._start_failures_left is not None:
+                self._start_failures_left -= 1
+                if self._start_failures_left <= 0:
+                    self._start_failure = None
+            return reason
+
     def _round(self) -> None:
         running = self._list("RUNNING")
-        new = [a for a in running if a not in self.procs and a not in self.stopped]
+        now = time.monotonic()
+        for arn in running:
+            self._seen.setdefault(arn, now)
+        new = [
+            a
+            for a in running
+            if a not in self.procs
+            and a not in self.stopped
+            and now - self._seen[a] >= self.provisioning_delay
+        ]
         for start in range(0, len(new), 100):
             tasks = self.ecs.describe_tasks(cluster=self.cluster, tasks=new[start : start + 100])
             for task in tasks["tasks"]:
@@ -119,14 +223,30 @@ class EcsHarness:
             self.ecs.stop_task(cluster=self.cluster, task=arn, reason=reason)
             self.stopped.add(arn)
 
+    def base_env(self) -> dict[str, str]:
+        """The image's environment: no test settings, only what a container has."""
+        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        env["AWS_CONFIG_FILE"] = os.devnull
+        env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+        env["AWS_EC2_METADATA_DISABLED"] = "true"
+        return {**env, **self.task_role}
+
     def _start(self, task: dict[str, Any]) -> None:
         arn = task["taskArn"]
         env_list = task["overrides"]["containerOverrides"][0].get("environment", [])
         overrides = {e["name"]: e["value"] for e in env_list}
+        reason = self._take_start_failure()
+        if reason is not None:
+            with self._lock:
+                self.overrides[arn] = overrides
+                self.failed_starts.append(arn)
+                self.stopped.add(arn)
+            self.ecs.stop_task(cluster=self.cluster, task=arn, reason=reason)
+            return
         log = open(self.logs_dir / f"{arn.rsplit('/', 1)[-1]}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "starburst_executor.worker"],
-            env={**os.environ, **overrides},
+            env={**self.base_env(), **overrides},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -158,6 +278,12 @@ class EcsHarness:
 
 
 @contextlib.contextmanager
-def harness(moto_url: str, cluster: str, logs_dir: Path) -> Iterator[EcsHarness]:
-    with EcsHarness(moto_url, cluster, logs_dir) as h:
+def harness(
+    moto_url: str,
+    cluster: str,
+    logs_dir: Path,
+    task_role: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Iterator[EcsHarness]:
+    with EcsHarness(moto_url, cluster, logs_dir, task_role, **options) as h:
         yield h

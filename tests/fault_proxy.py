@@ -5,6 +5,13 @@ without forwarding, resets the connection, delays the request, or forwards it an
 then drops the response (the write happened, the client never hears of it: the case
 that makes a retried conditional PUT meet its own write). The Host header is passed
 through untouched, so SigV4 signatures still verify upstream.
+
+Two answers of real S3 that SeaweedFS never gives can be switched on:
+``conflict_fraction`` answers that share of conditional writes (PUT or DELETE with
+If-Match/If-None-Match) with 409 ConditionalRequestConflict, unapplied, as S3 does
+when conditional writes overlap; ``missing_as_403`` turns every 404 for a missing
+key into 403 AccessDenied, as S3 does for a caller whose ListBucket grant does not
+apply to object requests (LIST requests are answered as usual).
 """
 
 from __future__ import annotations
@@ -35,9 +42,15 @@ class FaultProxy:
         seed: int = 0,
         kinds: tuple[str, ...] = KINDS,
         port: int = 0,
+        conflict_fraction: float = 0.0,
+        missing_as_403: bool = False,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.fraction = fraction
+        self.conflict_fraction = conflict_fraction
+        self.missing_as_403 = missing_as_403
+        # 409s by what they hit: "claim", "renewal", "result", "other".
+        self.conflicts: Counter[str] = Counter()
         self.kinds = kinds
         self.rng = random.Random(seed)
         self.injected: Counter[str] = Counter()
@@ -95,12 +108,44 @@ class FaultProxy:
             out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
             return web.Response(status=resp.status, headers=out, body=payload)
 
+    def _conflict(self, request: web.Request) -> web.Response | None:
+        headers = request.headers
+        conditional = request.method in ("PUT", "DELETE") and (
+            "If-Match" in headers or "If-None-Match" in headers
+        )
+        if not conditional or self.rng.random() >= self.conflict_fraction:
+            return None
+        path = request.path
+        if "/claims/" in path:
+            target = "renewal" if "If-Match" in headers else "claim"
+        else:
+            target = "result" if "/results/" in path else "other"
+        self.conflicts[target] += 1
+        self.injected["conflict409"] += 1
+        return web.Response(status=409, text=_ERROR.format(code="ConditionalRequestConflict"))
+
+    async def _pass(self, request: web.Request, body: bytes) -> web.Response:
+        resp = await self._forward(request, body)
+        if (
+            self.missing_as_403
+            and request.method in ("GET", "HEAD")
+            and resp.status == 404
+            and "list-type" not in request.query
+            and b"NoSuchBucket" not in (resp.body or b"")  # type: ignore[operator]
+        ):
+            self.injected["missing403"] += 1
+            text = "" if request.method == "HEAD" else _ERROR.format(code="AccessDenied")
+            return web.Response(status=403, text=text)
+        return resp
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests += 1
+        if self.conflict_fraction and (conflict := self._conflict(request)) is not None:
+            return conflict
         kind = self.rng.choice(self.kinds) if self.rng.random() < self.fraction else None
         if kind is None:
-            return await self._forward(request, body)
+            return await self._pass(request, body)
         self.injected[kind] += 1
         if kind == "error500":
             return web.Response(status=500, text=_ERROR.format(code="InternalError"))
@@ -108,7 +153,7 @@ class FaultProxy:
             return web.Response(status=503, text=_ERROR.format(code="SlowDown"))
         if kind == "delay":
             await asyncio.sleep(self.rng.uniform(0.05, 0.5))
-            return await self._forward(request, body)
+            return await self._pass(request, body)
         if kind == "lost_response":
             await self._forward(request, body)
         assert request.transport is not None

@@ -231,3 +231,14 @@ def fail_after(seconds: float) -> None:
 
 def env(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def append_index_slowly(path: str, i: int, seconds: float) -> int:
+    """Runs longer than a lease, so it survives only if its lease keeps being renewed."""
+    time.sleep(seconds)
+    return append_index(path, i)
+
+
+def env_names() -> list[str]:
+    """The names of the worker's environment variables."""
+    return sorted(os.environ)

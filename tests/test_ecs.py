@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -10,7 +11,17 @@ import time
 import boto3
 import pytest
 import tasks
-from ecs_harness import OOM_REASON, SPOT_REASON, harness, manual_transitions
+from ecs_harness import (
+    HOST_TERMINATED_REASON,
+    INIT_ERROR_REASON,
+    OOM_REASON,
+    PULL_ERROR_REASON,
+    SPOT_REASON,
+    harness,
+    inject,
+    manual_transitions,
+    record_calls,
+)
 from helpers import starburst
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
@@ -141,7 +152,7 @@ def test_setup_is_idempotent_and_teardown_leaves_nothing(aws_env):
         RoleName="starburst-task", PolicyName="starburst-session-data"
     )["PolicyDocument"]
     text = json.dumps(policy)
-    assert f"arn:aws:s3:::{config.bucket}/starburst/*" in text and '"s3:*"' not in text
+    assert f"arn:aws:s3:::{config.bucket}/starburst/sessions/*" in text and '"s3:*"' not in text
 
     down = starburst("teardown", "--json")
     assert down.returncode == 0, down.stderr
@@ -204,7 +215,8 @@ def ecs_session(aws_env, prefix, starburst_home, monkeypatch, tmp_path):  # type
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     logs = tmp_path / "ecs-logs"
     logs.mkdir()
-    with harness(aws_env, config.cluster, logs) as h:
+    task_role = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+    with harness(aws_env, config.cluster, logs, task_role) as h:
         yield h
     starburst("teardown", "--delete-data")
 
@@ -492,6 +504,9 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert template["InstanceType"] == "c7g.xlarge"
     assert template["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert template["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is True
+    user_data = base64.b64decode(template["UserData"]).decode()
+    assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true" in user_data
     cluster = boto3.client("ecs", **kw).describe_clusters(clusters=[config.cluster])["clusters"][0]
     assert "starburst-c7g-xlarge" in cluster["capacityProviders"]
 
@@ -508,7 +523,9 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
             "taskDefinition"
         ]
         assert definition["runtimePlatform"]["cpuArchitecture"] == "ARM64"
+        assert definition["networkMode"] == "bridge"  # awsvpc on EC2 has no public IP
         params = launcher._run_params("session-00000000000000bb", 1, {})  # type: ignore[attr-defined]
+        assert "networkConfiguration" not in params
         assert params["capacityProviderStrategy"] == [
             {"capacityProvider": "starburst-c7g-xlarge", "weight": 1}
         ]
@@ -517,3 +534,380 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
     down = starburst("teardown", "--json")
     assert down.returncode == 0, down.stderr
     assert _inventory(aws_env) == before
+
+
+# -- what real AWS does that moto does not (issue 13) ------------------------------------
+
+
+def _setup_in_process(aws_env, **kwargs):  # type: ignore[no-untyped-def]
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.settings import AwsConfig, save_config
+    from starburst_executor.aws.setup import Setup
+
+    clients = AwsClients("us-east-1")
+    setup = Setup(clients, retry_delay=0.01)
+    return clients, setup, lambda: save_config(setup.run(AwsConfig(region="us-east-1"), **kwargs))
+
+
+def test_setup_creates_the_ecs_service_linked_role_and_retries_create_cluster(aws_env):
+    from starburst_executor.aws.setup import ECS_SERVICE_LINKED_PATH
+
+    kw = {"endpoint_url": aws_env, "region_name": "us-east-1"}
+    iam = boto3.client("iam", **kw)
+    for role in iam.list_roles(PathPrefix=ECS_SERVICE_LINKED_PATH)["Roles"]:
+        iam.delete_service_linked_role(RoleName=role["RoleName"])  # an account new to ECS
+    clients, setup, run = _setup_in_process(aws_env, ec2_instance_types=["c7g.xlarge"])
+    pending = (
+        "Unable to assume the service linked role. "
+        "Please verify that the ECS service linked role exists."
+    )
+    create = inject(
+        clients("ecs"),
+        "CreateCluster",
+        [{"Error": {"Code": "InvalidParameterException", "Message": pending}}] * 2,
+    )
+    busy = inject(
+        clients("ecs"),
+        "PutClusterCapacityProviders",
+        [{"Error": {"Code": "ResourceInUseException", "Message": "The cluster is busy."}}],
+    )
+    run()
+    try:
+        assert len(create) == 2 and len(busy) == 1  # both answered, then retried
+        calls = clients.calls
+        assert calls.index("iam:CreateServiceLinkedRole") < calls.index("ecs:CreateCluster")
+        assert iam.list_roles(PathPrefix=ECS_SERVICE_LINKED_PATH)["Roles"]
+        config = load_config()
+        assert config is not None
+        cluster = boto3.client("ecs", **kw).describe_clusters(clusters=[config.cluster])
+        assert "starburst-c7g-xlarge" in cluster["clusters"][0]["capacityProviders"]
+        steps = {s.kind: s.action for s in setup.steps}
+        assert steps["service-linked-role"] == "created"
+        assert "service-linked-role" not in {c["kind"] for c in config.created}  # kept
+    finally:
+        starburst("teardown", "--delete-data")
+
+
+def test_teardown_waits_for_the_group_and_retries_what_is_still_in_use(aws_env):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.setup import teardown
+
+    before = _inventory(aws_env)
+    result = starburst("setup", "--ec2", "c7g.xlarge", "--json")
+    assert result.returncode == 0, result.stderr
+    config = load_config()
+    assert config is not None
+    clients = AwsClients("us-east-1")
+    deleting = {
+        "AutoScalingGroupName": "starburst-c7g-xlarge",
+        "Status": "Delete in progress",
+        "Instances": [{"InstanceId": "i-0123456789abcdef0", "LifecycleState": "Terminating"}],
+    }
+    still_there = inject(
+        clients("autoscaling"), "DescribeAutoScalingGroups", [{"AutoScalingGroups": [deleting]}] * 2
+    )
+    in_use = "resource sg-1 has a dependent object"
+    group = inject(
+        clients("ec2"),
+        "DeleteSecurityGroup",
+        [{"Error": {"Code": "DependencyViolation", "Message": in_use}}] * 2,
+    )
+    cluster = inject(
+        clients("ecs"),
+        "DeleteCluster",
+        [
+            {
+                "Error": {
+                    "Code": "ClusterContainsContainerInstancesException",
+                    "Message": "The Cluster cannot be deleted while Container Instances "
+                    "are active.",
+                }
+            }
+        ],
+    )
+    steps = teardown(config, clients, delete_data=True, retry_delay=0.01)
+    assert all(s.action == "deleted" for s in steps), steps
+    assert len(still_there) == 2 and len(group) == 2 and len(cluster) == 1
+    # Asked again until the group was gone (injected answers are not in clients.calls).
+    assert clients.calls.count("autoscaling:DescribeAutoScalingGroups") == 1
+    assert _inventory(aws_env) == before
+
+
+def test_fargate_sizes_are_checked_against_the_table():
+    from starburst_executor.errors import ConfigError, InvalidTaskSize
+    from starburst_executor.launch.ecs import EcsSpec
+
+    with pytest.raises(InvalidTaskSize) as info:
+        EcsSpec(cpu=8, memory_mb=2048, image=IMAGE)
+    assert info.value.nearest[0] == (8, 16384)
+    assert (1, 2048) in info.value.nearest and (0.25, 2048) in info.value.nearest
+    assert "cpu=8 with memory=16384 MB" in str(info.value)
+    with pytest.raises(InvalidTaskSize, match=r"nearest valid: cpu=0\.25 with memory=2048"):
+        EcsSpec(cpu=0.25, memory_mb=3000, image=IMAGE)
+    with pytest.raises(ConfigError, match="cpu=4 with memory=30720"):
+        EcsSpec(cpu=3, memory_mb=40000, image=IMAGE)
+    for cpu, memory in ((0.25, 512), (1, 8192), (8, 20480), (16, 122880)):
+        EcsSpec(cpu=cpu, memory_mb=memory, image=IMAGE)
+    EcsSpec(cpu=8, memory_mb=2048, image=IMAGE, launch_type="EC2", instance_type="c7i.4xlarge")
+
+
+def test_ecs_ami_fallback_picks_amazon_linux_2023_not_windows():
+    from starburst_executor.aws.setup import choose_ecs_ami, user_data
+
+    def image(image_id: str, name: str, arch: str, date: str, **extra: str) -> dict[str, str]:
+        return {
+            "ImageId": image_id,
+            "Name": name,
+            "Architecture": arch,
+            "CreationDate": date,
+            **extra,
+        }
+
+    al2023 = "al2023-ami-ecs-hvm-2023.0."
+    images = [
+        image("ami-al2023-old", al2023 + "20250101-kernel-6.1-x86_64", "x86_64", "2025-01-01"),
+        image("ami-al2023-new", al2023 + "20251101-kernel-6.1-x86_64", "x86_64", "2025-11-01"),
+        image(
+            "ami-windows",
+            "Windows_Server-2022-English-Full-ECS_Optimized-2025.11.20",
+            "x86_64",
+            "2025-11-20",
+            Platform="windows",
+        ),
+        image("ami-arm", al2023 + "20251120-kernel-6.1-arm64", "arm64", "2025-11-20"),
+    ]
+    assert choose_ecs_ami(images, arm=False) == "ami-al2023-new"
+    assert choose_ecs_ami(images, arm=True) == "ami-arm"
+    assert choose_ecs_ami(images[2:3], arm=False) is None
+
+    script = base64.b64decode(user_data("starburst")).decode()
+    assert "ECS_CLUSTER=starburst" in script
+    assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true" in script
+
+
+def test_run_task_carries_one_client_token_per_batch_and_survives_failures(aws_env):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+
+    config = _ecs_config(aws_env)
+    launcher = EcsLauncher(
+        config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE), AwsClients("us-east-1")
+    )
+    session = "session-00000000000000cc"
+    try:
+        failed = inject(
+            launcher.clients("ecs"),
+            "RunTask",
+            [
+                {
+                    "tasks": [],
+                    "failures": [{"arn": "container-instance/x", "reason": "RESOURCE:CPU"}],
+                }
+            ],
+        )
+        sent = record_calls(launcher.clients("ecs"), "RunTask")
+        arns = launcher._run(session, 15, {})
+        assert len(arns) == 15 and len(failed) == 1  # the capacity failure was retried
+        tokens = [c["clientToken"] for c in sent]
+        assert len(sent) == 3 and all(tokens) and len(set(tokens)) == 3
+        assert all(len(t) <= 64 for t in tokens)
+    finally:
+        launcher.stop(session, [])
+        starburst("teardown", "--delete-data")
+
+
+def test_spot_quota_and_ephemeral_launches_respect_the_vcpu_quota(aws_env):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.errors import StarburstError
+    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+
+    config = _ecs_config(aws_env)
+    spot = EcsLauncher(
+        config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE, use_spot=True), AwsClients("us-east-1")
+    )
+    asked = inject(
+        spot.clients("service-quotas", attempts=2),
+        "GetServiceQuota",
+        [{"Quota": {"Value": 1.0}}],
+    )
+    session = "session-00000000000000dd"
+    try:
+        assert spot.vcpu_quota() == 1.0
+        assert asked[0]["QuotaCode"] == "L-36FBB829"  # Fargate Spot's own quota
+        spot.start_task_worker(session, "t-000000000001", {})
+        with pytest.raises(StarburstError, match="quota"):
+            spot.start_task_worker(session, "t-000000000002", {})
+        assert spot.live_count(session) == 1
+    finally:
+        spot.stop(session, [])
+        starburst("teardown", "--delete-data")
+
+
+def test_workers_start_with_only_the_launchers_environment(ecs_session):
+    with StarburstExecutor(max_workers=1, backend="ecs", image=IMAGE) as ex:
+        names = ex.submit(tasks.env_names).result(timeout=TIMEOUT)
+    assert "STARBURST_SESSION_ID" in names and "STARBURST_BUCKET" in names
+    # The test's own settings never reach a worker: only what the launcher sent does.
+    assert "STARBURST_AWS_ENDPOINT" not in names and "STARBURST_CONFIG_DIR" not in names
+    assert "PYTEST_CURRENT_TEST" not in names
+
+
+def test_host_ec2_terminated_is_retried_like_a_spot_interruption(ecs_session, tmp_path):
+    h = ecs_session
+    h.provisioning_delay = 1.0  # tasks run a while after RunTask, as on AWS
+    marker = tmp_path / "started"
+    with StarburstExecutor(max_workers=1, backend="ecs", image=IMAGE) as ex:
+        future = ex.submit(tasks.touch_then_wait, str(marker), str(tmp_path / "release"))
+        first = h.wait_for_tasks(1, timeout=TIMEOUT)[0]
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        h.kill(first, HOST_TERMINATED_REASON)
+        (tmp_path / "release").write_text("go")
+        assert future.result(timeout=TIMEOUT) > 0
+        assert len(h.procs) == 2
+
+
+def test_crash_looping_workers_fail_the_futures_with_the_reason(ecs_session):
+    from starburst_executor.errors import WorkersCannotStart
+
+    h = ecs_session
+    h.fail_starts(PULL_ERROR_REASON)
+    ex = DetachedExecutor(max_workers=2, backend="ecs", image=IMAGE)
+    try:
+        futures = [ex.submit(tasks.square, i) for i in range(4)]
+        for future in futures:
+            with pytest.raises(WorkersCannotStart) as info:
+                future.result(timeout=TIMEOUT)
+        assert "CannotPullContainerError" in info.value.stopped_reason
+        assert "starburst image build" in str(info.value)
+        assert not h.procs  # no worker ever ran
+        attempts = len(h.failed_starts)
+        time.sleep(3)  # the poller's maintenance runs every second: it must not relaunch
+        assert len(h.failed_starts) == attempts <= 6
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_ephemeral_start_failure_names_the_fix(ecs_session):
+    h = ecs_session
+    h.fail_starts(INIT_ERROR_REASON, count=1)
+    with StarburstExecutor(max_workers=1, backend="ecs", image=IMAGE) as ex:
+        with pytest.raises(WorkerDied, match="route") as info:
+            ex.submit(tasks.square, 3).result(timeout=TIMEOUT)
+        assert "ResourceInitializationError" in info.value.stopped_reason
+        assert ex.submit(tasks.square, 4).result(timeout=TIMEOUT) == 16
+
+
+def test_every_aws_call_is_in_the_documented_policy_and_setup_creates_those_roles(aws_env):
+    from starburst_executor.aws.iam import (
+        action_for,
+        client_policy,
+        ecs_task_trust,
+        policy_actions,
+        task_role_policy,
+    )
+    from starburst_executor.aws.setup import teardown
+    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+
+    clients, _, run = _setup_in_process(
+        aws_env, ec2_instance_types=["c7i.xlarge"], kms_key_arn="arn:aws:kms:us-east-1:1:key/k"
+    )
+    run()
+    config = load_config()
+    assert config is not None
+    launcher = EcsLauncher(config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE), clients)
+    session = "session-00000000000000ee"
+    launcher.launch(session, 2, {})
+    launcher.cost(session)
+    launcher.stop(session, [])
+    iam = boto3.client("iam", endpoint_url=aws_env, region_name="us-east-1")
+    inline = iam.get_role_policy(RoleName="starburst-task", PolicyName="starburst-session-data")
+    assert inline["PolicyDocument"] == task_role_policy(
+        config.bucket, config.prefix, "arn:aws:kms:us-east-1:1:key/k"
+    )
+    trust = iam.get_role(RoleName="starburst-task")["Role"]["AssumeRolePolicyDocument"]
+    assert trust == ecs_task_trust(config.account_id)
+    teardown(config, clients, delete_data=True, retry_delay=0.01)
+    allowed = policy_actions(client_policy(config.account_id, config.bucket))
+    needed = {action_for(c) for c in clients.calls}
+    assert needed - allowed == set()
+    assert {"iam:ListRoles", "ecs:RunTask", "ecs:DeleteCluster", "ssm:GetParameter"} <= needed
+
+
+def test_setup_with_subnets_checks_they_have_a_route_out(aws_env):
+    ec2 = boto3.client("ec2", endpoint_url=aws_env, region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="mine", Description="x", VpcId=vpc)["GroupId"]
+    closed = starburst("setup", "--subnets", subnet, "--security-groups", group, "--json")
+    assert closed.returncode != 0 and "no route out" in closed.stderr and subnet in closed.stderr
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    table = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
+    ec2.create_route(
+        RouteTableId=table["RouteTables"][0]["RouteTableId"],
+        DestinationCidrBlock="0.0.0.0/0",
+        GatewayId=gateway,
+    )
+    opened = starburst("setup", "--subnets", subnet, "--security-groups", group, "--json")
+    assert opened.returncode == 0, opened.stderr
+    config = load_config()
+    assert config is not None and config.subnets == (subnet,)
+    assert config.security_groups == (group,)
+    starburst("teardown", "--delete-data")
+
+
+def test_fargate_is_priced_in_the_sessions_region_and_billed_from_the_pull(aws_env):
+    from starburst_executor.aws.clients import AwsClients
+    from starburst_executor.aws.cost import actual_cost, fargate_rate
+
+    def product(usage: str, usd: str) -> str:
+        dimension = {"d": {"pricePerUnit": {"USD": usd}}}
+        return json.dumps(
+            {
+                "product": {"attributes": {"usagetype": usage, "regionCode": "eu-central-1"}},
+                "terms": {"OnDemand": {"t": {"priceDimensions": dimension}}},
+            }
+        )
+
+    clients = AwsClients("eu-central-1")
+    asked = inject(
+        clients("pricing", attempts=2),
+        "GetProducts",
+        [
+            {
+                "PriceList": [
+                    product("EUC1-Fargate-ARM-vCPU-Hours:perCPU", "0.0372"),
+                    product("EUC1-Fargate-vCPU-Hours:perCPU", "0.04656"),
+                    product("EUC1-Fargate-GB-Hours", "0.00511"),
+                ]
+            }
+        ],
+    )
+    rate = fargate_rate(2, 4096, spot=False, clients=clients)
+    assert asked[0]["Filters"][0]["Value"] == "eu-central-1"
+    assert rate.per_worker_hour == pytest.approx(2 * 0.04656 + 4 * 0.00511)
+    assert rate.source == "pricing-api (eu-central-1)"
+    # Without the Pricing API the estimate says whose prices it used.
+    fallback = fargate_rate(2, 4096, spot=False, clients=AwsClients("eu-central-1"))
+    assert fallback.source == "fargate-static (us-east-1 prices)"
+
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    short = {
+        "pullStartedAt": start,
+        "startedAt": start + dt.timedelta(seconds=20),
+        "stoppedAt": start + dt.timedelta(seconds=30),
+    }
+    long = {
+        "pullStartedAt": start,
+        "startedAt": start + dt.timedelta(minutes=1),
+        "stoppedAt": start + dt.timedelta(minutes=31),
+    }
+    assert actual_cost([short], rate, fargate=True) == pytest.approx(
+        rate.per_worker_hour / 60, abs=1e-6
+    )
+    assert actual_cost([long], rate, fargate=True) == pytest.approx(
+        rate.per_worker_hour * 31 / 60, abs=1e-6
+    )

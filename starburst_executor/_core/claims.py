@@ -17,7 +17,8 @@
        └── hand-back (SIGTERM, Spot notice): PUT claims/~released/<t>.<etag>, DELETE claim
            IfMatch=<etag> ──▶ pending; the next claimer deletes the marker
 
-A 412 or 409 on any of these PUTs means "lost the race": the caller moves on.
+A 412 on any of these PUTs means "lost the race": the caller moves on. (S3's 409
+ConditionalRequestConflict is not a lost race; the store retries it underneath.)
 Expiry is judged on the server's clock only (the object's LastModified against
 the Date header of the listing that saw it), so a skewed worker clock cannot
 cause an early takeover. Claims hold a renewal counter so every renewal has a

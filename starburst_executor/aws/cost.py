@@ -1,9 +1,11 @@
 """What workers cost: an hourly rate per worker, an estimate before launch, actuals after.
 
-Fargate: per vCPU-hour and GB-hour (Spot at its discounted rates). EC2: the on-demand
-price from the Pricing API (a static table when it cannot be read), Spot from the
-recent spot-price history; a worker's share is its vCPUs over the instance's.
-Actual cost sums each ECS task's startedAt..stoppedAt at the rate.
+Fargate: per vCPU-hour and GB-hour of the session's region from the Pricing API (the
+us-east-1 figures below when it cannot be read, and for Spot, whose prices the API does
+not list). EC2: the on-demand price from the Pricing API (a static table when it cannot
+be read), Spot from the recent spot-price history; a worker's share is its vCPUs over
+the instance's. Actual cost sums each ECS task's billed time at the rate: Fargate bills
+from the start of the image pull, with a one-minute minimum.
 """
 
 from __future__ import annotations
@@ -48,12 +50,65 @@ class Rate:
         return round(self.per_worker_hour * workers * hours, 4)
 
 
-def fargate_rate(cpu: float, memory_mb: int, *, spot: bool, arm: bool = False) -> Rate:
+FARGATE_MINIMUM_SECONDS = 60.0
+
+
+def _fargate_region_prices(clients: AwsClients, arm: bool) -> dict[str, float] | None:
+    """``{"vcpu_hour", "gb_hour"}`` of the clients' region from the Pricing API, or None.
+
+    ECS's usage types are ``<REGION>-Fargate-vCPU-Hours:perCPU`` and
+    ``<REGION>-Fargate-GB-Hours`` (``-ARM-`` after ``Fargate`` for Graviton).
+    """
+    kind = "Fargate-ARM-" if arm else "Fargate-"
+    wanted = {"vcpu_hour": kind + "vCPU-Hours:perCPU", "gb_hour": kind + "GB-Hours"}
+    try:
+        source = clients if clients.endpoint_url else AwsClients("us-east-1")
+        pages = (
+            source("pricing", attempts=2)
+            .get_paginator("get_products")
+            .paginate(
+                ServiceCode="AmazonECS",
+                Filters=[{"Type": "TERM_MATCH", "Field": "regionCode", "Value": clients.region}],
+            )
+        )
+        found: dict[str, float] = {}
+        for page in pages:
+            for item in page.get("PriceList", []):
+                product = json.loads(item)
+                usage = str(product.get("product", {}).get("attributes", {}).get("usagetype"))
+                name = next((k for k, v in wanted.items() if usage.endswith("-" + v)), None)
+                if name is None:
+                    continue
+                term = next(iter(product["terms"]["OnDemand"].values()))
+                dimension = next(iter(term["priceDimensions"].values()))
+                found[name] = float(dimension["pricePerUnit"]["USD"])
+            if len(found) == len(wanted):
+                return found
+    except Exception as err:
+        log.info("Fargate prices of %s from the static table (%s)", clients.region, err)
+    return None
+
+
+def fargate_rate(
+    cpu: float,
+    memory_mb: int,
+    *,
+    spot: bool,
+    arm: bool = False,
+    clients: AwsClients | None = None,
+) -> Rate:
+    """The hourly price of one Fargate worker; in ``clients``' region when given."""
+    if clients is not None and not spot:
+        regional = _fargate_region_prices(clients, arm)
+        if regional is not None:
+            per_hour = cpu * regional["vcpu_hour"] + memory_mb / 1024 * regional["gb_hour"]
+            return Rate(round(per_hour, 6), f"pricing-api ({clients.region})")
     prices = FARGATE_SPOT if spot else FARGATE
     per_hour = cpu * prices["vcpu_hour"] + memory_mb / 1024 * prices["gb_hour"]
     if arm and not spot:
         per_hour *= 0.8
-    return Rate(round(per_hour, 6), "fargate-spot-static" if spot else "fargate-static")
+    where = "" if clients is None or clients.region == "us-east-1" else " (us-east-1 prices)"
+    return Rate(round(per_hour, 6), ("fargate-spot-static" if spot else "fargate-static") + where)
 
 
 def _instance_vcpus(clients: AwsClients, instance_type: str) -> int:
@@ -120,16 +175,26 @@ def ec2_rate(clients: AwsClients, instance_type: str, cpu: float, *, spot: bool)
 
 
 def actual_cost(
-    tasks: Iterable[Mapping[str, Any]], rate: Rate, now: datetime | None = None
+    tasks: Iterable[Mapping[str, Any]],
+    rate: Rate,
+    now: datetime | None = None,
+    *,
+    fargate: bool = False,
 ) -> float:
-    """Sum of each ECS task's run time (startedAt to stoppedAt, or now) at ``rate``."""
+    """Sum of each ECS task's billed time at ``rate``: startedAt to stoppedAt (or now);
+    on Fargate from pullStartedAt, with a one-minute minimum."""
     current = now or datetime.now(timezone.utc)
     hours = 0.0
     for task in tasks:
-        started = task.get("startedAt")
+        started = task.get("pullStartedAt") if fargate else None
+        if not isinstance(started, datetime):
+            started = task.get("startedAt")
         if not isinstance(started, datetime):
             continue
         stopped = task.get("stoppedAt")
         end = stopped if isinstance(stopped, datetime) else current
-        hours += max(0.0, (end - started).total_seconds()) / 3600
+        seconds = max(0.0, (end - started).total_seconds())
+        if fargate:
+            seconds = max(seconds, FARGATE_MINIMUM_SECONDS)
+        hours += seconds / 3600
     return round(hours * rate.per_worker_hour, 6)

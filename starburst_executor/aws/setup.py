@@ -4,11 +4,13 @@ Setup is idempotent: each step looks first and creates only what is missing,
 recording what it created in the saved configuration. Teardown removes exactly
 what setup recorded, newest first, and nothing else. ``dry_run`` only looks.
 
-    account ─▶ S3 bucket (SSE-S3, public access blocked, owner enforced, old sessions expire)
+    account ─▶ ECS service-linked role (kept by teardown: the account's, not ours)
+            ─▶ S3 bucket (SSE-S3, public access blocked, owner enforced, old sessions expire)
             ─▶ CloudWatch log group (retention) ─▶ ECR repository (lifecycle policy)
             ─▶ IAM: task execution role, task role scoped to <bucket>/<prefix>/*
             ─▶ default VPC subnets + security group (no ingress)
-            ─▶ ECS cluster (FARGATE, FARGATE_SPOT)
+            ─▶ ECS cluster (FARGATE, FARGATE_SPOT), retried while the new
+               service-linked role is not yet assumable
             ─▶ per EC2 instance type asked: instance profile, launch template (Spot when
                asked; ECS-optimized AMI, arm64 for Graviton), auto-scaling group 0..N,
                capacity provider with managed scaling
@@ -19,40 +21,38 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError, StarburstError
 from .clients import AwsClients, translate
+from .iam import (
+    EC2_TRUST,
+    EXECUTION_ROLE,
+    INSTANCE_ROLE,
+    TASK_ROLE,
+    ecs_task_trust,
+    task_role_policy,
+)
+from .retry import (
+    CLUSTER_BUSY_CODES,
+    CLUSTER_BUSY_PHRASES,
+    SERVICE_LINKED_ROLE_PENDING,
+    STILL_IN_USE_CODES,
+    matches,
+    retry_aws,
+)
 from .settings import AwsConfig
 
-EXECUTION_ROLE = "starburst-task-execution"
-TASK_ROLE = "starburst-task"
-INSTANCE_ROLE = "starburst-ecs-instance"
 SECURITY_GROUP = "starburst-workers"
+ECS_SERVICE_LINKED_ROLE = "AWSServiceRoleForECS"
+ECS_SERVICE_LINKED_PATH = "/aws-service-role/ecs.amazonaws.com/"
+# The ECS-optimized Amazon Linux 2023 AMIs (not the Windows or AL2 ones).
+AL2023_ECS_AMI_NAME = "al2023-ami-ecs-hvm-*"
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 INSTANCE_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
-ECS_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-EC2_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 @dataclass(frozen=True)
@@ -69,34 +69,57 @@ class Step:
         return f"{self.action:<8} {self.kind:<22} {self.name}{extra}"
 
 
-def task_role_policy(bucket: str, prefix: str) -> dict[str, Any]:
-    """Least privilege for workers: their session prefix, nothing else."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "SessionObjects",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
-            },
-            {
-                "Sid": "ListSessions",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": f"arn:aws:s3:::{bucket}",
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
-            },
-        ],
-    }
+def _cluster_busy(err: BaseException) -> bool:
+    return matches(err, CLUSTER_BUSY_CODES, CLUSTER_BUSY_PHRASES)
+
+
+def _cluster_not_ready(err: BaseException) -> bool:
+    return matches(err, phrases=SERVICE_LINKED_ROLE_PENDING) or _cluster_busy(err)
+
+
+def _still_in_use(err: BaseException) -> bool:
+    return matches(err, STILL_IN_USE_CODES, CLUSTER_BUSY_PHRASES)
+
+
+def choose_ecs_ami(images: Sequence[dict[str, Any]], *, arm: bool) -> str | None:
+    """The newest Amazon Linux 2023 ECS-optimized image of the architecture, or None.
+
+    A looser match ("ecs" in the name) can pick a Windows ECS AMI, whose instances
+    never join a Linux cluster.
+    """
+    arch = "arm64" if arm else "x86_64"
+    fitting = [
+        i
+        for i in images
+        if (i.get("Name") or "").startswith("al2023-ami-ecs-hvm-")
+        and i.get("Architecture", arch) == arch
+        and "windows" not in str(i.get("Platform") or i.get("PlatformDetails") or "").lower()
+    ]
+    if not fitting:
+        return None
+    return str(max(fitting, key=lambda i: i.get("CreationDate", ""))["ImageId"])
+
+
+def user_data(cluster: str) -> str:
+    """ECS agent settings for the instances. Spot draining makes a reclaimed instance's
+    tasks get SIGTERM (and stopTimeout to hand back) instead of dying unannounced."""
+    lines = [
+        "#!/bin/bash",
+        f"echo ECS_CLUSTER={cluster} >> /etc/ecs/ecs.config",
+        "echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config",
+    ]
+    return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
 
 
 class Setup:
     """Plans and applies setup against one account and region."""
 
-    def __init__(self, clients: AwsClients, *, dry_run: bool = False) -> None:
+    def __init__(
+        self, clients: AwsClients, *, dry_run: bool = False, retry_delay: float = 1.0
+    ) -> None:
         self.c = clients
         self.dry_run = dry_run
+        self.retry_delay = retry_delay
         self.steps: list[Step] = []
         self.created: list[dict[str, str]] = []
         self._account = ""
@@ -272,6 +295,38 @@ class Setup:
         self._step("iam-role", name, exists, create)
         return arn
 
+    def check_routes(self, subnets: Sequence[str]) -> None:
+        """Subnets given with --subnets must let workers out: S3, ECR and CloudWatch
+        Logs are reached through a default route to an internet or NAT gateway."""
+        ec2 = self.c("ec2")
+        described = ec2.describe_subnets(SubnetIds=list(subnets))["Subnets"]
+        for subnet in described:
+            sid, vpc = subnet["SubnetId"], subnet["VpcId"]
+            tables = ec2.describe_route_tables(
+                Filters=[{"Name": "association.subnet-id", "Values": [sid]}]
+            )["RouteTables"] or [
+                t
+                for t in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])[
+                    "RouteTables"
+                ]
+                if any(a.get("Main") for a in t.get("Associations", []))
+            ]
+            routes = [r for t in tables for r in t.get("Routes", [])]
+            out = any(
+                r.get("DestinationCidrBlock") == "0.0.0.0/0"
+                and (
+                    str(r.get("GatewayId", "")).startswith("igw-")
+                    or str(r.get("NatGatewayId", "")).startswith("nat-")
+                )
+                for r in routes
+            )
+            if not out:
+                raise ConfigError(
+                    f"subnet {sid} has no route out (no 0.0.0.0/0 route to an internet or "
+                    "NAT gateway): workers could not reach S3, ECR or CloudWatch Logs; pass "
+                    "public subnets or ones behind a NAT gateway to --subnets"
+                )
+
     def network(self) -> tuple[list[str], str]:
         ec2 = self.c("ec2")
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -304,16 +359,46 @@ class Setup:
             self.created[-1]["id"] = holder["id"]
         return subnets, holder["id"]
 
+    def service_linked_role(self) -> None:
+        """ECS's own role in the account, which a cluster with capacity providers needs.
+
+        Created when missing ("already taken" is success: another tool won the race)
+        and never deleted: other ECS use in the account relies on it.
+        """
+        iam = self.c("iam")
+        try:
+            # Found by its path, which AWS fixes per service, rather than by its name.
+            pages = iam.get_paginator("list_roles").paginate(PathPrefix=ECS_SERVICE_LINKED_PATH)
+            exists = any(page.get("Roles") for page in pages)
+        except Exception as err:
+            raise translate(err, "iam:ListRoles", ECS_SERVICE_LINKED_ROLE) from err
+        kind, detail = "service-linked-role", "ecs.amazonaws.com; teardown keeps it"
+        if exists or self.dry_run:
+            self.steps.append(
+                Step(kind, ECS_SERVICE_LINKED_ROLE, "exists" if exists else "create", detail)
+            )
+            return
+        try:
+            iam.create_service_linked_role(AWSServiceName="ecs.amazonaws.com")
+        except Exception as err:
+            if not matches(err, phrases=("has been taken", "already exists")):
+                raise translate(err, "iam:CreateServiceLinkedRole", "ecs.amazonaws.com") from err
+        self.steps.append(Step(kind, ECS_SERVICE_LINKED_ROLE, "created", detail))
+
     def cluster(self, name: str) -> None:
         ecs = self.c("ecs")
         found = ecs.describe_clusters(clusters=[name]).get("clusters", [])
         exists = any(c.get("status") == "ACTIVE" for c in found)
 
         def create() -> None:
-            ecs.create_cluster(
-                clusterName=name,
-                capacityProviders=["FARGATE", "FARGATE_SPOT"],
-                tags=[{"key": "starburst", "value": "setup"}],
+            retry_aws(
+                lambda: ecs.create_cluster(
+                    clusterName=name,
+                    capacityProviders=["FARGATE", "FARGATE_SPOT"],
+                    tags=[{"key": "starburst", "value": "setup"}],
+                ),
+                transient=_cluster_not_ready,
+                delay=self.retry_delay,
             )
 
         self._step("ecs-cluster", name, exists, create, "FARGATE, FARGATE_SPOT")
@@ -330,38 +415,58 @@ class Setup:
         ec2_instance_types: Sequence[str] = (),
         ec2_spot: bool = False,
         ec2_max: int = 10,
+        kms_key_arn: str | None = None,
+        subnets: Sequence[str] = (),
+        security_groups: Sequence[str] = (),
     ) -> AwsConfig:
+        """Create what is missing. ``subnets`` and ``security_groups`` replace the default
+        VPC's (an account without one needs them) and are checked for a route out."""
+        if bool(subnets) != bool(security_groups):
+            raise ConfigError("pass --subnets and --security-groups together (comma-separated ids)")
         self._account = self.account()
         chosen_bucket = bucket or base.bucket or f"starburst-{self._account}-{self.c.region}"
         self.bucket(chosen_bucket, base.prefix, self._account, expiry_days)
         self.log_group(base.log_group, log_retention_days)
         self.repository(base.ecr_repository)
-        execution = self.role(EXECUTION_ROLE, ECS_TRUST, [EXECUTION_POLICY], None)
-        task = self.role(TASK_ROLE, ECS_TRUST, [], task_role_policy(chosen_bucket, base.prefix))
-        subnets, group = (
-            (list(base.subnets), base.security_groups[0])
-            if base.subnets and base.security_groups
-            else self.network()
+        trust = ecs_task_trust(self._account)
+        execution = self.role(EXECUTION_ROLE, trust, [EXECUTION_POLICY], None)
+        task = self.role(
+            TASK_ROLE, trust, [], task_role_policy(chosen_bucket, base.prefix, kms_key_arn)
         )
+        if subnets:
+            self.check_routes(subnets)
+            chosen_subnets, groups = list(subnets), tuple(security_groups)
+        elif base.subnets and base.security_groups:
+            chosen_subnets, groups = list(base.subnets), base.security_groups
+        else:
+            chosen_subnets, made = self.network()
+            groups = (made,) if made else ()
+        group = groups[0] if groups else ""
+        self.service_linked_role()
         self.cluster(base.cluster)
         providers = dict(base.capacity_providers)
         for instance_type in ec2_instance_types:
             providers[instance_type] = self.capacity_provider(
-                base.cluster, instance_type, subnets, group, spot=ec2_spot, max_size=ec2_max
+                base.cluster, instance_type, chosen_subnets, group, spot=ec2_spot, max_size=ec2_max
             )
         if ec2_instance_types and not self.dry_run:
-            self.c("ecs").put_cluster_capacity_providers(
-                cluster=base.cluster,
-                capacityProviders=["FARGATE", "FARGATE_SPOT", *sorted(set(providers.values()))],
-                defaultCapacityProviderStrategy=[],
+            ecs = self.c("ecs")
+            retry_aws(
+                lambda: ecs.put_cluster_capacity_providers(
+                    cluster=base.cluster,
+                    capacityProviders=["FARGATE", "FARGATE_SPOT", *sorted(set(providers.values()))],
+                    defaultCapacityProviderStrategy=[],
+                ),
+                transient=_cluster_not_ready,
+                delay=self.retry_delay,
             )
         return replace(
             base,
             region=self.c.region,
             account_id=self._account,
             bucket=chosen_bucket,
-            subnets=tuple(subnets),
-            security_groups=(group,) if group else (),
+            subnets=tuple(chosen_subnets),
+            security_groups=groups,
             execution_role_arn=execution,
             task_role_arn=task,
             created=[*base.created, *self.created],
@@ -380,14 +485,19 @@ class Setup:
         except Exception:
             images = self.c("ec2").describe_images(
                 Owners=["amazon"],
-                Filters=[{"Name": "architecture", "Values": ["arm64" if arm else "x86_64"]}],
+                Filters=[
+                    {"Name": "name", "Values": [AL2023_ECS_AMI_NAME]},
+                    {"Name": "architecture", "Values": ["arm64" if arm else "x86_64"]},
+                ],
             )["Images"]
-            ecs = [i for i in images if "ecs" in (i.get("Name") or "").lower()] or images
-            if not ecs:
+            chosen = choose_ecs_ami(images, arm=arm)
+            if chosen is None:
                 raise ConfigError(
-                    f"no ECS-optimized AMI found for {instance_type}; check the region"
+                    f"no Amazon Linux 2023 ECS-optimized AMI found for {instance_type} in "
+                    f"{self.c.region}; check the region, or that ssm:GetParameter is allowed "
+                    "on /aws/service/ecs/*"
                 ) from None
-            return str(sorted(ecs, key=lambda i: i.get("CreationDate", ""))[-1]["ImageId"])
+            return chosen
 
     def capacity_provider(
         self,
@@ -404,9 +514,11 @@ class Setup:
         name = f"starburst-{instance_type.replace('.', '-')}"
         iam, ec2, asg, ecs = self.c("iam"), self.c("ec2"), self.c("autoscaling"), self.c("ecs")
         self.role(INSTANCE_ROLE, EC2_TRUST, [INSTANCE_POLICY], None)
-        profiles = {
-            p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
-        }
+        try:
+            iam.get_instance_profile(InstanceProfileName=INSTANCE_ROLE)
+            has_profile = True
+        except iam.exceptions.NoSuchEntityException:
+            has_profile = False
 
         def make_profile() -> None:
             iam.create_instance_profile(InstanceProfileName=INSTANCE_ROLE)
@@ -414,7 +526,7 @@ class Setup:
                 InstanceProfileName=INSTANCE_ROLE, RoleName=INSTANCE_ROLE
             )
 
-        self._step("instance-profile", INSTANCE_ROLE, INSTANCE_ROLE in profiles, make_profile)
+        self._step("instance-profile", INSTANCE_ROLE, has_profile, make_profile)
         templates = ec2.describe_launch_templates(
             Filters=[{"Name": "launch-template-name", "Values": [name]}]
         ).get("LaunchTemplates", [])
@@ -424,10 +536,17 @@ class Setup:
                 "ImageId": self._ecs_ami(instance_type),
                 "InstanceType": instance_type,
                 "IamInstanceProfile": {"Name": INSTANCE_ROLE},
-                "SecurityGroupIds": [group],
-                "UserData": base64.b64encode(
-                    f"#!/bin/bash\necho ECS_CLUSTER={cluster} >> /etc/ecs/ecs.config\n".encode()
-                ).decode(),
+                # EC2 tasks use the instance's network (bridge mode): a public address
+                # here is their way to S3 and ECR in a default VPC, which has no NAT.
+                "NetworkInterfaces": [
+                    {
+                        "DeviceIndex": 0,
+                        "AssociatePublicIpAddress": True,
+                        "Groups": [group],
+                        "DeleteOnTermination": True,
+                    }
+                ],
+                "UserData": user_data(cluster),
             }
             if spot:
                 data["InstanceMarketOptions"] = {"MarketType": "spot"}
@@ -499,9 +618,19 @@ def _lifecycle_rules(s3: Any, bucket: str, account: str | None) -> list[dict[str
 
 
 def teardown(
-    config: AwsConfig, clients: AwsClients, *, dry_run: bool = False, delete_data: bool = False
+    config: AwsConfig,
+    clients: AwsClients,
+    *,
+    dry_run: bool = False,
+    delete_data: bool = False,
+    retry_delay: float = 5.0,
 ) -> list[Step]:
-    """Remove what setup recorded in ``config.created``, newest first; only that."""
+    """Remove what setup recorded in ``config.created``, newest first; only that.
+
+    Deleting an auto-scaling group is asynchronous (its instances terminate over
+    minutes), and the cluster and the security group cannot go while instances use
+    them: teardown waits for the group to be gone and retries what is still in use.
+    """
     steps: list[Step] = []
     for item in reversed(config.created):
         kind, name = item["kind"], item["name"]
@@ -509,7 +638,7 @@ def teardown(
             steps.append(Step(kind, name, "delete"))
             continue
         try:
-            kept = _delete(clients, config, kind, name, item, delete_data)
+            kept = _delete(clients, config, kind, name, item, delete_data, retry_delay)
         except StarburstError:
             raise
         except Exception as err:
@@ -530,10 +659,43 @@ def _missing(err: Exception) -> bool:
     return "NotFound" in code or "NoSuch" in code or code in {"404", "ClusterNotFoundException"}
 
 
+def _wait_for_group_gone(c: AwsClients, name: str, retry_delay: float) -> None:
+    """ForceDelete returns at once; the group (and its instances) go minutes later."""
+    asg = c("autoscaling")
+    deadline = time.monotonic() + max(900.0, retry_delay * 4)
+    while asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]:
+        if time.monotonic() > deadline:
+            raise StarburstError(
+                f"auto-scaling group {name} is still deleting its instances after 15 "
+                "minutes; rerun `starburst teardown` later"
+            )
+        time.sleep(retry_delay)  # waiting on AWS's asynchronous deletion
+
+
+def _task_definitions(c: AwsClients) -> list[str]:
+    arns: list[str] = []
+    for page in (
+        c("ecs").get_paginator("list_task_definitions").paginate(familyPrefix="starburst-worker")
+    ):
+        arns += page.get("taskDefinitionArns", [])
+    return arns
+
+
 def _delete(
-    c: AwsClients, config: AwsConfig, kind: str, name: str, item: dict[str, str], delete_data: bool
+    c: AwsClients,
+    config: AwsConfig,
+    kind: str,
+    name: str,
+    item: dict[str, str],
+    delete_data: bool,
+    retry_delay: float,
 ) -> str:
     """Delete one resource; returns why it was kept, or "" when deleted."""
+
+    def patiently(call: Callable[[], object]) -> None:
+        # Ten attempts from retry_delay doubling: instances take minutes to terminate.
+        retry_aws(call, transient=_still_in_use, attempts=10, delay=retry_delay)
+
     if kind == "s3-bucket":
         s3 = c("s3")
         owner = {"ExpectedBucketOwner": config.account_id} if config.account_id else {}
@@ -564,13 +726,16 @@ def _delete(
         c("ecr").delete_repository(repositoryName=name, force=True)
     elif kind == "iam-role":
         iam = c("iam")
-        for policy in iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
-            iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
-        for policy_name in iam.list_role_policies(RoleName=name).get("PolicyNames", []):
-            iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=name):
+            for policy in page.get("AttachedPolicies", []):
+                iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+            for policy_name in page.get("PolicyNames", []):
+                iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
         iam.delete_role(RoleName=name)
     elif kind == "security-group":
-        c("ec2").delete_security_group(GroupId=item["id"])
+        ec2 = c("ec2")
+        patiently(lambda: ec2.delete_security_group(GroupId=item["id"]))
     elif kind == "capacity-provider":
         ecs = c("ecs")
         with contextlib.suppress(Exception):  # detach from the cluster first
@@ -579,9 +744,13 @@ def _delete(
                 capacityProviders=["FARGATE", "FARGATE_SPOT"],
                 defaultCapacityProviderStrategy=[],
             )
-        ecs.delete_capacity_provider(capacityProvider=name)
+        patiently(lambda: ecs.delete_capacity_provider(capacityProvider=name))
     elif kind == "auto-scaling-group":
-        c("autoscaling").delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+        asg = c("autoscaling")
+        patiently(
+            lambda: asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+        )
+        _wait_for_group_gone(c, name, retry_delay)
     elif kind == "launch-template":
         c("ec2").delete_launch_template(LaunchTemplateName=name)
     elif kind == "instance-profile":
@@ -593,11 +762,9 @@ def _delete(
         iam.delete_instance_profile(InstanceProfileName=name)
     elif kind == "ecs-cluster":
         ecs = c("ecs")
-        for arn in ecs.list_task_definitions(familyPrefix="starburst-worker").get(
-            "taskDefinitionArns", []
-        ):
+        for arn in _task_definitions(c):
             ecs.deregister_task_definition(taskDefinition=arn)
-        ecs.delete_cluster(cluster=name)
+        patiently(lambda: ecs.delete_cluster(cluster=name))
     else:
         return f"unknown kind {kind}; remove it by hand"
     return ""

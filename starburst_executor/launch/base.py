@@ -18,6 +18,7 @@ class ExitStatus:
     stopped_reason: str = ""
     out_of_memory: bool = False
     spot_interruption: bool = False
+    hint: str = ""  # what to do, when the stop reason tells (e.g. the image cannot be pulled)
 
 
 @dataclass

@@ -3,8 +3,13 @@
 ::
 
     launch(n) ──▶ task definition (reused when cpu, memory, image, arch, roles match)
-              ──▶ RunTask in batches of 10, paced by a token bucket (burst 100, 20/s),
-                  within the Fargate vCPU quota (L-3032A538), tagged and startedBy=session
+              ──▶ RunTask in batches of 10 (one clientToken each, so a retried call
+                  whose response was lost starts nothing twice), paced by a token
+                  bucket (burst 100, 20/s), within the Fargate vCPU quota (On-Demand
+                  L-3032A538, Spot L-36FBB829), tagged and startedBy=session
+              ──▶ but first: when the session's last workers all stopped before running
+                  (CannotPullContainerError, ResourceInitializationError), raise
+                  WorkersCannotStart instead of launching the same failure again
     live_count ─▶ ListTasks(startedBy=session, desiredStatus=RUNNING)
     stop ───────▶ StopTask on the session's tasks only (tag checked)
     exit_statuses ─▶ DescribeTasks, 100 at a time: stopCode, stoppedReason, exit code
@@ -20,6 +25,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +34,13 @@ from ..aws.clients import AwsClients, translate
 from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate
 from ..aws.settings import AwsConfig
 from ..config import ENV_SESSION, ENV_TASK
-from ..errors import ConfigError, CostLimitExceeded, StarburstError
+from ..errors import (
+    ConfigError,
+    CostLimitExceeded,
+    InvalidTaskSize,
+    StarburstError,
+    WorkersCannotStart,
+)
 from .base import ExitStatus, TaskWorker
 
 log = logging.getLogger("starburst_executor")
@@ -38,8 +50,44 @@ FAMILY = "starburst-worker"
 SESSION_TAG = "starburst-session"
 MAX_OVERRIDES = 8192
 RUN_TASK_BATCH = 10
-FARGATE_VCPU_QUOTA = ("fargate", "L-3032A538")
+FARGATE_VCPU_QUOTA = ("fargate", "L-3032A538")  # On-Demand vCPUs
+FARGATE_SPOT_VCPU_QUOTA = ("fargate", "L-36FBB829")  # Spot vCPUs: a quota of its own
 FARGATE_CPU_UNITS = {0.25: 256, 0.5: 512, 1: 1024, 2: 2048, 4: 4096, 8: 8192, 16: 16384}
+# Fargate's allowed memory (MB) per vCPU count (AWS "Task CPU and memory" table).
+FARGATE_MEMORY: dict[float, tuple[int, ...]] = {
+    0.25: (512, 1024, 2048),
+    0.5: tuple(range(1024, 4097, 1024)),
+    1: tuple(range(2048, 8193, 1024)),
+    2: tuple(range(4096, 16385, 1024)),
+    4: tuple(range(8192, 30721, 1024)),
+    8: tuple(range(16384, 61441, 4096)),
+    16: tuple(range(32768, 122881, 8192)),
+}
+# Stops that happen before the container ever runs, and what to do about each.
+START_FAILURES = {
+    "CannotPullContainerError": (
+        "the worker image cannot be pulled: check the image URI and tag exist "
+        "(`starburst image build`), that the execution role may read ECR "
+        "(ecr:GetAuthorizationToken, ecr:BatchGetImage, ecr:GetDownloadUrlForLayer) and "
+        "that the subnets reach ECR (a public IP, a NAT gateway or VPC endpoints)"
+    ),
+    "ResourceInitializationError": (
+        "ECS could not prepare the task (pull secrets, logs or the network): check that "
+        "the execution role may write to the log group and that the subnets have a route "
+        "to ECR, CloudWatch Logs and S3 (a public IP, a NAT gateway or VPC endpoints)"
+    ),
+    "CannotStartContainerError": (
+        "the container could not start: check the image's entrypoint and architecture "
+        "(an arm64 image on x86_64 workers, or the reverse)"
+    ),
+    "TaskFailedToStart": (
+        "ECS could not start the task: read the stopped reason and the worker logs"
+    ),
+}
+# Workers in a row that stopped before running before launching stops.
+CRASH_LOOP_STARTS = 3
+# EC2 Spot reclaim without draining: the task stops with this, and no SIGTERM first.
+HOST_TERMINATED_RE = re.compile(r"Host EC2 \(instance [^)]*\) terminated")
 _INSTANCE_RE = re.compile(r"^(?P<family>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*)\.")
 
 LaunchType = Literal["FARGATE", "EC2"]
@@ -70,10 +118,8 @@ class EcsSpec:
     def __post_init__(self) -> None:
         if self.launch_type not in ("FARGATE", "EC2"):
             raise ConfigError(f"launch_type must be 'FARGATE' or 'EC2', not {self.launch_type!r}")
-        if self.launch_type == "FARGATE" and self.cpu not in FARGATE_CPU_UNITS:
-            raise ConfigError(
-                f"Fargate cpu must be one of {sorted(FARGATE_CPU_UNITS)} vCPU, got {self.cpu}"
-            )
+        if self.launch_type == "FARGATE":
+            check_fargate_size(self.cpu, self.memory_mb)
         if self.launch_type == "EC2" and not self.instance_type:
             raise ConfigError("launch_type='EC2' needs instance_type, e.g. 'c7i.xlarge'")
         if not self.image:
@@ -88,6 +134,39 @@ class EcsSpec:
     @property
     def architecture(self) -> Literal["X86_64", "ARM64"]:
         return architecture_for(self.instance_type)
+
+
+def check_fargate_size(cpu: float, memory_mb: int) -> None:
+    """Raise ``InvalidTaskSize`` naming the nearest valid sizes unless Fargate offers
+    ``cpu`` vCPU with ``memory_mb`` (RegisterTaskDefinition would refuse it later)."""
+    if cpu in FARGATE_MEMORY and memory_mb in FARGATE_MEMORY[cpu]:
+        return
+    nearest: list[tuple[float, int]] = []
+    if cpu in FARGATE_MEMORY:
+        nearest.append((cpu, min(FARGATE_MEMORY[cpu], key=lambda m: (abs(m - memory_mb), m))))
+    else:
+        # Round up: the caller asked for at least this much compute.
+        closest = min((c for c in FARGATE_MEMORY if c >= cpu), default=max(FARGATE_MEMORY))
+        allowed = FARGATE_MEMORY[closest]
+        nearest.append((closest, min(allowed, key=lambda m: (abs(m - memory_mb), m))))
+    nearest += [(c, memory_mb) for c, allowed in FARGATE_MEMORY.items() if memory_mb in allowed]
+    unique = list(dict.fromkeys(nearest))
+    offers = (
+        f"{cpu:g} vCPU takes {FARGATE_MEMORY[cpu][0]}-{FARGATE_MEMORY[cpu][-1]} MB"
+        if cpu in FARGATE_MEMORY
+        else f"Fargate cpu is one of {', '.join(f'{c:g}' for c in FARGATE_MEMORY)} vCPU"
+    )
+    choices = ", or ".join(f"cpu={c:g} with memory={m} MB" for c, m in unique)
+    raise InvalidTaskSize(
+        f"Fargate does not offer cpu={cpu:g} vCPU with memory={memory_mb} MB ({offers}); "
+        f"nearest valid: {choices}",
+        nearest=unique,
+    )
+
+
+def start_failure(reason: str) -> str | None:
+    """The fix for a stop that happened before the container ran, else None."""
+    return next((fix for key, fix in START_FAILURES.items() if key in reason), None)
 
 
 class TokenBucket:
@@ -145,8 +224,14 @@ def _stop_status(task: Mapping[str, Any], logs: str) -> ExitStatus:
     reason = task.get("stoppedReason") or ""
     container_reason = container.get("reason") or ""
     oom = "OutOfMemory" in reason or "OutOfMemory" in container_reason
-    spot = stop_code == "SpotInterruption" or "Spot Task was interrupted" in reason
+    # A reclaimed EC2 Spot host is preemption like a Fargate Spot interruption: retryable.
+    spot = (
+        stop_code == "SpotInterruption"
+        or "Spot Task was interrupted" in reason
+        or HOST_TERMINATED_RE.search(reason) is not None
+    )
     summary = "; ".join(p for p in (stop_code, reason, container_reason) if p)
+    fix = start_failure(f"{stop_code or ''} {reason} {container_reason}")
     return ExitStatus(
         code=container.get("exitCode"),
         reason=summary or "stopped",
@@ -155,6 +240,7 @@ def _stop_status(task: Mapping[str, Any], logs: str) -> ExitStatus:
         stopped_reason=reason,
         out_of_memory=oom,
         spot_interruption=spot,
+        hint=fix or "",
     )
 
 
@@ -175,6 +261,8 @@ class EcsLauncher:
         self._described_at = 0.0
         self._rate: Rate | None = None
         self._lock = threading.Lock()
+        # Stopped tasks never change again: described once, kept by ARN.
+        self._stopped: dict[str, Mapping[str, Any]] = {}
 
     def launch_info(self) -> dict[str, Any]:
         """What the manifest records, so an attached client rebuilds this launcher."""
@@ -199,7 +287,9 @@ class EcsLauncher:
         spec, cfg = self.spec, self.config
         definition: dict[str, Any] = {
             "family": FAMILY,
-            "networkMode": "awsvpc",
+            # awsvpc tasks on EC2 get no public IP (RunTask refuses ENABLED), so in a
+            # default VPC they could not reach S3: EC2 tasks share the instance's network.
+            "networkMode": "awsvpc" if spec.launch_type == "FARGATE" else "bridge",
             "requiresCompatibilities": [spec.launch_type],
             "cpu": str(spec.cpu_units),
             "memory": str(spec.memory_mb),
@@ -236,6 +326,7 @@ class EcsLauncher:
         platform = existing.get("runtimePlatform") or {}
         return (
             str(existing.get("cpu")) == wanted["cpu"]
+            and existing.get("networkMode") == wanted["networkMode"]
             and str(existing.get("memory")) == wanted["memory"]
             and container.get("image") == wanted["containerDefinitions"][0]["image"]
             and platform.get("cpuArchitecture", "X86_64")
@@ -270,13 +361,15 @@ class EcsLauncher:
     # -- quota ----------------------------------------------------------------------
 
     def vcpu_quota(self) -> float | None:
-        """The account's Fargate On-Demand vCPU quota, or None when it cannot be read."""
+        """The account's Fargate vCPU quota for this spec (Spot and On-Demand have one
+        each), or None when it cannot be read."""
         if self.spec.launch_type != "FARGATE":
             return None
         if self._quota == "unknown":
+            service, code = FARGATE_SPOT_VCPU_QUOTA if self.spec.use_spot else FARGATE_VCPU_QUOTA
             try:
                 quota = self.clients("service-quotas", attempts=2).get_service_quota(
-                    ServiceCode=FARGATE_VCPU_QUOTA[0], QuotaCode=FARGATE_VCPU_QUOTA[1]
+                    ServiceCode=service, QuotaCode=code
                 )
                 self._quota = float(quota["Quota"]["Value"])
             except Exception as err:
@@ -292,19 +385,22 @@ class EcsLauncher:
             "cluster": cfg.cluster,
             "taskDefinition": self.task_definition(),
             "count": count,
+            # One per batch: botocore's retries of this call reuse it, so a call whose
+            # response was lost is answered with its first tasks instead of new ones.
+            "clientToken": uuid.uuid4().hex,
             "startedBy": session_id,
             "tags": [{"key": SESSION_TAG, "value": session_id}],
             "enableECSManagedTags": True,
             "overrides": _env_overrides({**env, ENV_SESSION: session_id}),
-            "networkConfiguration": {
+        }
+        if spec.launch_type == "FARGATE":
+            params["networkConfiguration"] = {
                 "awsvpcConfiguration": {
                     "subnets": list(cfg.subnets),
                     "securityGroups": list(cfg.security_groups),
-                    "assignPublicIp": "ENABLED" if spec.launch_type == "FARGATE" else "DISABLED",
+                    "assignPublicIp": "ENABLED",
                 }
-            },
-        }
-        if spec.launch_type == "FARGATE":
+            }
             provider = "FARGATE_SPOT" if spec.use_spot else "FARGATE"
         else:
             assert spec.instance_type is not None
@@ -353,7 +449,11 @@ class EcsLauncher:
             spec = self.spec
             if spec.launch_type == "FARGATE":
                 self._rate = fargate_rate(
-                    spec.cpu, spec.memory_mb, spot=spec.use_spot, arm=spec.architecture == "ARM64"
+                    spec.cpu,
+                    spec.memory_mb,
+                    spot=spec.use_spot,
+                    arm=spec.architecture == "ARM64",
+                    clients=self.clients,
                 )
             else:
                 assert spec.instance_type is not None
@@ -385,12 +485,40 @@ class EcsLauncher:
             "rate_source": rate.source,
             "running_workers": len(running),
             "estimate_per_hour": rate.estimate(len(running)),
-            "actual_to_date": actual_cost(self.describe(running + stopped), rate),
+            "actual_to_date": actual_cost(
+                self.describe(running + stopped), rate, fargate=self.spec.launch_type == "FARGATE"
+            ),
         }
+
+    def check_starts(self, session_id: str) -> None:
+        """Raise ``WorkersCannotStart`` when the session's last ``CRASH_LOOP_STARTS``
+        workers all stopped before running: another launch would only fail the same way."""
+        arns = self._session_tasks(session_id, "STOPPED")
+        fresh = [a for a in arns if a not in self._stopped]
+        for task in self.describe(fresh):
+            self._stopped[task["taskArn"]] = task
+        stopped = [self._stopped[a] for a in arns if a in self._stopped]
+        if len(stopped) < CRASH_LOOP_STARTS:
+            return
+        stopped.sort(key=lambda t: str(t.get("stoppedAt") or t.get("createdAt") or ""))
+        last = stopped[-CRASH_LOOP_STARTS:]
+        statuses = [_stop_status(t, "") for t in last]
+        if not all(s.hint for s in statuses):
+            return
+        newest = last[-1]
+        reason = statuses[-1].stopped_reason or statuses[-1].reason
+        raise WorkersCannotStart(
+            f"session {session_id}: the last {CRASH_LOOP_STARTS} ECS workers stopped before "
+            f"running ({reason}); {statuses[-1].hint}. Launching stopped; the logs of the "
+            f"last one: {self.log_stream(str(newest['taskArn']))}",
+            stopped_reason=reason,
+        )
 
     def launch(
         self, session_id: str, count: int, env: Mapping[str, str]
     ) -> list[dict[str, object]]:
+        if count:
+            self.check_starts(session_id)
         running = self.live_count(session_id)
         count = quota_window(self.vcpu_quota(), self.spec.cpu, running, count)
         count = self._cost_window(session_id, running, count)
@@ -497,8 +625,16 @@ class EcsLauncher:
     def start_task_worker(
         self, session_id: str, task_id: str, env: Mapping[str, str]
     ) -> TaskWorker:
-        if self.spec.max_hourly_cost is not None:
-            self._cost_window(session_id, self.live_count(session_id), 1)
+        quota = self.vcpu_quota()
+        if self.spec.max_hourly_cost is not None or quota is not None:
+            running = self.live_count(session_id)
+            if not quota_window(quota, self.spec.cpu, running, 1):
+                raise StarburstError(
+                    f"task {task_id} of {session_id}: {running} workers of {self.spec.cpu:g} "
+                    f"vCPU already fill the Fargate vCPU quota ({quota:g}); lower max_workers "
+                    "or ask AWS to raise the quota (Service Quotas, fargate)"
+                )
+            self._cost_window(session_id, running, 1)
         arns = self._run(session_id, 1, {**env, ENV_TASK: task_id})
         if not arns:
             raise StarburstError(f"ECS started no worker for {task_id} of {session_id}")

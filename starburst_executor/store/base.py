@@ -11,6 +11,11 @@ Contract every implementation keeps:
 * ETags are returned without quotes.
 * ``list`` is paginated underneath and returns every key, in key order, after
   ``start_after``, plus the server's clock at the time of the listing.
+* ``get`` and ``exists`` report a missing key as missing (``ObjectNotFound``/False)
+  even where the provider answers 403 for it (S3 without a ListBucket grant that
+  applies to object requests).
+* A conditional write that overlaps another (S3's 409 ConditionalRequestConflict)
+  is retried inside the store; ``PreconditionFailed`` only ever means a lost race.
 * Failures raise ``errors.StoreError`` subclasses naming the key.
 """
 

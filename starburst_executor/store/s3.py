@@ -3,12 +3,25 @@
 Every request passes through ``_call``, which counts it, lets botocore retry it
 (standard mode: bounded attempts, exponential backoff with jitter) and turns
 provider error codes into the library's own exceptions, naming the key.
+
+Two answers of real S3 that the local server never gives are handled here:
+
+* **409 ConditionalRequestConflict**: conditional writes to one key overlapped and
+  this one was not applied. S3 says to retry, and it is not "lost the race" (412):
+  conditional PUTs and DELETEs are re-sent with bounded, jittered backoff; a later
+  412 then goes through the caller's read-back as usual.
+* **403 for a missing key**: without an ``s3:ListBucket`` grant that applies to the
+  request (the task role grants it under an ``s3:prefix`` condition, which an object
+  request does not carry), GET and HEAD of a missing key answer 403, not 404. A 403
+  is therefore checked with a one-key LIST (which does carry the prefix): no such
+  key means ``ObjectNotFound``; otherwise it was a real refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -37,8 +50,14 @@ from .base import Blob, Listing, ObjectInfo, PutResult, RequestCounter
 
 T = TypeVar("T")
 
-_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_CONFLICT_CODES = {"PreconditionFailed", "412"}
+_OVERLAP_CODES = {"ConditionalRequestConflict", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_DENIED_CODES = {"AccessDenied", "403"}
+# 409 retries: about 8 s in all before giving up, enough for a burst of racers to clear.
+CONFLICT_ATTEMPTS = 8
+CONFLICT_BASE_DELAY = 0.05
+CONFLICT_MAX_DELAY = 2.0
 
 
 def botocore_config(max_pool_connections: int = 64) -> Config:
@@ -62,6 +81,27 @@ def _server_time(response: dict[str, Any]) -> datetime:
     if date:
         return parsedate_to_datetime(date)
     return datetime.now(timezone.utc)
+
+
+def _error_code(err: ClientError) -> tuple[str, str]:
+    code = str(err.response.get("Error", {}).get("Code", ""))
+    status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code, status
+
+
+def is_overlap(err: BaseException) -> bool:
+    """409 ConditionalRequestConflict: a concurrent conditional write; retry it."""
+    if not isinstance(err, ClientError):
+        return False
+    code, status = _error_code(err)
+    return code in _OVERLAP_CODES or status == "409"
+
+
+def is_denied(err: BaseException) -> bool:
+    if not isinstance(err, ClientError):
+        return False
+    code, status = _error_code(err)
+    return code in _DENIED_CODES or status == "403"
 
 
 def translate_error(
@@ -89,10 +129,15 @@ def translate_error(
             fix = "run `aws configure` or set AWS_PROFILE (`starburst doctor` checks them)"
         return CredentialsMissing(f"no credentials for s3:{operation} on {where} ({err}); {fix}")
     if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if code in _CONFLICT_CODES or status in {"412", "409"}:
+        code, status = _error_code(err)
+        if code in _CONFLICT_CODES or status == "412":
             return PreconditionFailed(f"conditional {operation} on {where} lost its race ({code})")
+        if code in _OVERLAP_CODES or status == "409":
+            return StoreError(
+                f"conditional {operation} on {where} kept overlapping other writers' "
+                f"(409 {code}) after {CONFLICT_ATTEMPTS} attempts; too many workers race "
+                "for one key: retry later or use fewer workers"
+            )
         if code in _MISSING_CODES or (status == "404" and code != "NoSuchBucket"):
             return ObjectNotFound(f"no object at {where}")
         if code == "NoSuchBucket":
@@ -159,8 +204,10 @@ class S3Store:
         credentials: tuple[str, str] | None = None,
         counter: RequestCounter | None = None,
         max_pool_connections: int = 64,
+        conflict_attempts: int = CONFLICT_ATTEMPTS,
     ) -> None:
         self.location = location
+        self.conflict_attempts = max(1, conflict_attempts)
         self.bucket = location.bucket
         self.counter = counter if counter is not None else RequestCounter()
         self._credentials = credentials
@@ -197,14 +244,50 @@ class S3Store:
     def _count(self, event_name: str = "", **_: Any) -> None:
         self.counter.add(event_name.rsplit(".", 1)[-1])
 
-    async def _call(self, operation: str, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        operation: str,
+        key: str,
+        fn: Callable[[Any], Awaitable[T]],
+        *,
+        conditional: bool = False,
+    ) -> T:
+        """One request, translated; a conditional one is re-sent on 409 (see the top)."""
         client = await self._ensure()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn(client)
+            except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as err:
+                if conditional and is_overlap(err) and attempt < self.conflict_attempts:
+                    cap = min(CONFLICT_MAX_DELAY, CONFLICT_BASE_DELAY * 2 ** (attempt - 1))
+                    await asyncio.sleep(random.uniform(cap / 2, cap))
+                    continue
+                raise translate_error(
+                    err, operation=operation, bucket=self.bucket, key=key, location=self.location
+                ) from err
+
+    async def _missing_or_denied(self, operation: str, key: str, err: ClientError) -> StoreError:
+        """A 403 on GET/HEAD: ObjectNotFound when a one-key LIST shows no such key."""
+
+        async def call(client: Any) -> bool:
+            resp = await client.list_objects_v2(
+                Bucket=self.bucket, Prefix=key, MaxKeys=1, **self.location.owner_extra()
+            )
+            return any(item["Key"] == key for item in resp.get("Contents", []))
+
         try:
-            return await fn(client)
-        except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as err:
-            raise translate_error(
+            present = await self._call("ListObjectsV2", key, call)
+        except AccessDenied:
+            return translate_error(
                 err, operation=operation, bucket=self.bucket, key=key, location=self.location
-            ) from err
+            )
+        if present:
+            return translate_error(
+                err, operation=operation, bucket=self.bucket, key=key, location=self.location
+            )
+        return ObjectNotFound(f"no object at s3://{self.bucket}/{key}")
 
     async def put(
         self,
@@ -225,31 +308,54 @@ class S3Store:
             resp = await client.put_object(**params)
             return PutResult(strip_etag(resp["ETag"]), _server_time(resp))
 
-        return await self._call("PutObject", key, call)
+        conditional = if_none_match or if_match is not None
+        return await self._call("PutObject", key, call, conditional=conditional)
 
     async def get(self, key: str) -> Blob:
-        async def call(client: Any) -> Blob:
-            resp = await client.get_object(
-                Bucket=self.bucket, Key=key, **self.location.owner_extra()
-            )
+        denied: list[ClientError] = []
+
+        async def call(client: Any) -> Blob | None:
+            try:
+                resp = await client.get_object(
+                    Bucket=self.bucket, Key=key, **self.location.owner_extra()
+                )
+            except ClientError as err:
+                if is_denied(err):
+                    denied.append(err)
+                    return None
+                raise
             async with resp["Body"] as stream:
                 body = await stream.read()
             return Blob(body, strip_etag(resp["ETag"]), resp["LastModified"])
 
-        return await self._call("GetObject", key, call)
+        blob = await self._call("GetObject", key, call)
+        if blob is None:
+            raise await self._missing_or_denied("GetObject", key, denied[0]) from denied[0]
+        return blob
 
     async def exists(self, key: str) -> bool:
-        async def call(client: Any) -> bool:
+        denied: list[ClientError] = []
+
+        async def call(client: Any) -> bool | None:
             try:
                 await client.head_object(Bucket=self.bucket, Key=key, **self.location.owner_extra())
             except ClientError as err:
                 status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if status == 404:
                     return False
+                if is_denied(err):
+                    denied.append(err)
+                    return None
                 raise
             return True
 
-        return await self._call("HeadObject", key, call)
+        found = await self._call("HeadObject", key, call)
+        if found is None:
+            error = await self._missing_or_denied("HeadObject", key, denied[0])
+            if isinstance(error, ObjectNotFound):
+                return False
+            raise error from denied[0]
+        return found
 
     async def list_objects(self, prefix: str, *, start_after: str | None = None) -> Listing:
         async def call(client: Any) -> Listing:
@@ -303,7 +409,7 @@ class S3Store:
         async def call(client: Any) -> None:
             await client.delete_object(**params)
 
-        await self._call("DeleteObject", key, call)
+        await self._call("DeleteObject", key, call, conditional=if_match is not None)
 
     async def delete_prefix(self, prefix: str) -> int:
         listing = await self.list_objects(prefix)

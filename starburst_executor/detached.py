@@ -463,8 +463,7 @@ class DetachedExecutor(SessionExecutor):
                 # Relaunching would fail the same way forever: the waiting futures get
                 # the reason and the fix instead of hanging.
                 log.error("%s", err)
-                for future in self.futures:
-                    future._fail(err)
+                self._end_pending(err)
 
     def _top_up(self, workers: int) -> int:
         with self._scale_lock:

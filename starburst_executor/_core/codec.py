@@ -12,6 +12,9 @@ from __future__ import annotations
 import pickle
 import platform
 import traceback
+
+# The standard library's class of a worker's traceback (private there, stable since 3.3).
+from concurrent.futures.process import _RemoteTraceback as _StdRemoteTraceback
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,11 +30,15 @@ MAGIC_OUTCOME = b"SBO1"
 OutcomeKind = Literal["ok", "error", "cancelled"]
 
 
-class RemoteTraceback(Exception):
-    """Carries a worker's formatted traceback; set as ``__cause__`` of remote errors."""
+class RemoteTraceback(_StdRemoteTraceback):
+    """Carries a worker's formatted traceback; set as ``__cause__`` of remote errors.
+
+    A subclass of the standard library's own, so code that recognises a process
+    pool's remote traceback recognises ours.
+    """
 
     def __init__(self, tb: str) -> None:
-        super().__init__(tb)
+        Exception.__init__(self, tb)  # typeshed types the parent's tb as a traceback
         self.tb = tb
 
     def __str__(self) -> str:
@@ -100,7 +107,7 @@ def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[st
         )
     try:
         fn, args, kwargs = pickle.loads(data[len(MAGIC_PAYLOAD) :])
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "
             "resubmit the task, and check the worker has the modules it needs"
@@ -138,6 +145,10 @@ class Outcome:
                 f"({err}); return plain data instead"
             )
             return cls.failure(task_id, wrapped, **meta)
+        except SystemExit as exit_:
+            # Raised by the value's __reduce__: the task's outcome, as a process pool
+            # sends back what its worker raised while pickling a result.
+            return cls.failure(task_id, exit_, **meta)
         limit = max_object_bytes()
         if len(blob) > limit:
             too_big = PayloadTooLarge(
@@ -185,7 +196,7 @@ class Outcome:
         assert self.value is not None
         try:
             return pickle.loads(self.value)
-        except Exception as err:
+        except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
             raise CorruptObject(
                 f"the result of task {self.task_id} cannot be unpickled on the client: "
                 f"{type(err).__name__}: {err}; install the modules its type needs"

@@ -13,10 +13,14 @@ Changes from the standard library's process pool, on purpose:
 
 * the call is pickled (cloudpickle) at ``submit``: what cannot be pickled fails
   there, and lambdas, closures and ``__main__`` functions work;
-* a worker that dies fails only its own future (``WorkerDied``); the executor keeps
-  going instead of becoming broken;
+* a worker that dies fails only its own future (``WorkerDied``, a
+  ``BrokenProcessPool``); the executor keeps going instead of becoming broken (an
+  initializer that raises does break it, as in the standard library);
 * the session lives in S3, so ``DetachedExecutor.attach`` can find the work if the
   client dies; a clean ``shutdown(wait=True)`` deletes it.
+
+As in the standard library, a script that ends without ``shutdown`` runs every
+submitted call first (a ``threading`` exit hook, before ``atexit`` callbacks).
 """
 
 from __future__ import annotations

@@ -292,7 +292,8 @@ class DetachedExecutor(SessionExecutor):
             if self._detached or self._stopped:
                 return
         if cancel_futures:
-            for future in futures:
+            # Newest first: workers claim from the oldest, so the two rarely race for a key.
+            for future in reversed(futures):
                 if not future.done():
                     future.cancel()
         if wait:

@@ -9,9 +9,11 @@ with its type name, message and traceback.
 
 from __future__ import annotations
 
+import io
 import pickle
 import platform
 import traceback
+import types
 
 # The standard library's class of a worker's traceback (private there, stable since 3.3).
 from concurrent.futures.process import _RemoteTraceback as _StdRemoteTraceback
@@ -69,6 +71,26 @@ def fingerprint_mismatch(client: dict[str, str], worker: dict[str, str]) -> str 
     )
 
 
+class _CallPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, but a method bound to an importable class (a classmethod) travels by
+    reference, as ``pickle`` sends it: cloudpickle would send its function by value, and
+    the worker's traceback would then lose the file name and source line."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.MethodType) and isinstance(obj.__self__, type):
+            owner, name = obj.__self__, obj.__func__.__name__
+            if getattr(owner, name, None) == obj:
+                return getattr, (owner, name)
+        return super().reducer_override(obj)
+
+
+def dumps_call(obj: Any) -> bytes:
+    """Pickle a call (function, arguments) for a worker."""
+    buffer = io.BytesIO()
+    _CallPickler(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
 def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     candidates: list[tuple[str, Any]] = [("the function", fn)]
     candidates += [(f"argument {i}", a) for i, a in enumerate(args)]
@@ -84,7 +106,7 @@ def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel."""
     try:
-        blob: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
+        blob = dumps_call((fn, args, kwargs))
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "

@@ -17,7 +17,8 @@ What was changed, and why:
 - ``test.support`` helpers are replaced by a few lines here (``assert_python_ok``,
   ``gc_collect``, ``SHORT_TIMEOUT``, ``captured_stderr``): ``test.support`` is not
   installed everywhere, and its ``assert_python_ok`` runs ``-I``, which would ignore
-  the ``PYTHONPATH`` our workers import this module by.
+  the ``PYTHONPATH`` our workers import this module by. ``captured_stderr`` also hooks
+  the ``concurrent.futures`` logger, whose records pytest's log capture would take.
 - ``ExecutorMixin`` builds executors through ``new_executor(max_workers, **kwargs)``:
   our executors take no ``mp_context`` (the one constructor difference).
 - The ``python -c`` tests import the executor under test and this module. Our workers'
@@ -88,8 +89,9 @@ SHORT_TIMEOUT = 30.0
 
 
 def gc_collect():
-    for _ in range(3):
-        gc.collect()
+    # CPython's helper collects three times for PyPy's sake; once is enough on CPython,
+    # and each full collection of a pytest process with the SDK loaded is slow.
+    gc.collect()
 
 
 def assert_python_ok(*args, env=None):
@@ -104,7 +106,19 @@ def assert_python_ok(*args, env=None):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-captured_stderr = lambda: contextlib.redirect_stderr(io.StringIO())
+@contextlib.contextmanager
+def captured_stderr():
+    """stderr as a StringIO; the ``concurrent.futures`` logger writes there too, as it
+    does through ``logging.lastResort`` outside pytest (whose log capture takes it)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stderr(stream):
+            yield stream
+    finally:
+        logger.removeHandler(handler)
 
 
 # -- left-out tests ---------------------------------------------------------------

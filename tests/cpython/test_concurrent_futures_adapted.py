@@ -167,7 +167,6 @@ SKIPS = {
             "sends a multiprocessing Manager proxy, whose authkey only processes started "
             "by multiprocessing inherit (platform detail)",
         "test_killed_child": LEAD_BRANCH,
-        "test_exit_at_task_unpickle": LEAD_BRANCH,
         "test_crash_at_task_unpickle": LEAD_BRANCH,
         "test_crash_during_func_exec_on_worker": LEAD_BRANCH,
         "test_crash_during_result_pickle_on_worker": LEAD_BRANCH,

@@ -147,10 +147,6 @@ LEFT_OUT = {
 }
 
 # Generated but skipped for one executor only.
-LEAD_BRANCH = (
-    "needs per-task child process (lead's branch): a worker that dies mid-task must "
-    "resolve its future at once instead of after a lease"
-)
 SKIPS = {
     "ProcessPoolSpawn": {
         # Multiprocessing's Manager proxies carry an authkey that only processes
@@ -166,11 +162,6 @@ SKIPS = {
         "test_ressources_gced_in_workers":
             "sends a multiprocessing Manager proxy, whose authkey only processes started "
             "by multiprocessing inherit (platform detail)",
-        "test_killed_child": LEAD_BRANCH,
-        "test_crash_at_task_unpickle": LEAD_BRANCH,
-        "test_crash_during_func_exec_on_worker": LEAD_BRANCH,
-        "test_crash_during_result_pickle_on_worker": LEAD_BRANCH,
-        "test_shutdown_deadlock": LEAD_BRANCH,
     },
 }
 

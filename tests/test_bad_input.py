@@ -134,10 +134,11 @@ def test_expired_session_refuses_work_and_workers_leave(prefix):
 
     from starburst_executor.errors import SessionExpired
 
-    ex = DetachedExecutor(max_workers=1, absolute_timeout=3)
+    # Long enough for a worker to start and run one call on a loaded machine.
+    ex = DetachedExecutor(max_workers=1, absolute_timeout=20)
     try:
         assert ex.submit(abs, -2).result(timeout=TIMEOUT) == 2
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.time() <= ex._manifest.deadline:
             assert time.monotonic() < deadline
             time.sleep(0.1)

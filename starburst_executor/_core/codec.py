@@ -237,16 +237,16 @@ class Outcome:
         """An ok outcome, or an error one when ``value`` cannot be pickled. Never raises."""
         try:
             blob = cloudpickle.dumps(value, protocol=5)
-        except BaseException as err:  # a __reduce__ may even raise SystemExit
-            wrapped = PicklingError(
-                f"task {task_id} returned a {type(value).__name__} that cannot be pickled "
-                f"({err}); return plain data instead"
-            )
-            return cls.failure(task_id, wrapped, **meta)
         except SystemExit as exit_:
             # Raised by the value's __reduce__: the task's outcome, as a process pool
             # sends back what its worker raised while pickling a result.
             return cls.failure(task_id, exit_, **meta)
+        except BaseException as err:
+            wrapped = PicklingError(
+                f"task {task_id} returned a {type(value).__name__} that cannot be pickled "
+                f"({_safe_str(err)}); return plain data instead"
+            )
+            return cls.failure(task_id, wrapped, **meta)
         limit = max_object_bytes()
         if len(blob) > limit:
             too_big = PayloadTooLarge(

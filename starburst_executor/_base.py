@@ -64,6 +64,12 @@ def auto_chunksize(items: int, workers: int) -> int:
     return max(1, math.ceil(items / (AUTO_CHUNKS_PER_WORKER * max(1, workers))))
 
 
+def clock_offset(server_now: float) -> float:
+    """The store's clock minus ours, from a ``Date`` header just received. ``Date`` has
+    one-second resolution (truncated), so the true time is on average half a second on."""
+    return server_now + 0.5 - time.time()
+
+
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
@@ -118,7 +124,7 @@ class SessionExecutor(concurrent.futures.Executor):
             runtime.close()
             raise
         self._init_state(
-            runtime, session, manifest, [], clock_offset=now - time.time(), ship_code=ship_code
+            runtime, session, manifest, [], clock_offset=clock_offset(now), ship_code=ship_code
         )
 
     def _init_state(

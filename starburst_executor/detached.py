@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec, Self
 
-from ._base import SessionExecutor, utc
+from ._base import SessionExecutor, clock_offset, utc
 from ._core.futures import TaskFuture
 from ._core.layout import check_session_id
 from ._core.poller import ResultPoller
@@ -271,7 +271,7 @@ class DetachedExecutor(SessionExecutor):
             runtime.backend, runtime.launch_info = manifest.backend, manifest.launch
             tids = runtime.loop.run(session.task_ids())
             registry = runtime.loop.run(session.workers())
-            offset = runtime.loop.run(session.server_time()).timestamp() - time.time()
+            offset = clock_offset(runtime.loop.run(session.server_time()).timestamp())
         except BaseException:
             runtime.close()
             raise
@@ -555,7 +555,7 @@ class DetachedExecutor(SessionExecutor):
             return False
         self._probed = now
         self._manifest = openness.manifest  # an extend() elsewhere moves our deadline too
-        self._clock_offset = openness.server_time.timestamp() - time.time()
+        self._clock_offset = clock_offset(openness.server_time.timestamp())
         if openness.stopped:
             self._end_pending(None)
             return False

@@ -109,6 +109,7 @@ class SessionExecutor(concurrent.futures.Executor):
             # The deadline is on the store's clock, as workers judge it: a client clock
             # that is hours off moves neither the deadline nor any lease.
             now = runtime.loop.run(session.server_time()).timestamp()
+            offset = clock_offset(now)  # at once: the create below may take a while
             manifest = Manifest(
                 session_id=session.session_id,
                 mode=mode,
@@ -123,9 +124,7 @@ class SessionExecutor(concurrent.futures.Executor):
         except BaseException:
             runtime.close()
             raise
-        self._init_state(
-            runtime, session, manifest, [], clock_offset=clock_offset(now), ship_code=ship_code
-        )
+        self._init_state(runtime, session, manifest, [], clock_offset=offset, ship_code=ship_code)
 
     def _init_state(
         self,

@@ -144,6 +144,21 @@ class TaskProcess:
         self.close()
         return code
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the pipes and wait for the child to exit (kill it past ``timeout``), so
+        no process of this worker outlives it."""
+        proc = self._proc
+        self.close()
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+        self._proc = None
+
     def close(self) -> None:
         """Let the child go: it exits when its request pipe closes."""
         for fd in (self._to_child, self._from_child):

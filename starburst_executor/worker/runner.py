@@ -172,7 +172,7 @@ class Worker:
             return 2
         finally:
             if self._child is not None:
-                self._child.close()
+                self._child.stop()
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import tasks
@@ -156,14 +157,21 @@ def test_3_deadline_with_tasks_pending_ends_them_without_a_storm(prefix, tmp_pat
         remove(sid)
 
 
+def busy_worker_and_queue(
+    ex: DetachedExecutor, release: Path
+) -> tuple[concurrent.futures.Future[object], list[concurrent.futures.Future[object]]]:
+    """The one worker held on a task until ``release`` exists, and three calls queued."""
+    busy = ex.submit(tasks.wait_for_file, str(release), 300)
+    wait_until(lambda: ex.status().running == 1, "the worker busy")
+    return busy, [ex.submit(pow, i, 2) for i in range(3)]
+
+
 def test_3_cleanup_by_another_client_cancels_the_waiting_clients_futures(prefix, tmp_path):
     release = tmp_path / "release"
     ex = DetachedExecutor(max_workers=1, lease_seconds=4)
     sid = ex.session_id
     try:
-        busy = ex.submit(tasks.wait_for_file, str(release), 300)
-        wait_until(lambda: ex.status().running == 1, "the worker busy")
-        queued = [ex.submit(pow, i, 2) for i in range(3)]
+        busy, queued = busy_worker_and_queue(ex, release)
         other = DetachedExecutor.attach(sid, launch_workers=False)
         other.cleanup()  # stops this session's workers
         _, not_done = concurrent.futures.wait(queued, timeout=TIMEOUT)
@@ -309,9 +317,7 @@ def test_deleted_manifest_ends_waiting_futures_without_a_launch_storm(prefix, tm
     ex = DetachedExecutor(max_workers=1, lease_seconds=4)
     sid = ex.session_id
     try:
-        busy = ex.submit(tasks.wait_for_file, str(release), 300)
-        wait_until(lambda: ex.status().running == 1, "the worker busy")
-        queued = [ex.submit(pow, i, 2) for i in range(3)]
+        busy, queued = busy_worker_and_queue(ex, release)
         registry = ex._runtime.loop.run(ex._session.workers())
         ex._runtime.loop.run(ex._runtime.store.delete(ex._session.layout.manifest))
         for entry in registry:

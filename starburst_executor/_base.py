@@ -51,9 +51,19 @@ def _python_exit() -> None:
         executor._at_exit()
 
 
+def _forget_in_child() -> None:
+    """A forked child (``multiprocessing``'s default on Linux) inherits the parent's
+    executors but none of their threads: finishing them at the child's exit would wait
+    forever on a loop that is not there. They stay the parent's to finish."""
+    global _live_executors, _live_lock
+    _live_executors = weakref.WeakSet()
+    _live_lock = threading.Lock()
+
+
 # The hook concurrent.futures uses: it runs when the main thread ends, before
 # non-daemon threads are joined and before atexit callbacks.
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 AUTO_CHUNKS_PER_WORKER = 4

@@ -162,6 +162,30 @@ def test_detached_exit_leaves_every_submitted_call_durable_and_running(prefix, t
 
 
 @pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_forked_child_exits_while_the_parents_executor_is_open(prefix, kind):
+    """multiprocessing forks on Linux: a child inherits the parent's open executor but
+    not its threads, and must not try to finish it at its own exit (it hung forever)."""
+    import multiprocessing
+
+    ex = make(kind)
+    try:
+        assert ex.submit(tasks.square, 3).result(timeout=TIMEOUT) == 9
+        child = multiprocessing.get_context("fork").Process(target=tasks.square, args=(2,))
+        child.start()
+        child.join(TIMEOUT)
+        assert child.exitcode == 0, "the forked child did not exit"
+        with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork")
+        ) as pool:
+            assert pool.submit(tasks.square, 4).result(timeout=TIMEOUT) == 16
+        assert ex.submit(tasks.square, 5).result(timeout=TIMEOUT) == 25
+    finally:
+        ex.shutdown()
+        if child.is_alive():
+            child.kill()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
 def test_submit_during_interpreter_exit_raises_the_standard_error(prefix, kind):
     result = run_script(
         f"""

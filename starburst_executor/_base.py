@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -93,27 +93,9 @@ class SessionExecutor(concurrent.futures.Executor):
     _futures: list[TaskFuture]
 
     def _create_session(
-        self,
-        mode: str,
-        settings: SessionSettings,
-        *,
-        backend: str | None,
-        endpoint_url: str | None,
-        bucket: str | None,
-        prefix: str | None,
-        region: str | None,
-        ecs_options: dict[str, Any],
-        ship_code: bool | None = None,
+        self, mode: str, settings: SessionSettings, options: Mapping[str, Any]
     ) -> None:
-        runtime = open_runtime(
-            backend=backend,
-            endpoint_url=endpoint_url,
-            bucket=bucket,
-            prefix=prefix,
-            region=region,
-            settings=settings,
-            ecs_options=ecs_options,
-        )
+        runtime = open_runtime(options)
         session = SessionStore(runtime.store, runtime.location.prefix, new_session_id())
         try:
             # The deadline is on the store's clock, as workers judge it: a client clock
@@ -123,18 +105,19 @@ class SessionExecutor(concurrent.futures.Executor):
             manifest = Manifest(
                 session_id=session.session_id,
                 mode=mode,
-                backend=runtime.backend,
                 created=now,
                 deadline=now + settings.absolute_timeout,
                 settings=settings,
                 fingerprint=fingerprint(),
-                launch=runtime.launch_info,
+                launch=runtime.spec,
             )
             runtime.loop.run(session.create(manifest))
         except BaseException:
             runtime.close()
             raise
-        self._init_state(runtime, session, manifest, [], clock_offset=offset, ship_code=ship_code)
+        self._init_state(
+            runtime, session, manifest, [], clock_offset=offset, ship_code=options.get("ship_code")
+        )
 
     def _init_state(
         self,

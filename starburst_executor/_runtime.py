@@ -6,14 +6,17 @@ Store, first that applies: explicit ``endpoint_url``/``bucket`` arguments;
 ``STARBURST_S3_ENDPOINT``/``STARBURST_BUCKET``; for the ECS backend, the bucket
 ``starburst setup`` saved (on AWS S3); otherwise the embedded local server.
 
-An attached session's launcher is rebuilt from its manifest (``backend`` and
-``launch``), so cleanup and scaling reach the same kind of workers.
+Workers: one ``LaunchSpec``, built once by ``launch_spec`` when a session is created
+(argument, then environment, then saved setup, then default, field by field),
+recorded in the manifest, and turned into a launcher by ``make_launcher`` alone (for
+an attached session, from its manifest).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ._core.loop import LoopThread
@@ -21,46 +24,62 @@ from .config import (
     DEFAULT_PREFIX,
     DEFAULT_REGION,
     LOCAL_BUCKET,
-    SessionSettings,
     StoreLocation,
     backend_from_env,
     encryption_from_env,
+    parse_memory_mb,
     starburst_home,
     user_location_overrides,
 )
 from .errors import ConfigError
 from .launch.base import Launcher
 from .launch.local import LocalLauncher
+from .launch_spec import BACKENDS, ECS_ONLY, Backend, LaunchSpec
 from .store.local_server import LocalServer, read_credentials
 from .store.s3 import S3Store
 
-BACKENDS = ("local", "ecs")
 
-
-@dataclass
 class Runtime:
-    """A store, an event loop to drive it, and a launcher."""
+    """A store, an event loop to drive it, and (once the spec is known) a launcher."""
 
-    location: StoreLocation
-    backend: str
-    loop: LoopThread
-    store: S3Store
-    launcher: Launcher
-    launch_info: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, location: StoreLocation, credentials: tuple[str, str] | None = None) -> None:
+        self.location = location
+        self.loop = LoopThread("starburst-io")
+        self.store = S3Store(location, credentials=credentials)
+        self._launcher: Launcher | None = None
+
+    @property
+    def launcher(self) -> Launcher:
+        if self._launcher is None:
+            raise RuntimeError("the runtime has no launcher yet: call start_launcher first")
+        return self._launcher
+
+    @launcher.setter
+    def launcher(self, launcher: Launcher) -> None:
+        self._launcher = launcher
+
+    @property
+    def spec(self) -> LaunchSpec:
+        """How this runtime's workers launch (image and placement resolved)."""
+        return self.launcher.spec
+
+    def start_launcher(self, spec: LaunchSpec) -> Launcher:
+        self._launcher = make_launcher(spec, self.location)
+        return self._launcher
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.loop.run(self.store.close(), timeout=10)
         self.loop.close()
-        if isinstance(self.launcher, LocalLauncher):
-            self.launcher.close()  # its worker template; the workers it forked run on
+        if isinstance(self._launcher, LocalLauncher):
+            self._launcher.close()  # its worker template; the workers it forked run on
 
 
-def choose_backend(backend: str | None) -> str:
+def choose_backend(backend: str | None) -> Backend:
     chosen = backend or backend_from_env() or "local"
     if chosen not in BACKENDS:
         raise ConfigError(f"unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}")
-    return chosen
+    return "ecs" if chosen == "ecs" else "local"
 
 
 def resolve_location(
@@ -116,86 +135,94 @@ def resolve_location(
     return location, None
 
 
-def make_launcher(
-    backend: str,
-    location: StoreLocation,
-    launch_info: dict[str, Any],
-    settings: SessionSettings | None,
-) -> Launcher:
-    """The launcher of ``backend``; ``launch_info`` holds the ECS options (manifest form)."""
-    if backend == "local":
+def launch_spec(
+    backend: Backend, location: StoreLocation, options: Mapping[str, Any]
+) -> LaunchSpec:
+    """The spec a new session's options give: each field from its argument, else the
+    environment (the region, through ``location``), else ``LaunchSpec``'s default.
+
+    Placement left empty (image, cluster, networking) is what ``starburst setup``
+    saved; ``make_launcher`` fills it in, and the manifest records the result.
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    values: dict[str, Any] = {k: v for k, v in given.items() if k in ECS_ONLY or k == "cpu"}
+    for name in ("subnets", "security_groups"):
+        if name in values:
+            values[name] = tuple(values[name])
+    if "memory" in given:
+        values["memory_mb"] = parse_memory_mb(given["memory"])
+    return LaunchSpec(backend=backend, region=location.region, **values)
+
+
+def make_launcher(spec: LaunchSpec, location: StoreLocation) -> Launcher:
+    """The one launcher factory: the launcher ``spec`` describes, for ``location``."""
+    if spec.backend == "local":
         return LocalLauncher(
-            starburst_home() / "logs", strip_aws_env=location.local_home is not None
+            starburst_home() / "logs", spec=spec, strip_aws_env=location.local_home is not None
         )
     from .aws.clients import AwsClients
     from .aws.settings import AwsConfig, load_config
-    from .launch.ecs import EcsLauncher, EcsSpec
+    from .launch.ecs import EcsLauncher
 
-    region = launch_info.get("region") or location.region
-    saved = load_config() or AwsConfig(region=region)
+    saved = load_config() or AwsConfig(region=spec.region)
     config = saved.with_overrides(
-        cluster=launch_info.get("cluster"),
-        subnets=launch_info.get("subnets"),
-        security_groups=launch_info.get("security_groups"),
-        image=launch_info.get("image"),
+        region=spec.region,
+        cluster=spec.cluster or None,
+        subnets=spec.subnets or None,
+        security_groups=spec.security_groups or None,
+        image=spec.image or None,
     )
-    clients = AwsClients(config.region)
-    if not launch_info.get("image"):
-        from dataclasses import replace
-
+    clients = AwsClients(spec.region)
+    if not spec.image:
         from .aws.image import require_image
 
         # First use on ECS: a missing image is one line naming it and the build command.
         config = replace(config, image=require_image(config, clients))
-    cpu = settings.cpu if settings else float(launch_info.get("cpu", 1.0))
-    memory = settings.memory_mb if settings else int(launch_info.get("memory_mb", 2048))
-    spec = EcsSpec(
-        cpu=cpu,
-        memory_mb=memory,
+    if not config.image:
+        raise ConfigError("no worker image: run `starburst image build` or pass image='<uri:tag>'")
+    resolved = replace(
+        spec,
         image=config.image,
-        launch_type=launch_info.get("launch_type") or "FARGATE",
-        use_spot=bool(launch_info.get("use_spot", False)),
-        instance_type=launch_info.get("instance_type"),
-        max_hourly_cost=launch_info.get("max_hourly_cost"),
+        cluster=config.cluster,
+        subnets=config.subnets,
+        security_groups=config.security_groups,
     )
-    return EcsLauncher(config, spec, clients)
+    return EcsLauncher(config, resolved, clients)
 
 
-def open_runtime(
+def open_store(
     *,
     backend: str | None = None,
     endpoint_url: str | None = None,
     bucket: str | None = None,
     prefix: str | None = None,
     region: str | None = None,
-    settings: SessionSettings | None = None,
-    ecs_options: dict[str, Any] | None = None,
-    launcher_from: tuple[str, dict[str, Any], SessionSettings | None] | None = None,
 ) -> Runtime:
-    """Open the store and a launcher.
-
-    ``launcher_from`` (backend, launch info, settings), read from an existing session's
-    manifest, rebuilds that session's launcher instead of one from the arguments.
-    """
-    chosen = choose_backend(backend)
-    options = {k: v for k, v in (ecs_options or {}).items() if v is not None}
-    if chosen == "local" and options:
-        raise ConfigError(
-            f"{', '.join(sorted(options))} apply to the ECS backend; pass backend='ecs' "
-            "or set STARBURST_BACKEND=ecs"
-        )
+    """Open the store ``backend`` and the location arguments choose; no launcher yet
+    (an attached session's comes from its manifest)."""
     location, credentials = resolve_location(
-        endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region, backend=chosen
+        endpoint_url=endpoint_url,
+        bucket=bucket,
+        prefix=prefix,
+        region=region,
+        backend=choose_backend(backend),
     )
-    launch_info: dict[str, Any] = {}
-    if launcher_from is not None:
-        chosen, launch_info, settings = launcher_from
-    elif chosen == "ecs":
-        launch_info = {**options, "region": location.region}
-        if settings is not None:
-            launch_info.update(cpu=settings.cpu, memory_mb=settings.memory_mb)
-    launcher = make_launcher(chosen, location, launch_info, settings)
-    launch_info = launcher.launch_info()
-    loop = LoopThread("starburst-io")
-    store = S3Store(location, credentials=credentials)
-    return Runtime(location, chosen, loop, store, launcher, launch_info)
+    return Runtime(location, credentials)
+
+
+def open_runtime(options: Mapping[str, Any]) -> Runtime:
+    """Store and launcher for a new session with the executor's ``options``."""
+    backend = choose_backend(options.get("backend"))
+    runtime = open_store(
+        backend=backend,
+        endpoint_url=options.get("endpoint_url"),
+        bucket=options.get("bucket"),
+        prefix=options.get("prefix"),
+        region=options.get("region"),
+    )
+    try:
+        runtime.start_launcher(launch_spec(backend, runtime.location, options))
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime

@@ -279,9 +279,7 @@ def _task_log(ex: Any, args: argparse.Namespace) -> int:
 
 def _worker_label(location: str) -> str:
     """A short name for a worker's log: the file stem, or the CloudWatch stream's tail."""
-    if location.startswith("/"):
-        return Path(location).stem
-    return location.rsplit("/", 1)[-1]
+    return Path(location).stem
 
 
 def _worker_logs(ex: Any, args: argparse.Namespace) -> int:
@@ -311,7 +309,7 @@ def _worker_logs(ex: Any, args: argparse.Namespace) -> int:
 
     while True:
         for location in ex.worker_logs():
-            text, positions[location] = _read_log(location, positions.get(location))
+            text, positions[location] = ex.read_worker_log(location, positions.get(location))
             if not text:
                 continue
             lines = (partial.pop(location, "") + text).split("\n")
@@ -329,26 +327,6 @@ def _worker_logs(ex: Any, args: argparse.Namespace) -> int:
     if args.json and not args.follow:
         print(json.dumps(records, indent=2))
     return EXIT_OK
-
-
-def _read_log(location: str, position: Any) -> tuple[str, Any]:
-    """New text of a log since ``position``: a file offset, or a CloudWatch token."""
-    if location.startswith("/"):
-        start = int(position or 0)
-        try:
-            with open(location, "rb") as f:
-                f.seek(start)
-                chunk = f.read()
-        except FileNotFoundError:
-            return "", start
-        return chunk.decode(errors="replace"), start + len(chunk)
-    from .aws.clients import AwsClients
-    from .aws.logs import read_events
-    from .aws.settings import AwsConfig, load_config
-
-    config = load_config() or AwsConfig(region="us-east-1")
-    lines, token = read_events(AwsClients(config.region), location, position)
-    return "".join(line + "\n" for line in lines), token
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -392,20 +370,11 @@ def _why_not_cancelled(ex: Any, future: Any) -> str:
 
 
 def _region(args: argparse.Namespace) -> str:
-    import os
-
     from .aws.settings import load_config
+    from .config import resolve_region
 
     saved = load_config()
-    region = (
-        args.region
-        or (saved.region if saved else None)
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-    )
-    if not region:
-        raise ConfigError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
-    return region
+    return resolve_region(args.region, saved.region if saved else None)
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:

@@ -1,40 +1,47 @@
-"""Frozen settings, and the one place the environment is read.
+"""Frozen settings, every default, and the one place the environment is read.
 
-Environment variables (read when a function here is called, never at import):
+Environment variables (read when a function here is called, never at import), each
+named by one constant below:
 
-=========================  ==================================================
-``STARBURST_HOME``         state directory of the embedded local S3 server
-``STARBURST_S3_ENDPOINT``  an S3-compatible endpoint to use instead of it
-``STARBURST_BUCKET``       the bucket on that endpoint
-``STARBURST_PREFIX``       key prefix for sessions (default ``starburst``)
-``STARBURST_REGION``       region name (default ``us-east-1``)
-``STARBURST_BACKEND``      ``local`` (default) or ``ecs``
-``STARBURST_SSE``          ``AES256`` (default on AWS) or ``aws:kms``
-``STARBURST_SSE_KMS_KEY_ID`` the KMS key for ``aws:kms``
-``STARBURST_SHIP_CODE``    ``0`` turns off shipping the user's own modules
-``STARBURST_RETENTION``    how long a finished session is kept (default ``7d``)
-``STARBURST_FORKSERVER``   ``0``: start local per-call workers as subprocesses, not forks
-=========================  ==================================================
+=============================  ===================================================
+``STARBURST_HOME``             state directory of the embedded local S3 server
+``STARBURST_S3_ENDPOINT``      an S3-compatible endpoint to use instead of it
+``STARBURST_BUCKET``           the bucket on that endpoint
+``STARBURST_PREFIX``           key prefix for sessions (default ``starburst``)
+``STARBURST_REGION``           region (then ``AWS_REGION``, ``AWS_DEFAULT_REGION``)
+``STARBURST_BACKEND``          ``local`` (default) or ``ecs``
+``STARBURST_SSE``              ``AES256`` (default on AWS) or ``aws:kms``
+``STARBURST_SSE_KMS_KEY_ID``   the KMS key for ``aws:kms``
+``STARBURST_SHIP_CODE``        ``0`` turns off shipping the user's own modules
+``STARBURST_RETENTION``        how long a finished session is kept (default ``7d``)
+``STARBURST_FORKSERVER``       ``0``: start local per-call workers as subprocesses
+``STARBURST_MAX_OBJECT_BYTES`` the largest pickled call or result
+``STARBURST_CONFIG_DIR``       where ``starburst setup`` saves ``aws.json``
+``STARBURST_AWS_ENDPOINT``     one endpoint for every AWS control-plane call (tests)
+=============================  ===================================================
 
-A worker receives its session through the ``WORKER_ENV`` variables only, the
-same ones the ECS launcher passes as container overrides: ids and locations,
-never credentials or payloads.
+A worker receives its session through the variables ``WorkerEnv`` reads, the same
+ones the ECS launcher passes as container overrides: ids and locations, never
+credentials or payloads.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from .errors import ConfigError
 
 DEFAULT_PREFIX = "starburst"
 DEFAULT_REGION = "us-east-1"
 LOCAL_BUCKET = "starburst"
+DEFAULT_CPU = 1.0  # vCPUs per worker
+DEFAULT_MEMORY_MB = 2048  # per worker
+DEFAULT_TERM_GRACE = 100.0  # seconds a worker gets after SIGTERM (a Spot notice gives 120)
 
 ENV_HOME = "STARBURST_HOME"
 ENV_ENDPOINT = "STARBURST_S3_ENDPOINT"
@@ -45,6 +52,19 @@ ENV_SESSION = "STARBURST_SESSION_ID"
 ENV_WORKER = "STARBURST_WORKER_ID"
 ENV_TASK = "STARBURST_TASK_ID"
 ENV_TAKEOVER = "STARBURST_TAKEOVER"  # ephemeral retry: take over the dead worker's claim
+ENV_WORKER_LOG = "STARBURST_WORKER_LOG"
+ENV_TERM_GRACE = "STARBURST_TERM_GRACE"
+ENV_LOG_LEVEL = "STARBURST_LOG_LEVEL"
+ENV_BACKEND = "STARBURST_BACKEND"
+ENV_SSE = "STARBURST_SSE"
+ENV_SSE_KMS_KEY_ID = "STARBURST_SSE_KMS_KEY_ID"
+ENV_EXPECTED_BUCKET_OWNER = "STARBURST_EXPECTED_BUCKET_OWNER"
+ENV_SHIP_CODE = "STARBURST_SHIP_CODE"
+ENV_RETENTION = "STARBURST_RETENTION"
+ENV_FORKSERVER = "STARBURST_FORKSERVER"
+ENV_MAX_OBJECT_BYTES = "STARBURST_MAX_OBJECT_BYTES"
+ENV_CONFIG_DIR = "STARBURST_CONFIG_DIR"
+ENV_AWS_ENDPOINT = "STARBURST_AWS_ENDPOINT"
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,3}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -57,9 +77,9 @@ def max_object_bytes(environ: Mapping[str, str] | None = None) -> int:
     """The largest pickled call or result (``STARBURST_MAX_OBJECT_BYTES`` lowers it)."""
     env = os.environ if environ is None else environ
     try:
-        return int(env.get("STARBURST_MAX_OBJECT_BYTES", DEFAULT_MAX_OBJECT_BYTES))
+        return int(env.get(ENV_MAX_OBJECT_BYTES, DEFAULT_MAX_OBJECT_BYTES))
     except ValueError:
-        raise ConfigError("STARBURST_MAX_OBJECT_BYTES must be a number of bytes") from None
+        raise ConfigError(f"{ENV_MAX_OBJECT_BYTES} must be a number of bytes") from None
 
 
 def ship_code_enabled(ship_code: bool | None, environ: Mapping[str, str] | None = None) -> bool:
@@ -68,7 +88,7 @@ def ship_code_enabled(ship_code: bool | None, environ: Mapping[str, str] | None 
     if ship_code is not None:
         return ship_code
     env = os.environ if environ is None else environ
-    return env.get("STARBURST_SHIP_CODE", "1").strip().lower() not in {"0", "false", "no", "off"}
+    return env.get(ENV_SHIP_CODE, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def starburst_home(environ: Mapping[str, str] | None = None) -> Path:
@@ -132,11 +152,11 @@ class StoreLocation:
         if self.local_home:
             env[ENV_HOME] = self.local_home
         if self.expected_bucket_owner:
-            env["STARBURST_EXPECTED_BUCKET_OWNER"] = self.expected_bucket_owner
+            env[ENV_EXPECTED_BUCKET_OWNER] = self.expected_bucket_owner
         if self.sse:
-            env["STARBURST_SSE"] = self.sse
+            env[ENV_SSE] = self.sse
         if self.sse_kms_key_id:
-            env["STARBURST_SSE_KMS_KEY_ID"] = self.sse_kms_key_id
+            env[ENV_SSE_KMS_KEY_ID] = self.sse_kms_key_id
         return env
 
     @classmethod
@@ -152,23 +172,23 @@ class StoreLocation:
             endpoint_url=environ.get(ENV_ENDPOINT) or None,
             region=environ.get(ENV_REGION, DEFAULT_REGION),
             local_home=environ.get(ENV_HOME) or None,
-            expected_bucket_owner=environ.get("STARBURST_EXPECTED_BUCKET_OWNER") or None,
-            sse=environ.get("STARBURST_SSE") or None,
-            sse_kms_key_id=environ.get("STARBURST_SSE_KMS_KEY_ID") or None,
+            expected_bucket_owner=environ.get(ENV_EXPECTED_BUCKET_OWNER) or None,
+            sse=environ.get(ENV_SSE) or None,
+            sse_kms_key_id=environ.get(ENV_SSE_KMS_KEY_ID) or None,
         )
 
 
 def backend_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """``STARBURST_BACKEND``: ``local`` or ``ecs``."""
     env = os.environ if environ is None else environ
-    return env.get("STARBURST_BACKEND") or None
+    return env.get(ENV_BACKEND) or None
 
 
 def encryption_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """Server-side encryption for AWS: ``STARBURST_SSE`` (default ``AES256``, or
     ``aws:kms``) and ``STARBURST_SSE_KMS_KEY_ID``."""
     env = os.environ if environ is None else environ
-    return env.get("STARBURST_SSE") or "AES256", env.get("STARBURST_SSE_KMS_KEY_ID") or None
+    return env.get(ENV_SSE) or "AES256", env.get(ENV_SSE_KMS_KEY_ID) or None
 
 
 def user_location_overrides(
@@ -181,8 +201,75 @@ def user_location_overrides(
         env.get(ENV_ENDPOINT) or None,
         env.get(ENV_BUCKET) or None,
         env.get(ENV_PREFIX) or None,
-        env.get(ENV_REGION) or env.get("AWS_DEFAULT_REGION") or None,
+        region_from_env(env),
     )
+
+
+def region_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The region the environment names: ``STARBURST_REGION``, then the AWS SDK's own
+    ``AWS_REGION`` and ``AWS_DEFAULT_REGION`` (None: unset)."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_REGION) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+
+
+def resolve_region(argument: str | None, saved: str | None = None) -> str:
+    """The one region precedence: argument, then environment, then saved setup, then
+    ``us-east-1``."""
+    return argument or region_from_env() or saved or DEFAULT_REGION
+
+
+def config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``starburst setup`` saves its configuration (``STARBURST_CONFIG_DIR``, else
+    ``$XDG_CONFIG_HOME/starburst`` or ``~/.config/starburst``)."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_CONFIG_DIR):
+        return Path(env[ENV_CONFIG_DIR]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "starburst"
+
+
+def aws_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
+    """``STARBURST_AWS_ENDPOINT``: one endpoint for every control-plane call (the tests
+    point it at moto's server on 127.0.0.1); S3 data never goes there."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_AWS_ENDPOINT) or None
+
+
+def store_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
+    """``STARBURST_S3_ENDPOINT``, when the user points the library at a store of theirs."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_ENDPOINT) or None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerEnv:
+    """What a worker process reads from its environment: the launcher's variables."""
+
+    location: StoreLocation
+    session_id: str
+    worker_id: str | None
+    task_id: str | None
+    takeover: bool
+    log_location: str
+    term_grace: float
+    log_level: str
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str]) -> WorkerEnv:
+        try:
+            grace = float(environ.get(ENV_TERM_GRACE, DEFAULT_TERM_GRACE))
+        except ValueError:
+            raise ConfigError(f"{ENV_TERM_GRACE} must be a number of seconds") from None
+        return cls(
+            location=StoreLocation.from_env(environ),
+            session_id=environ.get(ENV_SESSION, ""),
+            worker_id=environ.get(ENV_WORKER) or None,
+            task_id=environ.get(ENV_TASK) or None,
+            takeover=environ.get(ENV_TAKEOVER) == "1",
+            log_location=environ.get(ENV_WORKER_LOG, ""),
+            term_grace=grace,
+            log_level=environ.get(ENV_LOG_LEVEL, "INFO"),
+        )
 
 
 DEFAULT_RETENTION = "7d"
@@ -203,17 +290,17 @@ def parse_duration(text: str) -> float:
 def forkserver_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """Fork local per-call workers from a template (``STARBURST_FORKSERVER=0``: do not)."""
     env = os.environ if environ is None else environ
-    return env.get("STARBURST_FORKSERVER", "1") != "0"
+    return env.get(ENV_FORKSERVER, "1") != "0"
 
 
 def retention_seconds(environ: Mapping[str, str] | None = None) -> float:
     """How long a finished session is kept (``STARBURST_RETENTION``, default 7 days)."""
     env = os.environ if environ is None else environ
-    text = env.get("STARBURST_RETENTION") or DEFAULT_RETENTION
+    text = env.get(ENV_RETENTION) or DEFAULT_RETENTION
     try:
         return parse_duration(text)
     except ConfigError as err:
-        raise ConfigError(f"STARBURST_RETENTION: {err}") from None
+        raise ConfigError(f"{ENV_RETENTION}: {err}") from None
 
 
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(MB|MiB|GB|GiB|M|G)?\s*$", re.IGNORECASE)
@@ -241,8 +328,6 @@ class SessionSettings:
 
     max_workers: int
     min_workers: int = 0
-    cpu: float = 1.0
-    memory_mb: int = 2048
     session_timeout: float = 300.0
     absolute_timeout: float = 86400.0
     lease_seconds: float = 60.0
@@ -257,7 +342,6 @@ class SessionSettings:
                 f"min_workers must be between 0 and max_workers ({self.max_workers}), "
                 f"got {self.min_workers}",
             ),
-            (self.cpu > 0, f"cpu must be > 0, got {self.cpu}"),
             (self.session_timeout > 0, f"session_timeout must be > 0, got {self.session_timeout}"),
             (
                 self.absolute_timeout > 0,
@@ -281,3 +365,55 @@ class SessionSettings:
     def from_json(cls, data: Mapping[str, Any]) -> SessionSettings:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class SessionOptions(TypedDict, total=False):
+    """The keyword options both executors take (``DetachedOptions`` adds its own).
+
+    Defaults: those of ``SessionSettings`` and ``LaunchSpec``; store and backend
+    from the environment, then ``starburst setup``, then the embedded local server.
+    """
+
+    cpu: float
+    memory: int | str
+    absolute_timeout: float
+    seed: int | None
+    backend: Literal["local", "ecs"] | None
+    launch_type: Literal["FARGATE", "EC2"] | None
+    instance_type: str | None
+    use_spot: bool | None
+    image: str | None
+    cluster: str | None
+    subnets: Sequence[str] | None
+    security_groups: Sequence[str] | None
+    max_hourly_cost: float | None
+    endpoint_url: str | None
+    bucket: str | None
+    prefix: str | None
+    region: str | None
+    ship_code: bool | None
+
+
+class DetachedOptions(SessionOptions, total=False):
+    """``DetachedExecutor``'s options beyond the shared ones."""
+
+    min_workers: int
+    session_timeout: float
+    lease_seconds: float
+    max_retries: int
+
+
+def check_options(owner: str, options: Mapping[str, Any], allowed: type) -> None:
+    """``TypeError`` for a keyword ``owner`` does not take, as Python's own is."""
+    known = allowed.__optional_keys__ | allowed.__required_keys__  # type: ignore[attr-defined]
+    for name in options:
+        if name not in known:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}")
+
+
+def session_settings(max_workers: int, options: Mapping[str, Any]) -> SessionSettings:
+    """The settings the options give (the rest keep ``SessionSettings``' defaults)."""
+    fields = SessionSettings.__dataclass_fields__
+    return SessionSettings(
+        max_workers=max_workers, **{k: v for k, v in options.items() if k in fields}
+    )

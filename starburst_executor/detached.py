@@ -26,21 +26,21 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from typing_extensions import ParamSpec, Self
+from typing_extensions import ParamSpec, Self, Unpack
 
 from ._base import SessionExecutor, clock_offset, utc
 from ._core.futures import TaskFuture
 from ._core.layout import check_session_id
 from ._core.poller import ResultPoller
 from ._core.session import SessionStatus, SessionStore, list_session_ids
-from ._runtime import Runtime, make_launcher, open_runtime
-from .config import SessionSettings, parse_memory_mb
+from ._runtime import Runtime, open_store
+from .config import DetachedOptions, check_options, session_settings
 from .errors import (
     BrokenExecutor,
     SessionExpired,
@@ -155,64 +155,15 @@ class DetachedExecutor(SessionExecutor):
         *,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
-        min_workers: int = 0,
-        cpu: float = 1.0,
-        memory: int | str = "2GB",
-        session_timeout: float = 300.0,
-        absolute_timeout: float = 86400.0,
-        lease_seconds: float = 60.0,
-        max_retries: int = 3,
-        seed: int | None = None,
-        launch_type: str | None = None,
-        instance_type: str | None = None,
-        use_spot: bool | None = None,
-        image: str | None = None,
-        cluster: str | None = None,
-        subnets: Sequence[str] | None = None,
-        security_groups: Sequence[str] | None = None,
-        max_hourly_cost: float | None = None,
-        backend: str | None = None,
-        endpoint_url: str | None = None,
-        bucket: str | None = None,
-        prefix: str | None = None,
-        region: str | None = None,
-        ship_code: bool | None = None,
+        **options: Unpack[DetachedOptions],
     ) -> None:
+        check_options(type(self).__name__, options, DetachedOptions)
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        settings = SessionSettings(
-            max_workers=max_workers if max_workers is not None else (os.cpu_count() or 1),
-            min_workers=min_workers,
-            cpu=cpu,
-            memory_mb=parse_memory_mb(memory),
-            session_timeout=session_timeout,
-            absolute_timeout=absolute_timeout,
-            lease_seconds=lease_seconds,
-            max_retries=max_retries,
-            seed=seed,
-        )
-        self._create_session(
-            "detached",
-            settings,
-            backend=backend,
-            endpoint_url=endpoint_url,
-            bucket=bucket,
-            prefix=prefix,
-            region=region,
-            ecs_options={
-                "launch_type": launch_type,
-                "instance_type": instance_type,
-                "use_spot": use_spot,
-                "image": image,
-                "cluster": cluster,
-                "subnets": subnets,
-                "security_groups": security_groups,
-                "max_hourly_cost": max_hourly_cost,
-            },
-            ship_code=ship_code,
-        )
+        workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
+        self._create_session("detached", session_settings(workers, options), options)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._start_polling()
@@ -253,22 +204,13 @@ class DetachedExecutor(SessionExecutor):
         check_session_id(session_id)
         # The backend argument says where the store is; the manifest says which
         # launcher the session's workers came from.
-        runtime = open_runtime(
-            endpoint_url=endpoint_url,
-            bucket=bucket,
-            prefix=prefix,
-            region=region,
-            backend=backend,
-            launcher_from=("local", {}, None),
+        runtime = open_store(
+            endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region, backend=backend
         )
         try:
             session = SessionStore(runtime.store, runtime.location.prefix, session_id)
             manifest, _ = runtime.loop.run(session.load())
-            if manifest.backend != "local":
-                runtime.launcher = make_launcher(
-                    manifest.backend, runtime.location, manifest.launch, manifest.settings
-                )
-            runtime.backend, runtime.launch_info = manifest.backend, manifest.launch
+            runtime.start_launcher(manifest.launch)
             tids = runtime.loop.run(session.task_ids())
             registry = runtime.loop.run(session.workers())
             offset = clock_offset(runtime.loop.run(session.server_time()).timestamp())
@@ -439,6 +381,12 @@ class DetachedExecutor(SessionExecutor):
                 seen.setdefault(location, float(stamp) if isinstance(stamp, (int, float)) else 0.0)
         return sorted(seen, key=lambda loc: seen[loc])
 
+    def read_worker_log(self, location: str, position: Any = None) -> tuple[str, Any]:
+        """New text of one of ``worker_logs()`` since ``position`` (None: the start);
+        returns it and the position to pass next time."""
+        self._require_attached()
+        return self._runtime.launcher.read_log(location, position)
+
     def cancel_pending(self) -> int:
         """Cancel, for every worker, each task no worker has claimed; returns how many."""
         self._require_attached()
@@ -596,7 +544,7 @@ def list_sessions(
     region: str | None = None,
 ) -> list[SessionInfo]:
     """Every session under the prefix: id, created, last activity and counts per state."""
-    runtime = open_runtime(endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region)
+    runtime = open_store(endpoint_url=endpoint_url, bucket=bucket, prefix=prefix, region=region)
     try:
         return runtime.loop.run(_list_sessions(runtime))
     finally:

@@ -8,7 +8,6 @@ are not probed (that would wait on a metadata endpoint off this machine).
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import shutil
 import sys
@@ -17,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import starburst_home
+from .config import ENV_ENDPOINT, starburst_home, store_endpoint
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -263,8 +262,7 @@ def run_checks() -> list[Check]:
     checks = [check_python(), *check_packages(), *check_local_server(), *check_aws()]
     checks.append(check_ecs_setup())
     checks.extend(check_docker(need_arm64=_arm64_configured()))
-    if os.environ.get("STARBURST_S3_ENDPOINT"):
-        checks.append(
-            Check("store", "ok", f"STARBURST_S3_ENDPOINT={os.environ['STARBURST_S3_ENDPOINT']}")
-        )
+    endpoint = store_endpoint()
+    if endpoint:
+        checks.append(Check("store", "ok", f"{ENV_ENDPOINT}={endpoint}"))
     return checks

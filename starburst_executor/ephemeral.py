@@ -32,14 +32,14 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, Unpack
 
 from ._base import SessionExecutor
 from ._core.futures import TaskFuture
-from .config import ENV_TAKEOVER, SessionSettings, parse_memory_mb
+from .config import ENV_TAKEOVER, SessionOptions, check_options, session_settings
 from .errors import BrokenExecutor, ConfigError, ObjectNotFound, StarburstError, WorkerDied
 from .launch.base import ExitStatus, TaskWorker
 
@@ -74,25 +74,9 @@ class StarburstExecutor(SessionExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
-        cpu: float = 1.0,
-        memory: int | str = "2GB",
-        absolute_timeout: float = 86400.0,
-        seed: int | None = None,
-        launch_type: str | None = None,
-        instance_type: str | None = None,
-        use_spot: bool | None = None,
-        image: str | None = None,
-        cluster: str | None = None,
-        subnets: Sequence[str] | None = None,
-        security_groups: Sequence[str] | None = None,
-        max_hourly_cost: float | None = None,
-        backend: str | None = None,
-        endpoint_url: str | None = None,
-        bucket: str | None = None,
-        prefix: str | None = None,
-        region: str | None = None,
-        ship_code: bool | None = None,
+        **options: Unpack[SessionOptions],
     ) -> None:
+        check_options(type(self).__name__, options, SessionOptions)
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if mp_context is not None:
@@ -101,33 +85,8 @@ class StarburstExecutor(SessionExecutor):
             raise ValueError("max_tasks_per_child must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        settings = SessionSettings(
-            max_workers=max_workers or (os.cpu_count() or 1),
-            cpu=cpu,
-            memory_mb=parse_memory_mb(memory),
-            absolute_timeout=absolute_timeout,
-            seed=seed,
-        )
-        self._create_session(
-            "ephemeral",
-            settings,
-            backend=backend,
-            endpoint_url=endpoint_url,
-            bucket=bucket,
-            prefix=prefix,
-            region=region,
-            ecs_options={
-                "launch_type": launch_type,
-                "instance_type": instance_type,
-                "use_spot": use_spot,
-                "image": image,
-                "cluster": cluster,
-                "subnets": subnets,
-                "security_groups": security_groups,
-                "max_hourly_cost": max_hourly_cost,
-            },
-            ship_code=ship_code,
-        )
+        workers = max_workers or (os.cpu_count() or 1)
+        self._create_session("ephemeral", session_settings(workers, options), options)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._cv = threading.Condition()

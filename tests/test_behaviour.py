@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import tasks
 
-from starburst_executor import StarburstExecutor
+from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor.errors import PicklingError, RemoteError, WorkerDied
 
 TIMEOUT = 120
@@ -167,11 +167,8 @@ class TestProcessPoolExecutor(ExecutorBehaviour):
         return concurrent.futures.ProcessPoolExecutor(max_workers, **kwargs)
 
 
-class TestStarburstExecutor(ExecutorBehaviour):
-    def make(self, max_workers: int = 2, **kwargs: Any) -> concurrent.futures.Executor:
-        return StarburstExecutor(max_workers, **kwargs)
-
-    # -- intentional differences ----------------------------------------------------
+class RemoteExecutorBehaviour(ExecutorBehaviour):
+    """Both of our executors: the shared behaviour, and the intentional differences."""
 
     def test_lambdas_and_closures_work(self, prefix):
         base = 100
@@ -210,8 +207,6 @@ class TestStarburstExecutor(ExecutorBehaviour):
         assert "careful with 3" in future.stderr
 
     def test_the_work_is_visible_to_attach_while_it_runs(self, prefix, tmp_path):
-        from starburst_executor import DetachedExecutor
-
         started, release = tmp_path / "started", tmp_path / "release"
         with self.make(max_workers=1) as ex:
             ex.submit(tasks.touch_then_wait, str(started), str(release))
@@ -220,6 +215,16 @@ class TestStarburstExecutor(ExecutorBehaviour):
             assert other.status().running == 1 and len(other.futures) == 1
             other.detach()
             release.write_text("go")
+
+
+class TestStarburstExecutor(RemoteExecutorBehaviour):
+    def make(self, max_workers: int = 2, **kwargs: Any) -> concurrent.futures.Executor:
+        return StarburstExecutor(max_workers, **kwargs)
+
+
+class TestDetachedExecutor(RemoteExecutorBehaviour):
+    def make(self, max_workers: int = 2, **kwargs: Any) -> concurrent.futures.Executor:
+        return DetachedExecutor(max_workers, **kwargs)
 
 
 def test_process_pool_rejects_lambdas_where_starburst_accepts_them():

@@ -12,7 +12,7 @@ from starburst_executor.config import DEFAULT_PREFIX, DEFAULT_REGION
 @pytest.fixture
 def saved(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("STARBURST_CONFIG_DIR", str(tmp_path))
-    for name in ("STARBURST_REGION", "STARBURST_PREFIX", "AWS_DEFAULT_REGION"):
+    for name in ("STARBURST_REGION", "STARBURST_PREFIX", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
     save_config(AwsConfig(region="eu-west-1", bucket="saved-bucket", prefix="saved-prefix"))
 
@@ -41,7 +41,129 @@ def test_arguments_beat_the_environment_and_the_saved_setup(saved, monkeypatch):
 
 
 def test_defaults_apply_to_an_explicit_endpoint(monkeypatch):
-    for name in ("STARBURST_REGION", "STARBURST_PREFIX", "AWS_DEFAULT_REGION"):
+    for name in ("STARBURST_REGION", "STARBURST_PREFIX", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
     location, _ = resolve_location(endpoint_url="http://127.0.0.1:9", bucket="my-bucket")
     assert (location.prefix, location.region) == (DEFAULT_PREFIX, DEFAULT_REGION)
+
+
+# -- the launch spec -----------------------------------------------------------------
+
+
+def _ecs_launcher(options, **location):  # type: ignore[no-untyped-def]
+    from starburst_executor._runtime import launch_spec, make_launcher
+
+    loc, _ = resolve_location(backend="ecs", **location)
+    return make_launcher(launch_spec("ecs", loc, options), loc)
+
+
+@pytest.fixture
+def saved_placement(saved):  # type: ignore[no-untyped-def]
+    save_config(
+        AwsConfig(
+            region="eu-west-1",
+            bucket="saved-bucket",
+            cluster="saved-cluster",
+            subnets=("subnet-saved",),
+            security_groups=("sg-saved",),
+            image="saved/image:1",
+            execution_role_arn="arn:aws:iam::123456789012:role/exec",
+            task_role_arn="arn:aws:iam::123456789012:role/task",
+        )
+    )
+
+
+def test_the_spec_takes_each_field_from_its_argument_else_the_saved_setup(saved_placement):
+    launcher = _ecs_launcher({"cluster": "arg-cluster", "cpu": 2, "memory": "4GB"})
+    spec = launcher.spec
+    assert (spec.cluster, spec.subnets, spec.security_groups, spec.image) == (
+        "arg-cluster",
+        ("subnet-saved",),
+        ("sg-saved",),
+        "saved/image:1",
+    )
+    assert (spec.cpu, spec.memory_mb, spec.launch_type, spec.use_spot) == (
+        2,
+        4096,
+        "FARGATE",
+        False,
+    )
+
+
+def test_an_explicit_region_beats_the_saved_one_for_the_launcher_too(saved_placement):
+    launcher = _ecs_launcher({}, region="ap-south-1")
+    assert launcher.spec.region == "ap-south-1"
+    assert launcher.clients.region == "ap-south-1"  # type: ignore[attr-defined]
+
+
+def test_the_manifest_records_the_spec_and_rebuilds_it(saved_placement):
+    from starburst_executor._core.manifest import Manifest
+    from starburst_executor.config import SessionSettings
+
+    spec = _ecs_launcher({"use_spot": True, "max_hourly_cost": 2.5}).spec
+    manifest = Manifest(
+        session_id="session-00000000000000ab",
+        mode="detached",
+        created=1.0,
+        deadline=2.0,
+        settings=SessionSettings(max_workers=3),
+        fingerprint={},
+        launch=spec,
+    )
+    again = Manifest.from_json(manifest.to_json(), key="k")
+    assert again.launch == spec and again.backend == "ecs"
+
+
+def test_a_manifest_written_before_the_spec_still_loads():
+    import json
+
+    from starburst_executor._core.manifest import Manifest
+
+    raw = {
+        "schema_version": 1,
+        "session_id": "session-00000000000000ac",
+        "mode": "detached",
+        "backend": "ecs",
+        "created": 1.0,
+        "deadline": 2.0,
+        "settings": {"max_workers": 2, "cpu": 2.0, "memory_mb": 4096},
+        "fingerprint": {},
+        "launch": {
+            "region": "eu-west-1",
+            "cluster": "c",
+            "subnets": ["s"],
+            "security_groups": [],
+            "image": "i:1",
+            "launch_type": "FARGATE",
+            "use_spot": False,
+            "instance_type": None,
+            "cpu": 2.0,
+            "memory_mb": 4096,
+            "max_hourly_cost": None,
+        },
+    }
+    manifest = Manifest.from_json(json.dumps(raw).encode(), key="k")
+    assert manifest.launch.cpu == 2.0 and manifest.launch.subnets == ("s",)
+    assert manifest.backend == "ecs" and manifest.settings.max_workers == 2
+
+
+@pytest.mark.parametrize("kind", ["DetachedExecutor", "StarburstExecutor"])
+def test_an_unknown_option_is_a_type_error_naming_it(kind, starburst_home):
+    import starburst_executor
+
+    executor = getattr(starburst_executor, kind)
+    with pytest.raises(
+        TypeError, match=f"{kind}.. got an unexpected keyword argument 'max_worker'"
+    ):
+        executor(max_worker=2)
+    if kind == "StarburstExecutor":
+        with pytest.raises(TypeError, match="'session_timeout'"):
+            executor(session_timeout=5)  # a DetachedExecutor option
+
+
+def test_ecs_options_on_local_workers_are_named(starburst_home):
+    from starburst_executor import DetachedExecutor
+    from starburst_executor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use_spot, cluster apply to the ECS backend"):
+        DetachedExecutor(use_spot=True, cluster="c")

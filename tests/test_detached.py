@@ -12,7 +12,6 @@ import pytest
 import tasks
 
 from starburst_executor import DetachedExecutor, list_sessions
-from starburst_executor._core.codec import RemoteTraceback
 from starburst_executor.errors import (
     InvalidSessionId,
     PicklingError,
@@ -31,27 +30,12 @@ def executor(prefix):  # type: ignore[no-untyped-def]
     ex.cleanup(force=True)
 
 
-def test_results_in_order_with_as_completed_wait_and_callbacks(executor):
+def test_futures_lists_every_call_in_submission_order(executor):
+    """The shared behaviour suite (tests/test_behaviour.py) covers as_completed, wait,
+    callbacks, errors and output; here what only a session has."""
     futures = [executor.submit(tasks.square, i) for i in range(12)]
-    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
-    seen = []
-    futures[0].add_done_callback(lambda f: seen.append(f.result()))
-    done = {f.result() for f in concurrent.futures.as_completed(futures, timeout=TIMEOUT)}
-    assert done == {i * i for i in range(12)}
-    finished, not_done = concurrent.futures.wait(futures, timeout=TIMEOUT)
-    assert len(finished) == 12 and not not_done
-    assert seen == [0]
+    assert [f.result(timeout=TIMEOUT) for f in futures] == [i * i for i in range(12)]
     assert [f.task_id for f in executor.futures] == [f.task_id for f in futures]
-
-
-def test_remote_exception_keeps_its_type_and_traceback(executor):
-    future = executor.submit(tasks.fail_if, 3, 3)
-    with pytest.raises(tasks.CustomError, match="failed on purpose") as info:
-        future.result(timeout=TIMEOUT)
-    cause = info.value.__cause__
-    assert isinstance(cause, RemoteTraceback)
-    assert "fail_if" in str(cause) and "raise CustomError" in str(cause)
-    assert isinstance(future.exception(), tasks.CustomError)
 
 
 def test_lambdas_closures_and_map_with_chunks(executor):
@@ -77,13 +61,6 @@ def test_unpicklable_result_fails_the_task_with_a_typed_error(executor):
     future = executor.submit(tasks.unpicklable_result, 0)
     with pytest.raises(PicklingError, match="cannot be pickled"):
         future.result(timeout=TIMEOUT)
-
-
-def test_stdout_and_warnings_are_captured(executor):
-    future = executor.submit(tasks.chatty, 7)
-    assert future.result(timeout=TIMEOUT) == 7
-    assert "hello from 7" in (future.stdout or "")
-    assert "careful with 7" in (future.stderr or "")
 
 
 def test_status_and_collect_with_failures(executor):
@@ -133,14 +110,6 @@ def test_cancel_an_unclaimed_task_cancels_it_for_every_worker(prefix, tmp_path):
     finally:
         release.write_text("go")
         ex.cleanup(force=True)
-
-
-def test_shutdown_waits_and_refuses_new_work(prefix):
-    with DetachedExecutor(max_workers=2) as ex:
-        futures = [ex.submit(tasks.sleep_for, 0.1) for _ in range(4)]
-    assert all(f.done() for f in futures)
-    with pytest.raises(RuntimeError, match="after shutdown"):
-        ex.submit(tasks.square, 1)
 
 
 def test_extend_moves_the_deadline_later_only(executor):

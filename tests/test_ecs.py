@@ -26,8 +26,9 @@ from helpers import starburst
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor.aws.settings import load_config
+from starburst_executor.aws.sizes import architecture_for
 from starburst_executor.errors import WorkerDied
-from starburst_executor.launch.ecs import architecture_for, quota_window
+from starburst_executor.launch.ecs import quota_window
 
 pytestmark = pytest.mark.ecs
 TIMEOUT = 180
@@ -300,9 +301,9 @@ def test_spot_interruption_is_retried(ecs_session, tmp_path):
 def test_task_definition_is_reused_when_it_matches(ecs_session):
     from starburst_executor._runtime import open_runtime
 
-    first = open_runtime(backend="ecs", ecs_options={"image": IMAGE})
-    second = open_runtime(backend="ecs", ecs_options={"image": IMAGE})
-    other = open_runtime(backend="ecs", ecs_options={"image": IMAGE + "-other"})
+    first = open_runtime({"backend": "ecs", "image": IMAGE})
+    second = open_runtime({"backend": "ecs", "image": IMAGE})
+    other = open_runtime({"backend": "ecs", "image": IMAGE + "-other"})
     try:
         a = first.launcher.task_definition()  # type: ignore[attr-defined]
         b = second.launcher.task_definition()  # type: ignore[attr-defined]
@@ -428,21 +429,27 @@ def test_first_ecs_use_names_the_missing_image_and_the_command(aws_env, starburs
         assert not config.image
         tag = plan_image().tag
         with pytest.raises(ConfigError) as missing:
-            open_runtime(backend="ecs", endpoint_url="http://127.0.0.1:1", bucket="starburst")
+            open_runtime(
+                {"backend": "ecs", "endpoint_url": "http://127.0.0.1:1", "bucket": "starburst"}
+            )
         message = str(missing.value)
         assert "\n" not in message and tag in message and "`starburst image build`" in message
         _push_tag(aws_env, config.ecr_repository, tag)
-        runtime = open_runtime(backend="ecs", endpoint_url="http://127.0.0.1:1", bucket="starburst")
+        runtime = open_runtime(
+            {"backend": "ecs", "endpoint_url": "http://127.0.0.1:1", "bucket": "starburst"}
+        )
         try:
-            assert runtime.launch_info["image"].endswith(f"/{config.ecr_repository}:{tag}")
+            assert runtime.spec.image.endswith(f"/{config.ecr_repository}:{tag}")
         finally:
             runtime.close()
         # A configured image whose tag left ECR (deleted, or another account's config).
-        save_config(replace(config, image=runtime.launch_info["image"].replace(tag, "py311-gone")))
+        save_config(replace(config, image=runtime.spec.image.replace(tag, "py311-gone")))
         with pytest.raises(
             ConfigError, match=r"py311-gone is missing from ECR.*starburst image build"
         ):
-            open_runtime(backend="ecs", endpoint_url="http://127.0.0.1:1", bucket="starburst")
+            open_runtime(
+                {"backend": "ecs", "endpoint_url": "http://127.0.0.1:1", "bucket": "starburst"}
+            )
     finally:
         starburst("teardown", "--delete-data")
 
@@ -451,7 +458,8 @@ def test_cost_rates_and_the_hourly_cap(aws_env, monkeypatch):
     from starburst_executor.aws.clients import AwsClients
     from starburst_executor.aws.cost import actual_cost, ec2_rate, fargate_rate
     from starburst_executor.errors import CostLimitExceeded
-    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+    from starburst_executor.launch.ecs import EcsLauncher
+    from starburst_executor.launch_spec import LaunchSpec
 
     rate = fargate_rate(4, 8192, spot=False)
     assert rate.per_worker_hour == pytest.approx(4 * 0.04048 + 8 * 0.004445)
@@ -468,7 +476,7 @@ def test_cost_rates_and_the_hourly_cap(aws_env, monkeypatch):
     config = _ecs_config(aws_env)
     capped = EcsLauncher(
         config,
-        EcsSpec(cpu=1, memory_mb=2048, image=IMAGE, max_hourly_cost=0.01),
+        LaunchSpec(backend="ecs", cpu=1, memory_mb=2048, image=IMAGE, max_hourly_cost=0.01),
         AwsClients("us-east-1"),
     )
     with pytest.raises(CostLimitExceeded, match="max_hourly_cost"):
@@ -518,8 +526,7 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
     from starburst_executor._runtime import open_runtime
 
     runtime = open_runtime(
-        backend="ecs",
-        ecs_options={"image": IMAGE, "launch_type": "EC2", "instance_type": "c7g.xlarge"},
+        {"backend": "ecs", "image": IMAGE, "launch_type": "EC2", "instance_type": "c7g.xlarge"}
     )
     try:
         launcher = runtime.launcher
@@ -640,20 +647,27 @@ def test_teardown_waits_for_the_group_and_retries_what_is_still_in_use(aws_env):
 
 def test_fargate_sizes_are_checked_against_the_table():
     from starburst_executor.errors import ConfigError, InvalidTaskSize
-    from starburst_executor.launch.ecs import EcsSpec
+    from starburst_executor.launch_spec import LaunchSpec
 
     with pytest.raises(InvalidTaskSize) as info:
-        EcsSpec(cpu=8, memory_mb=2048, image=IMAGE)
+        LaunchSpec(backend="ecs", cpu=8, memory_mb=2048, image=IMAGE)
     assert info.value.nearest[0] == (8, 16384)
     assert (1, 2048) in info.value.nearest and (0.25, 2048) in info.value.nearest
     assert "cpu=8 with memory=16384 MB" in str(info.value)
     with pytest.raises(InvalidTaskSize, match=r"nearest valid: cpu=0\.25 with memory=2048"):
-        EcsSpec(cpu=0.25, memory_mb=3000, image=IMAGE)
+        LaunchSpec(backend="ecs", cpu=0.25, memory_mb=3000, image=IMAGE)
     with pytest.raises(ConfigError, match="cpu=4 with memory=30720"):
-        EcsSpec(cpu=3, memory_mb=40000, image=IMAGE)
+        LaunchSpec(backend="ecs", cpu=3, memory_mb=40000, image=IMAGE)
     for cpu, memory in ((0.25, 512), (1, 8192), (8, 20480), (16, 122880)):
-        EcsSpec(cpu=cpu, memory_mb=memory, image=IMAGE)
-    EcsSpec(cpu=8, memory_mb=2048, image=IMAGE, launch_type="EC2", instance_type="c7i.4xlarge")
+        LaunchSpec(backend="ecs", cpu=cpu, memory_mb=memory, image=IMAGE)
+    LaunchSpec(
+        backend="ecs",
+        cpu=8,
+        memory_mb=2048,
+        image=IMAGE,
+        launch_type="EC2",
+        instance_type="c7i.4xlarge",
+    )
 
 
 def test_ecs_ami_fallback_picks_amazon_linux_2023_not_windows():
@@ -692,11 +706,14 @@ def test_ecs_ami_fallback_picks_amazon_linux_2023_not_windows():
 
 def test_run_task_carries_one_client_token_per_batch_and_survives_failures(aws_env):
     from starburst_executor.aws.clients import AwsClients
-    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+    from starburst_executor.launch.ecs import EcsLauncher
+    from starburst_executor.launch_spec import LaunchSpec
 
     config = _ecs_config(aws_env)
     launcher = EcsLauncher(
-        config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE), AwsClients("us-east-1")
+        config,
+        LaunchSpec(backend="ecs", cpu=1, memory_mb=2048, image=IMAGE),
+        AwsClients("us-east-1"),
     )
     session = "session-00000000000000cc"
     try:
@@ -724,11 +741,14 @@ def test_run_task_carries_one_client_token_per_batch_and_survives_failures(aws_e
 def test_spot_quota_and_ephemeral_launches_respect_the_vcpu_quota(aws_env):
     from starburst_executor.aws.clients import AwsClients
     from starburst_executor.errors import StarburstError
-    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+    from starburst_executor.launch.ecs import EcsLauncher
+    from starburst_executor.launch_spec import LaunchSpec
 
     config = _ecs_config(aws_env)
     spot = EcsLauncher(
-        config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE, use_spot=True), AwsClients("us-east-1")
+        config,
+        LaunchSpec(backend="ecs", cpu=1, memory_mb=2048, image=IMAGE, use_spot=True),
+        AwsClients("us-east-1"),
     )
     asked = inject(
         spot.clients("service-quotas", attempts=2),
@@ -814,7 +834,8 @@ def test_every_aws_call_is_in_the_documented_policy_and_setup_creates_those_role
         task_role_policy,
     )
     from starburst_executor.aws.setup import teardown
-    from starburst_executor.launch.ecs import EcsLauncher, EcsSpec
+    from starburst_executor.launch.ecs import EcsLauncher
+    from starburst_executor.launch_spec import LaunchSpec
 
     clients, _, run = _setup_in_process(
         aws_env, ec2_instance_types=["c7i.xlarge"], kms_key_arn="arn:aws:kms:us-east-1:1:key/k"
@@ -822,7 +843,9 @@ def test_every_aws_call_is_in_the_documented_policy_and_setup_creates_those_role
     run()
     config = load_config()
     assert config is not None
-    launcher = EcsLauncher(config, EcsSpec(cpu=1, memory_mb=2048, image=IMAGE), clients)
+    launcher = EcsLauncher(
+        config, LaunchSpec(backend="ecs", cpu=1, memory_mb=2048, image=IMAGE), clients
+    )
     session = "session-00000000000000ee"
     launcher.launch(session, 2, {})
     launcher.cost(session)

@@ -60,6 +60,11 @@ def new_worker_id() -> str:
     return f"w-{secrets.token_hex(6)}"
 
 
+def ecs_worker_id(task_arn: str) -> str:
+    """The registry id of the worker an ECS task runs, known before it registers."""
+    return f"w-ecs-{task_arn.rsplit('/', 1)[-1][:24]}"
+
+
 def check_session_id(session_id: object) -> str:
     """Return ``session_id`` when it matches the fixed pattern, else raise."""
     if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):

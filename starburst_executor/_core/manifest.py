@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ..config import SessionSettings
-from ..errors import CorruptObject, SchemaVersionError
+from ..errors import ConfigError, CorruptObject, SchemaVersionError
+from ..launch_spec import LaunchSpec
 from .layout import check_session_id
 
 SCHEMA_VERSION = 1
@@ -23,13 +23,16 @@ class Manifest:
 
     session_id: str
     mode: str
-    backend: str
     created: float
     deadline: float
     settings: SessionSettings
     fingerprint: dict[str, str]
-    launch: dict[str, Any] = field(default_factory=dict)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def backend(self) -> str:
+        return self.launch.backend
 
     def to_json(self, nonce: str = "") -> bytes:
         data = {
@@ -41,7 +44,7 @@ class Manifest:
             "deadline": self.deadline,
             "settings": self.settings.to_json(),
             "fingerprint": self.fingerprint,
-            "launch": self.launch,
+            "launch": self.launch.to_json(),
         }
         if nonce:
             data["nonce"] = nonce
@@ -63,15 +66,15 @@ class Manifest:
             return cls(
                 session_id=check_session_id(data["session_id"]),
                 mode=str(data["mode"]),
-                backend=str(data["backend"]),
                 created=float(data["created"]),
                 deadline=float(data["deadline"]),
                 settings=SessionSettings.from_json(data["settings"]),
                 fingerprint={str(k): str(v) for k, v in data["fingerprint"].items()},
-                launch=dict(data.get("launch", {})),
+                # Releases before the launch spec kept the backend beside it.
+                launch=LaunchSpec.from_json({**data.get("launch", {}), "backend": data["backend"]}),
                 schema_version=version,
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
             raise CorruptObject(f"manifest {key} is missing or has a bad field: {err}") from err
 
     def extended(self, seconds: float) -> Manifest:

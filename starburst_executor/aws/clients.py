@@ -6,23 +6,20 @@ point it at moto's server on 127.0.0.1); S3 data never goes there.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import aws_endpoint
 from ..errors import AccessDenied, ConfigError, StarburstError
-
-ENV_AWS_ENDPOINT = "STARBURST_AWS_ENDPOINT"
 
 
 class AwsClients:
     """Cached boto3 clients for one region (and an optional endpoint override)."""
 
     def __init__(self, region: str, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
         self.region = region
-        self.endpoint_url = env.get(ENV_AWS_ENDPOINT) or None
+        self.endpoint_url = aws_endpoint(environ)
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.calls: list[str] = []  # "service:Operation", for the IAM action list and tests

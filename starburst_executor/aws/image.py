@@ -29,9 +29,9 @@ from pathlib import Path
 
 from ..envlock import EnvLock, Wheel, build_wheel, capture_lock, image_tag
 from ..errors import ConfigError, StarburstError
-from ..launch.ecs import architecture_for
 from .clients import AwsClients, translate
 from .settings import AwsConfig
+from .sizes import architecture_for
 
 AMD64, ARM64 = "linux/amd64", "linux/arm64"
 PLATFORMS = (AMD64, ARM64)

@@ -13,15 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..config import config_dir
 from ..errors import ConfigError
-
-
-def config_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    if env.get("STARBURST_CONFIG_DIR"):
-        return Path(env["STARBURST_CONFIG_DIR"]).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "starburst"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -474,7 +474,7 @@ class Setup:
         )
 
     def _ecs_ami(self, instance_type: str) -> str:
-        from ..launch.ecs import architecture_for
+        from .sizes import architecture_for
 
         arm = architecture_for(instance_type) == "ARM64"
         name = "/aws/service/ecs/optimized-ami/amazon-linux-2023/" + (

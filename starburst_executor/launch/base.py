@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..launch_spec import LaunchSpec
+
 
 @dataclass(frozen=True)
 class ExitStatus:
@@ -36,6 +38,7 @@ class Launcher(Protocol):
     """Starts and stops the worker processes of sessions."""
 
     name: str
+    spec: LaunchSpec  # what the session's manifest records to rebuild this launcher
 
     def launch(
         self, session_id: str, count: int, env: Mapping[str, str]
@@ -56,8 +59,9 @@ class Launcher(Protocol):
         """How many of the session's workers this launcher knows to be alive."""
         ...
 
-    def launch_info(self) -> dict[str, Any]:
-        """What the session's manifest records to rebuild this launcher after attach."""
+    def read_log(self, location: str, position: Any) -> tuple[str, Any]:
+        """New text of a worker's log (a registry entry's ``logs``) since ``position``
+        (None: the start); returns it and the position to pass next time."""
         ...
 
     def cost(self, session_id: str) -> dict[str, object]:

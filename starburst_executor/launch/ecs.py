@@ -27,20 +27,21 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._core.layout import ecs_worker_id
 from ..aws.clients import AwsClients, translate
 from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate
+from ..aws.logs import read_events
 from ..aws.settings import AwsConfig
 from ..config import ENV_SESSION, ENV_TASK
 from ..errors import (
     ConfigError,
     CostLimitExceeded,
-    InvalidTaskSize,
     StarburstError,
     WorkersCannotStart,
 )
+from ..launch_spec import LaunchSpec
 from .base import ExitStatus, TaskWorker
 
 log = logging.getLogger("starburst_executor")
@@ -52,17 +53,6 @@ MAX_OVERRIDES = 8192
 RUN_TASK_BATCH = 10
 FARGATE_VCPU_QUOTA = ("fargate", "L-3032A538")  # On-Demand vCPUs
 FARGATE_SPOT_VCPU_QUOTA = ("fargate", "L-36FBB829")  # Spot vCPUs: a quota of its own
-FARGATE_CPU_UNITS = {0.25: 256, 0.5: 512, 1: 1024, 2: 2048, 4: 4096, 8: 8192, 16: 16384}
-# Fargate's allowed memory (MB) per vCPU count (AWS "Task CPU and memory" table).
-FARGATE_MEMORY: dict[float, tuple[int, ...]] = {
-    0.25: (512, 1024, 2048),
-    0.5: tuple(range(1024, 4097, 1024)),
-    1: tuple(range(2048, 8193, 1024)),
-    2: tuple(range(4096, 16385, 1024)),
-    4: tuple(range(8192, 30721, 1024)),
-    8: tuple(range(16384, 61441, 4096)),
-    16: tuple(range(32768, 122881, 8192)),
-}
 # Stops that happen before the container ever runs, and what to do about each.
 START_FAILURES = {
     "CannotPullContainerError": (
@@ -88,80 +78,6 @@ START_FAILURES = {
 CRASH_LOOP_STARTS = 3
 # EC2 Spot reclaim without draining: the task stops with this, and no SIGTERM first.
 HOST_TERMINATED_RE = re.compile(r"Host EC2 \(instance [^)]*\) terminated")
-_INSTANCE_RE = re.compile(r"^(?P<family>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*)\.")
-
-LaunchType = Literal["FARGATE", "EC2"]
-
-
-def architecture_for(instance_type: str | None) -> Literal["X86_64", "ARM64"]:
-    """Graviton families carry a ``g`` after the generation (c7g, m7gd, r8g)."""
-    if not instance_type:
-        return "X86_64"
-    match = _INSTANCE_RE.match(instance_type)
-    if not match:
-        raise ConfigError(f"unrecognised instance type {instance_type!r} (e.g. c7i.xlarge)")
-    return "ARM64" if "g" in match.group("attrs") else "X86_64"
-
-
-@dataclass(frozen=True)
-class EcsSpec:
-    """What a worker task needs: size, placement and image."""
-
-    cpu: float
-    memory_mb: int
-    image: str
-    launch_type: LaunchType = "FARGATE"
-    use_spot: bool = False
-    instance_type: str | None = None
-    max_hourly_cost: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.launch_type not in ("FARGATE", "EC2"):
-            raise ConfigError(f"launch_type must be 'FARGATE' or 'EC2', not {self.launch_type!r}")
-        if self.launch_type == "FARGATE":
-            check_fargate_size(self.cpu, self.memory_mb)
-        if self.launch_type == "EC2" and not self.instance_type:
-            raise ConfigError("launch_type='EC2' needs instance_type, e.g. 'c7i.xlarge'")
-        if not self.image:
-            raise ConfigError(
-                "no worker image: run `starburst image build` or pass image='<uri:tag>'"
-            )
-
-    @property
-    def cpu_units(self) -> int:
-        return FARGATE_CPU_UNITS.get(self.cpu, int(self.cpu * 1024))
-
-    @property
-    def architecture(self) -> Literal["X86_64", "ARM64"]:
-        return architecture_for(self.instance_type)
-
-
-def check_fargate_size(cpu: float, memory_mb: int) -> None:
-    """Raise ``InvalidTaskSize`` naming the nearest valid sizes unless Fargate offers
-    ``cpu`` vCPU with ``memory_mb`` (RegisterTaskDefinition would refuse it later)."""
-    if cpu in FARGATE_MEMORY and memory_mb in FARGATE_MEMORY[cpu]:
-        return
-    nearest: list[tuple[float, int]] = []
-    if cpu in FARGATE_MEMORY:
-        nearest.append((cpu, min(FARGATE_MEMORY[cpu], key=lambda m: (abs(m - memory_mb), m))))
-    else:
-        # Round up: the caller asked for at least this much compute.
-        closest = min((c for c in FARGATE_MEMORY if c >= cpu), default=max(FARGATE_MEMORY))
-        allowed = FARGATE_MEMORY[closest]
-        nearest.append((closest, min(allowed, key=lambda m: (abs(m - memory_mb), m))))
-    nearest += [(c, memory_mb) for c, allowed in FARGATE_MEMORY.items() if memory_mb in allowed]
-    unique = list(dict.fromkeys(nearest))
-    offers = (
-        f"{cpu:g} vCPU takes {FARGATE_MEMORY[cpu][0]}-{FARGATE_MEMORY[cpu][-1]} MB"
-        if cpu in FARGATE_MEMORY
-        else f"Fargate cpu is one of {', '.join(f'{c:g}' for c in FARGATE_MEMORY)} vCPU"
-    )
-    choices = ", or ".join(f"cpu={c:g} with memory={m} MB" for c, m in unique)
-    raise InvalidTaskSize(
-        f"Fargate does not offer cpu={cpu:g} vCPU with memory={memory_mb} MB ({offers}); "
-        f"nearest valid: {choices}",
-        nearest=unique,
-    )
 
 
 def start_failure(reason: str) -> str | None:
@@ -249,12 +165,12 @@ class EcsLauncher:
 
     name = "ecs"
 
-    def __init__(self, config: AwsConfig, spec: EcsSpec, clients: AwsClients) -> None:
+    def __init__(self, config: AwsConfig, spec: LaunchSpec, clients: AwsClients) -> None:
         config.require("cluster", "subnets", "execution_role_arn", "task_role_arn")
         self.config = config
         self.spec = spec
         self.clients = clients
-        self.bucket = TokenBucket()
+        self.run_task_pacing = TokenBucket()
         self._task_definition: str | None = None
         self._quota: float | Literal["unknown"] | None = "unknown"
         self._describe_cache: dict[str, Mapping[str, Any]] = {}
@@ -264,22 +180,15 @@ class EcsLauncher:
         # Stopped tasks never change again: described once, kept by ARN.
         self._stopped: dict[str, Mapping[str, Any]] = {}
 
-    def launch_info(self) -> dict[str, Any]:
-        """What the manifest records, so an attached client rebuilds this launcher."""
-        spec, cfg = self.spec, self.config
-        return {
-            "region": self.clients.region,
-            "cluster": cfg.cluster,
-            "subnets": list(cfg.subnets),
-            "security_groups": list(cfg.security_groups),
-            "image": spec.image,
-            "launch_type": spec.launch_type,
-            "use_spot": spec.use_spot,
-            "instance_type": spec.instance_type,
-            "cpu": spec.cpu,
-            "memory_mb": spec.memory_mb,
-            "max_hourly_cost": spec.max_hourly_cost,
-        }
+    def _ecs(self, method: str, what: str, **params: Any) -> Any:
+        """One ECS call, its failure translated (``what`` names the object it concerns)."""
+        try:
+            return getattr(self.clients("ecs"), method)(**params)
+        except StarburstError:
+            raise
+        except Exception as err:
+            action = "".join(part.title() for part in method.split("_"))
+            raise translate(err, f"ecs:{action}", what) from err
 
     # -- task definition -----------------------------------------------------------
 
@@ -341,20 +250,16 @@ class EcsLauncher:
         with self._lock:
             if self._task_definition:
                 return self._task_definition
-            ecs = self.clients("ecs")
             wanted = self._wanted_definition()
-            try:
-                arns = ecs.list_task_definitions(
-                    familyPrefix=FAMILY, status="ACTIVE", sort="DESC"
-                ).get("taskDefinitionArns", [])
-                for arn in arns[:20]:
-                    existing = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
-                    if self._matches(existing, wanted):
-                        self._task_definition = str(arn)
-                        return self._task_definition
-                registered = ecs.register_task_definition(**wanted)["taskDefinition"]
-            except Exception as err:
-                raise translate(err, "ecs:RegisterTaskDefinition", FAMILY) from err
+            arns = self._ecs(
+                "list_task_definitions", FAMILY, familyPrefix=FAMILY, status="ACTIVE", sort="DESC"
+            ).get("taskDefinitionArns", [])
+            for arn in arns[:20]:
+                existing = self._ecs("describe_task_definition", arn, taskDefinition=arn)
+                if self._matches(existing["taskDefinition"], wanted):
+                    self._task_definition = str(arn)
+                    return self._task_definition
+            registered = self._ecs("register_task_definition", FAMILY, **wanted)["taskDefinition"]
             self._task_definition = str(registered["taskDefinitionArn"])
             return self._task_definition
 
@@ -420,13 +325,10 @@ class EcsLauncher:
         failures_left = 5
         while remaining > 0:
             batch = min(RUN_TASK_BATCH, remaining)
-            self.bucket.take(batch)
-            try:
-                resp = self.clients("ecs").run_task(**self._run_params(session_id, batch, env))
-            except StarburstError:
-                raise
-            except Exception as err:
-                raise translate(err, "ecs:RunTask", self.config.cluster) from err
+            self.run_task_pacing.take(batch)
+            resp = self._ecs(
+                "run_task", self.config.cluster, **self._run_params(session_id, batch, env)
+            )
             started = [t["taskArn"] for t in resp.get("tasks", [])]
             arns += started
             remaining -= len(started)
@@ -526,7 +428,7 @@ class EcsLauncher:
         now = time.time()
         return [
             {
-                "worker_id": f"w-ecs-{arn.rsplit('/', 1)[-1][:24]}",
+                "worker_id": ecs_worker_id(arn),
                 "session_id": session_id,
                 "state": "starting",
                 "ecs_task_arn": arn,
@@ -541,28 +443,23 @@ class EcsLauncher:
         task_id = task_arn.rsplit("/", 1)[-1]
         return f"{self.config.log_group}:{self.config.log_stream_prefix}/{CONTAINER}/{task_id}"
 
+    def read_log(self, location: str, position: Any) -> tuple[str, Any]:
+        """CloudWatch events of ``"<group>:<stream>"`` after the token ``position``."""
+        lines, token = read_events(self.clients, location, position)
+        return "".join(line + "\n" for line in lines), token
+
     # -- watching and stopping ---------------------------------------------------------
 
     def _session_tasks(self, session_id: str, status: str = "RUNNING") -> list[str]:
-        ecs = self.clients("ecs")
-        arns: list[str] = []
-        token = None
-        while True:
-            kwargs: dict[str, Any] = {
-                "cluster": self.config.cluster,
-                "startedBy": session_id,
-                "desiredStatus": status,
-            }
-            if token:
-                kwargs["nextToken"] = token
-            try:
-                resp = ecs.list_tasks(**kwargs)
-            except Exception as err:
-                raise translate(err, "ecs:ListTasks", self.config.cluster) from err
-            arns += resp.get("taskArns", [])
-            token = resp.get("nextToken")
-            if not token:
-                return arns
+        pages = (
+            self.clients("ecs")
+            .get_paginator("list_tasks")
+            .paginate(cluster=self.config.cluster, startedBy=session_id, desiredStatus=status)
+        )
+        try:
+            return [arn for page in pages for arn in page.get("taskArns", [])]
+        except Exception as err:
+            raise translate(err, "ecs:ListTasks", self.config.cluster) from err
 
     def adopt(self, session_id: str, registry: Sequence[Mapping[str, object]]) -> None:
         """Nothing to do: ECS itself knows the session's tasks (``startedBy``)."""
@@ -573,14 +470,13 @@ class EcsLauncher:
     def describe(self, arns: Sequence[str]) -> list[Mapping[str, Any]]:
         out: list[Mapping[str, Any]] = []
         for start in range(0, len(arns), 100):
-            try:
-                resp = self.clients("ecs").describe_tasks(
-                    cluster=self.config.cluster,
-                    tasks=list(arns[start : start + 100]),
-                    include=["TAGS"],
-                )
-            except Exception as err:
-                raise translate(err, "ecs:DescribeTasks", self.config.cluster) from err
+            resp = self._ecs(
+                "describe_tasks",
+                self.config.cluster,
+                cluster=self.config.cluster,
+                tasks=list(arns[start : start + 100]),
+                include=["TAGS"],
+            )
             out += resp.get("tasks", [])
         return out
 
@@ -588,12 +484,13 @@ class EcsLauncher:
         # StopTask sends SIGTERM; stopTimeout (120 s) lets the task finish or hand back.
         victims = self._session_tasks(session_id)[:count]
         for arn in victims:
-            try:
-                self.clients("ecs").stop_task(
-                    cluster=self.config.cluster, task=arn, reason=f"scaled down {session_id}"
-                )
-            except Exception as err:
-                raise translate(err, "ecs:StopTask", arn) from err
+            self._ecs(
+                "stop_task",
+                arn,
+                cluster=self.config.cluster,
+                task=arn,
+                reason=f"scaled down {session_id}",
+            )
         return len(victims)
 
     def stop(
@@ -611,14 +508,13 @@ class EcsLauncher:
             tags = {t.get("key"): t.get("value") for t in task.get("tags", [])}
             if tags.get(SESSION_TAG) != session_id:
                 continue  # never another session's task
-            try:
-                self.clients("ecs").stop_task(
-                    cluster=self.config.cluster,
-                    task=task["taskArn"],
-                    reason=f"starburst cleanup of {session_id}",
-                )
-            except Exception as err:
-                raise translate(err, "ecs:StopTask", task["taskArn"]) from err
+            self._ecs(
+                "stop_task",
+                task["taskArn"],
+                cluster=self.config.cluster,
+                task=task["taskArn"],
+                reason=f"starburst cleanup of {session_id}",
+            )
             stopped += 1
         return stopped
 
@@ -639,7 +535,7 @@ class EcsLauncher:
         if not arns:
             raise StarburstError(f"ECS started no worker for {task_id} of {session_id}")
         arn = arns[0]
-        worker_id = f"w-ecs-{arn.rsplit('/', 1)[-1][:24]}"
+        worker_id = ecs_worker_id(arn)
         return TaskWorker(session_id, task_id, worker_id, self.log_stream(arn), arn)
 
     def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:

@@ -31,6 +31,7 @@ from .._core.layout import new_worker_id
 from .._procs import pid_alive
 from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
 from ..errors import StarburstError
+from ..launch_spec import LaunchSpec
 from .base import ExitStatus, TaskWorker
 
 STOP_GRACE = 5.0
@@ -129,12 +130,14 @@ class LocalLauncher:
         logs_root: Path,
         *,
         strip_aws_env: bool,
+        spec: LaunchSpec | None = None,
         python: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         """``python`` runs the workers (default: this interpreter); ``environ`` is the
         environment they start from before the launcher's variables (default: this
         process's; ``{}`` gives them only what a container would get)."""
+        self.spec = spec or LaunchSpec()
         self.logs_root = logs_root
         self._strip_aws_env = strip_aws_env
         self._python = python or sys.executable
@@ -296,8 +299,15 @@ class LocalLauncher:
     def live_count(self, session_id: str) -> int:
         return len(self._pids(session_id))
 
-    def launch_info(self) -> dict[str, Any]:
-        return {}  # local workers need nothing recorded to be found again
+    def read_log(self, location: str, position: Any) -> tuple[str, Any]:
+        start = int(position or 0)
+        try:
+            with open(location, "rb") as f:
+                f.seek(start)
+                chunk = f.read()
+        except FileNotFoundError:
+            return "", start
+        return chunk.decode(errors="replace"), start + len(chunk)
 
     def cost(self, session_id: str) -> dict[str, object]:
         return {

@@ -51,7 +51,7 @@ from .._core.layout import (
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
-from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
+from ..config import SessionSettings, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
@@ -107,14 +107,15 @@ class Worker:
     """One worker process serving one session."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self.location = StoreLocation.from_env(environ)
-        self.session_id = check_session_id(environ.get(ENV_SESSION, ""))
-        self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
-        self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
-        self._takeover = environ.get(ENV_TAKEOVER) == "1"
-        self._log_location = environ.get("STARBURST_WORKER_LOG", "")
+        env = WorkerEnv.read(environ)
+        self.location = env.location
+        self.session_id = check_session_id(env.session_id)
+        self.worker_id = env.worker_id or new_worker_id()
+        self.task_id = check_task_id(env.task_id) if env.task_id else None
+        self._takeover = env.takeover
+        self._log_location = env.log_location
         # SIGTERM (a Spot notice gives 120 s): finish within this grace or hand back.
-        self._term_grace = float(environ.get("STARBURST_TERM_GRACE", "100"))
+        self._term_grace = env.term_grace
         self._term_deadline: float | None = None
         credentials = None
         if self.location.local_home:
@@ -196,7 +197,7 @@ class Worker:
             )
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> SessionSettings:
         assert self._manifest is not None
         return self._manifest.settings
 
@@ -614,10 +615,11 @@ class _Lease:
 
 def main(environ: Mapping[str, str] | None = None) -> int:
     """Entry point of ``python -m starburst_executor.worker``."""
+    environ = os.environ if environ is None else environ
     logging.basicConfig(
-        level=os.environ.get("STARBURST_LOG_LEVEL", "INFO"),
+        level=WorkerEnv.read(environ).log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    worker = Worker(os.environ if environ is None else environ)
+    worker = Worker(environ)
     worker.install_signal_handlers()
     return worker.run()

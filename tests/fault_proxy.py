@@ -8,8 +8,9 @@ through untouched, so SigV4 signatures still verify upstream.
 
 Two answers of real S3 that SeaweedFS never gives can be switched on:
 ``conflict_fraction`` answers that share of conditional writes (PUT or DELETE with
-If-Match/If-None-Match) with 409 ConditionalRequestConflict, unapplied, as S3 does
-when conditional writes overlap; ``missing_as_403`` turns every 404 for a missing
+If-Match/If-None-Match), and the first of each kind (claim, renewal, result, other),
+with 409 ConditionalRequestConflict, unapplied, as S3 does when conditional writes
+overlap; ``missing_as_403`` turns every 404 for a missing
 key into 403 AccessDenied, as S3 does for a caller whose ListBucket grant does not
 apply to object requests (LIST requests are answered as usual).
 """
@@ -113,13 +114,18 @@ class FaultProxy:
         conditional = request.method in ("PUT", "DELETE") and (
             "If-Match" in headers or "If-None-Match" in headers
         )
-        if not conditional or self.rng.random() >= self.conflict_fraction:
+        if not conditional:
             return None
         path = request.path
         if "/claims/" in path:
             target = "renewal" if "If-Match" in headers else "claim"
         else:
             target = "result" if "/results/" in path else "other"
+        # The first write of each kind always meets one, whatever order the workers'
+        # requests come in; after that, the seeded share.
+        first = self.conflicts[target] == 0
+        if not first and self.rng.random() >= self.conflict_fraction:
+            return None
         self.conflicts[target] += 1
         self.injected["conflict409"] += 1
         return web.Response(status=409, text=_ERROR.format(code="ConditionalRequestConflict"))

@@ -18,6 +18,8 @@ named by one constant below:
 ``STARBURST_MAX_OBJECT_BYTES`` the largest pickled call or result
 ``STARBURST_CONFIG_DIR``       where ``starburst setup`` saves ``aws.json``
 ``STARBURST_AWS_ENDPOINT``     one endpoint for every AWS control-plane call (tests)
+``STARBURST_SPOT_WATCH``       worker: ``1`` watches EC2's Spot interruption notice
+``STARBURST_IMDS_ENDPOINT``    worker: the instance metadata endpoint (tests)
 =============================  ===================================================
 
 A worker receives its session through the variables ``WorkerEnv`` reads, the same
@@ -65,6 +67,8 @@ ENV_FORKSERVER = "STARBURST_FORKSERVER"
 ENV_MAX_OBJECT_BYTES = "STARBURST_MAX_OBJECT_BYTES"
 ENV_CONFIG_DIR = "STARBURST_CONFIG_DIR"
 ENV_AWS_ENDPOINT = "STARBURST_AWS_ENDPOINT"
+ENV_SPOT_WATCH = "STARBURST_SPOT_WATCH"  # "1": the worker watches EC2's Spot notice
+ENV_IMDS_ENDPOINT = "STARBURST_IMDS_ENDPOINT"  # instance metadata (tests: a local one)
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,3}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -253,6 +257,8 @@ class WorkerEnv:
     log_location: str
     term_grace: float
     log_level: str
+    spot_watch: bool
+    imds_endpoint: str | None
 
     @classmethod
     def read(cls, environ: Mapping[str, str]) -> WorkerEnv:
@@ -269,6 +275,8 @@ class WorkerEnv:
             log_location=environ.get(ENV_WORKER_LOG, ""),
             term_grace=grace,
             log_level=environ.get(ENV_LOG_LEVEL, "INFO"),
+            spot_watch=environ.get(ENV_SPOT_WATCH) == "1",
+            imds_endpoint=environ.get(ENV_IMDS_ENDPOINT) or None,
         )
 
 

@@ -520,6 +520,9 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
     assert template["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is True
     user_data = base64.b64decode(template["UserData"]).decode()
     assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true" in user_data
+    # IMDSv2 only, reachable from a bridge-networked worker (one hop more).
+    assert template["MetadataOptions"]["HttpTokens"] == "required"
+    assert template["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
     cluster = boto3.client("ecs", **kw).describe_clusters(clusters=[config.cluster])["clusters"][0]
     assert "starburst-c7g-xlarge" in cluster["capacityProviders"]
 
@@ -538,6 +541,8 @@ def test_setup_with_ec2_spot_capacity_for_graviton(aws_env):
         assert definition["networkMode"] == "bridge"  # awsvpc on EC2 has no public IP
         params = launcher._run_params("session-00000000000000bb", 1, {})  # type: ignore[attr-defined]
         assert "networkConfiguration" not in params
+        env = params["overrides"]["containerOverrides"][0]["environment"]
+        assert {"name": "STARBURST_SPOT_WATCH", "value": "1"} in env  # tests/test_spot.py
         assert params["capacityProviderStrategy"] == [
             {"capacityProvider": "starburst-c7g-xlarge", "weight": 1}
         ]

@@ -547,6 +547,13 @@ class Setup:
                     }
                 ],
                 "UserData": user_data(cluster),
+                # IMDSv2 only; a hop limit of 2 lets a bridge-networked worker read the
+                # Spot interruption notice (one hop more than the host).
+                "MetadataOptions": {
+                    "HttpTokens": "required",
+                    "HttpPutResponseHopLimit": 2,
+                    "HttpEndpoint": "enabled",
+                },
             }
             if spot:
                 data["InstanceMarketOptions"] = {"MarketType": "spot"}

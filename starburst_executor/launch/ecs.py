@@ -34,7 +34,7 @@ from ..aws.clients import AwsClients, translate
 from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate
 from ..aws.logs import read_events
 from ..aws.settings import AwsConfig
-from ..config import ENV_SESSION, ENV_TASK
+from ..config import ENV_SESSION, ENV_SPOT_WATCH, ENV_TASK
 from ..errors import (
     ConfigError,
     CostLimitExceeded,
@@ -284,6 +284,11 @@ class EcsLauncher:
 
     # -- launching ------------------------------------------------------------------
 
+    def _extra_env(self) -> dict[str, str]:
+        """On EC2 the worker watches the instance's Spot notice itself (harmless on an
+        On-Demand instance, whose notice never comes)."""
+        return {ENV_SPOT_WATCH: "1"} if self.spec.launch_type == "EC2" else {}
+
     def _run_params(self, session_id: str, count: int, env: Mapping[str, str]) -> dict[str, Any]:
         spec, cfg = self.spec, self.config
         params: dict[str, Any] = {
@@ -296,7 +301,7 @@ class EcsLauncher:
             "startedBy": session_id,
             "tags": [{"key": SESSION_TAG, "value": session_id}],
             "enableECSManagedTags": True,
-            "overrides": _env_overrides({**env, ENV_SESSION: session_id}),
+            "overrides": _env_overrides({**env, ENV_SESSION: session_id, **self._extra_env()}),
         }
         if spec.launch_type == "FARGATE":
             params["networkConfiguration"] = {

@@ -59,6 +59,7 @@ from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
 from .code import prepare_user_code
 from .execute import run_call
+from .spot import IMDS, SpotWatch
 
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
@@ -116,6 +117,15 @@ class Worker:
         self._log_location = env.log_location
         # SIGTERM (a Spot notice gives 120 s): finish within this grace or hand back.
         self._term_grace = env.term_grace
+        # An EC2 Spot notice is handled as the SIGTERM that ECS sends when it drains.
+        self._spot_watch = (
+            SpotWatch(
+                lambda _notice: os.kill(os.getpid(), signal.SIGTERM),
+                endpoint=env.imds_endpoint or IMDS,
+            )
+            if env.spot_watch
+            else None
+        )
         self._term_deadline: float | None = None
         credentials = None
         if self.location.local_home:
@@ -146,10 +156,13 @@ class Worker:
                 signum,
                 self._term_grace,
             )
-            self._term_deadline = time.monotonic() + self._term_grace
+            if self._term_deadline is None:  # a second notice does not extend the first
+                self._term_deadline = time.monotonic() + self._term_grace
             self._terminating.set()
 
         signal.signal(signal.SIGTERM, on_term)
+        if self._spot_watch is not None:
+            self._spot_watch.start()
 
     def run(self) -> int:
         """Serve the session until idle, deadline, stop or SIGTERM. Returns an exit code."""

@@ -20,6 +20,7 @@ named by one constant below:
 ``STARBURST_AWS_ENDPOINT``     one endpoint for every AWS control-plane call (tests)
 ``STARBURST_SPOT_WATCH``       worker: ``1`` watches EC2's Spot interruption notice
 ``STARBURST_IMDS_ENDPOINT``    worker: the instance metadata endpoint (tests)
+``ECS_CONTAINER_METADATA_URI_V4`` worker on ECS (set by ECS): its task's metadata
 =============================  ===================================================
 
 A worker receives its session through the variables ``WorkerEnv`` reads, the same
@@ -69,6 +70,7 @@ ENV_CONFIG_DIR = "STARBURST_CONFIG_DIR"
 ENV_AWS_ENDPOINT = "STARBURST_AWS_ENDPOINT"
 ENV_SPOT_WATCH = "STARBURST_SPOT_WATCH"  # "1": the worker watches EC2's Spot notice
 ENV_IMDS_ENDPOINT = "STARBURST_IMDS_ENDPOINT"  # instance metadata (tests: a local one)
+ENV_ECS_METADATA = "ECS_CONTAINER_METADATA_URI_V4"  # set by ECS in every container
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,3}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -259,6 +261,7 @@ class WorkerEnv:
     log_level: str
     spot_watch: bool
     imds_endpoint: str | None
+    ecs_metadata_uri: str | None
 
     @classmethod
     def read(cls, environ: Mapping[str, str]) -> WorkerEnv:
@@ -277,6 +280,7 @@ class WorkerEnv:
             log_level=environ.get(ENV_LOG_LEVEL, "INFO"),
             spot_watch=environ.get(ENV_SPOT_WATCH) == "1",
             imds_endpoint=environ.get(ENV_IMDS_ENDPOINT) or None,
+            ecs_metadata_uri=environ.get(ENV_ECS_METADATA) or None,
         )
 
 

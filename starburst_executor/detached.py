@@ -366,7 +366,8 @@ class DetachedExecutor(SessionExecutor):
         Local workers have no cloud cost; the figures are then zero.
         """
         self._require_attached()
-        return self._runtime.launcher.cost(self.session_id)
+        registry = self._runtime.loop.run(self._session.workers())
+        return self._runtime.launcher.cost(self.session_id, registry)
 
     def worker_logs(self) -> list[str]:
         """Where this session's workers' logs are: file paths (local) or

@@ -11,13 +11,16 @@ ECS would give (OutOfMemory, Spot, Host EC2 terminated).
 
 It also plays what AWS does and moto does not: tasks that stop before running
 (``fail_starts``: CannotPullContainerError, ResourceInitializationError), a
-PROVISIONING delay before a task's process starts, and, through ``inject``, any
-control-plane answer, such as RunTask ``failures[]`` or a transient error.
+PROVISIONING delay before a task's process starts, the task metadata endpoint ECS
+gives every container (``ECS_CONTAINER_METADATA_URI_V4``), stopped tasks that leave
+ListTasks (``forget_stopped``), and, through ``inject``, any control-plane answer,
+such as RunTask ``failures[]`` or a transient error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -27,6 +30,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,6 +48,12 @@ INIT_ERROR_REASON = (
     "ResourceInitializationError: unable to pull secrets or registry auth: execution "
     "resource retrieval failed: unable to retrieve ecr registry auth"
 )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 # What every container of the worker image has, whatever the launcher sends.
 _BASE_ENV = ("PATH", "HOME", "PYTHONPATH", "LANG", "TMPDIR")
 
@@ -92,6 +102,67 @@ def record_calls(client: Any, operation: str) -> list[Mapping[str, Any]]:
     return seen
 
 
+def play_times(client: Any, harness: EcsHarness) -> None:
+    """``client``'s DescribeTasks gives each task the ``pullStartedAt``, ``startedAt``
+    and ``stoppedAt`` AWS would (moto leaves them out): its worker's start and end."""
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def after(parsed: dict[str, Any], **_: Any) -> None:
+        with harness._lock:
+            times = dict(harness.times)
+        for task in parsed.get("tasks", []):
+            started, stopped = times.get(task.get("taskArn"), (None, None))
+            if started is not None:
+                task.setdefault("pullStartedAt", started)
+                task.setdefault("startedAt", started)
+            if stopped is not None:
+                task.setdefault("stoppedAt", stopped)
+
+    client.meta.events.register(f"after-call.{service}.DescribeTasks", after)
+
+
+def forget_stopped(client: Any, harness: EcsHarness) -> None:
+    """From now on ``client``'s ListTasks no longer names the tasks that have stopped,
+    as AWS forgets a stopped task about an hour after it stops."""
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def after(parsed: dict[str, Any], **_: Any) -> None:
+        with harness._lock:
+            gone = set(harness.stopped)
+        parsed["taskArns"] = [a for a in parsed.get("taskArns", []) if a not in gone]
+
+    client.meta.events.register(f"after-call.{service}.ListTasks", after)
+
+
+class _TaskMetadata(ThreadingHTTPServer):
+    """The task metadata endpoint: ``GET /v4/<task id>/task`` names that task's ARN."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _TaskMetadataHandler)
+        self.arns: dict[str, str] = {}
+
+    def uri(self, arn: str) -> str:
+        task_id = arn.rsplit("/", 1)[-1]
+        self.arns[task_id] = arn
+        return f"http://127.0.0.1:{self.server_address[1]}/v4/{task_id}"
+
+
+class _TaskMetadataHandler(BaseHTTPRequestHandler):
+    server: _TaskMetadata
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = self.path.strip("/").split("/")
+        arn = self.server.arns.get(parts[1]) if len(parts) == 3 and parts[2] == "task" else None
+        body = json.dumps({"TaskARN": arn}).encode() if arn else b""
+        self.send_response(200 if arn else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def manual_transitions(url: str) -> None:
     """Tasks stay where the harness puts them (otherwise they drift to STOPPED)."""
     body = json.dumps(
@@ -132,17 +203,23 @@ class EcsHarness:
         self.overrides: dict[str, dict[str, str]] = {}
         self.stop_reasons: dict[str, str] = {}
         self.stopped: set[str] = set()
+        self.times: dict[str, tuple[dt.datetime, dt.datetime | None]] = {}  # (start, stop)
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._metadata = _TaskMetadata()
+        self._metadata_thread = threading.Thread(target=self._metadata.serve_forever, daemon=True)
 
     def __enter__(self) -> EcsHarness:
+        self._metadata_thread.start()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._halt.set()
         self._thread.join(timeout=30)
+        self._metadata.shutdown()
+        self._metadata.server_close()
         for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -213,7 +290,7 @@ class EcsHarness:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-            self.stopped.add(arn)
+            self._stopped(arn)
         with self._lock:
             exited = [
                 a for a, p in self.procs.items() if a not in self.stopped and p.poll() is not None
@@ -221,6 +298,12 @@ class EcsHarness:
         for arn in exited:
             reason = self.stop_reasons.get(arn, "Essential container in task exited")
             self.ecs.stop_task(cluster=self.cluster, task=arn, reason=reason)
+            self._stopped(arn)
+
+    def _stopped(self, arn: str) -> None:
+        with self._lock:
+            if arn in self.times and self.times[arn][1] is None:
+                self.times[arn] = (self.times[arn][0], _now())
             self.stopped.add(arn)
 
     def base_env(self) -> dict[str, str]:
@@ -246,7 +329,11 @@ class EcsHarness:
         log = open(self.logs_dir / f"{arn.rsplit('/', 1)[-1]}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "starburst_executor.worker"],
-            env={**self.base_env(), **overrides},
+            env={
+                **self.base_env(),
+                "ECS_CONTAINER_METADATA_URI_V4": self._metadata.uri(arn),  # ECS sets it
+                **overrides,
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -255,6 +342,7 @@ class EcsHarness:
         with self._lock:
             self.procs[arn] = proc
             self.overrides[arn] = overrides
+            self.times[arn] = (_now(), None)
 
     def kill(self, arn: str, reason: str | None = None) -> None:
         """Kill a task's worker the way ECS would (OOM, Spot); its task then stops."""

@@ -17,12 +17,14 @@ from ecs_harness import (
     OOM_REASON,
     PULL_ERROR_REASON,
     SPOT_REASON,
+    forget_stopped,
     harness,
     inject,
     manual_transitions,
+    play_times,
     record_calls,
 )
-from helpers import starburst
+from helpers import starburst, wait_until
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor.aws.settings import load_config
@@ -483,6 +485,30 @@ def test_cost_rates_and_the_hourly_cap(aws_env, monkeypatch):
         capped.launch("session-00000000000000aa", 1, {})
     assert capped.live_count("session-00000000000000aa") == 0  # nothing was launched
     starburst("teardown", "--delete-data")
+
+
+def test_cost_keeps_counting_workers_that_ecs_has_forgotten(ecs_session):
+    h = ecs_session
+    ex = DetachedExecutor(max_workers=2, backend="ecs", image=IMAGE, session_timeout=2)
+    try:
+        futures = [ex.submit(tasks.sleep_for, 0.5) for _ in range(4)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [0.5] * 4
+        wait_until(lambda: h.procs and set(h.procs) <= h.stopped, "the workers to idle out")
+        registry = ex._runtime.loop.run(ex._session.workers())
+        mine = [w for w in registry if w.get("task_arn")]
+        # Each worker registered under its own task (from the task metadata endpoint).
+        assert {w["task_arn"] for w in mine} == set(h.procs)
+        assert all(w["state"] == "exited" and w["started"] <= w["updated"] for w in mine)
+        ecs = ex._runtime.launcher.clients("ecs")  # type: ignore[attr-defined]
+        play_times(ecs, h)
+        listed = ex.cost()["actual_to_date"]
+        forget_stopped(ecs, h)  # as AWS does about an hour after a task stops
+        forgotten = ex.cost()["actual_to_date"]
+        print(f"cost while ECS lists the tasks {listed}, after it forgot them {forgotten}")
+        assert isinstance(listed, float) and listed > 0
+        assert forgotten == pytest.approx(listed, rel=0.5)
+    finally:
+        ex.cleanup(force=True)
 
 
 def test_scale_on_ecs(ecs_session):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -198,3 +198,24 @@ def actual_cost(
             seconds = max(seconds, FARGATE_MINIMUM_SECONDS)
         hours += seconds / 3600
     return round(hours * rate.per_worker_hour, 6)
+
+
+def recorded_tasks(
+    registry: Iterable[Mapping[str, Any]], listed: Collection[str]
+) -> list[dict[str, datetime]]:
+    """The session's own record of ECS workers that ECS no longer lists (it forgets a
+    stopped task after about an hour), as ``actual_cost`` reads tasks: each worker's
+    start, and its last registry write (its exit, or its start when it was killed)."""
+    tasks = []
+    for entry in registry:
+        arn, started, updated = entry.get("task_arn"), entry.get("started"), entry.get("updated")
+        if not arn or arn in listed or not isinstance(started, (int, float)):
+            continue
+        end = updated if isinstance(updated, (int, float)) else started
+        tasks.append(
+            {
+                "startedAt": datetime.fromtimestamp(started, timezone.utc),
+                "stoppedAt": datetime.fromtimestamp(max(end, started), timezone.utc),
+            }
+        )
+    return tasks

@@ -64,8 +64,11 @@ class Launcher(Protocol):
         (None: the start); returns it and the position to pass next time."""
         ...
 
-    def cost(self, session_id: str) -> dict[str, object]:
-        """Rate per worker-hour, running workers, hourly estimate and cost so far."""
+    def cost(
+        self, session_id: str, registry: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, object]:
+        """Rate per worker-hour, running workers, hourly estimate and cost so far
+        (``registry``: the session's workers as they recorded themselves)."""
         ...
 
     def retire(self, session_id: str, count: int) -> int:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from .._core.layout import ecs_worker_id
 from ..aws.clients import AwsClients, translate
-from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate
+from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate, recorded_tasks
 from ..aws.logs import read_events
 from ..aws.settings import AwsConfig
 from ..config import ENV_SESSION, ENV_SPOT_WATCH, ENV_TASK
@@ -382,19 +382,24 @@ class EcsLauncher:
             )
         return allowed
 
-    def cost(self, session_id: str) -> dict[str, object]:
-        """Rate, running workers, the hourly estimate and the cost so far."""
+    def cost(
+        self, session_id: str, registry: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, object]:
+        """Rate, running workers, the hourly estimate and the cost so far: ECS's times
+        for the tasks it lists, the session's own record for those it has forgotten."""
         rate = self.rate()
         running = self._session_tasks(session_id)
         stopped = self._session_tasks(session_id, "STOPPED")
+        billed = [
+            *self.describe(running + stopped),
+            *recorded_tasks(registry, {*running, *stopped}),
+        ]
         return {
             "rate_per_worker_hour": rate.per_worker_hour,
             "rate_source": rate.source,
             "running_workers": len(running),
             "estimate_per_hour": rate.estimate(len(running)),
-            "actual_to_date": actual_cost(
-                self.describe(running + stopped), rate, fargate=self.spec.launch_type == "FARGATE"
-            ),
+            "actual_to_date": actual_cost(billed, rate, fargate=self.spec.launch_type == "FARGATE"),
         }
 
     def check_starts(self, session_id: str) -> None:

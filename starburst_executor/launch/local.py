@@ -309,7 +309,9 @@ class LocalLauncher:
             return "", start
         return chunk.decode(errors="replace"), start + len(chunk)
 
-    def cost(self, session_id: str) -> dict[str, object]:
+    def cost(
+        self, session_id: str, registry: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, object]:
         return {
             "rate_per_worker_hour": 0.0,
             "rate_source": "local workers",

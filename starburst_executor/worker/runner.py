@@ -44,6 +44,7 @@ from .._core.codec import Outcome, fingerprint, fingerprint_mismatch
 from .._core.layout import (
     check_session_id,
     check_task_id,
+    ecs_worker_id,
     new_worker_id,
     task_id,
     task_index,
@@ -58,6 +59,7 @@ from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
 from .code import prepare_user_code
+from .ecs_meta import own_task_arn
 from .execute import run_call
 from .spot import IMDS, SpotWatch
 
@@ -111,7 +113,13 @@ class Worker:
         env = WorkerEnv.read(environ)
         self.location = env.location
         self.session_id = check_session_id(env.session_id)
-        self.worker_id = env.worker_id or new_worker_id()
+        # On ECS, the id the launcher registered for this task: the session's registry
+        # then keeps the task's own start and stop times.
+        self.task_arn = own_task_arn(env.ecs_metadata_uri)
+        self.worker_id = env.worker_id or (
+            ecs_worker_id(self.task_arn) if self.task_arn else new_worker_id()
+        )
+        self._started = time.time()
         self.task_id = check_task_id(env.task_id) if env.task_id else None
         self._takeover = env.takeover
         self._log_location = env.log_location
@@ -198,7 +206,9 @@ class Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "state": state,
+            "started": self._started,
             "updated": time.time(),
+            "task_arn": self.task_arn,
             "stats": self.stats.__dict__,
             "requests": dict(self.store.counter.snapshot()),
             "logs": self._log_location,

@@ -1,0 +1,203 @@
+"""The scale table: S3 requests per task and throughput against the number of workers.
+
+Requests are counted by the S3 server itself (SeaweedFS's Prometheus endpoint,
+``SeaweedFS_s3_request_total`` by request type), between the first submit and the
+last result, so everything the client and every worker sent in that window is in:
+discovery polls of idle workers, lost races, expiry scans, the client's result polls.
+Warm-up (worker start, first tasks) is outside the window.
+
+Run alone: ``python bench/scale.py --workers 2 4 8 16 --tasks 1000``; ``bench/run.py``
+calls it for ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from starburst_executor import DetachedExecutor
+from starburst_executor.config import starburst_home
+from starburst_executor.store.local_server import LocalServer
+
+HERE = Path(__file__).resolve().parent
+# AWS S3 standard, us-east-1: PUT, COPY, POST, LIST per 1,000; GET and others per 1,000.
+PRICE_PER_1000 = {"write_list": 0.005, "read": 0.0004}
+_METRIC = re.compile(r"^SeaweedFS_s3_request_total\{([^}]*)\}\s+([0-9.e+]+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def server_requests(bucket: str = "starburst") -> Counter[str]:
+    """The server's own count of S3 requests to ``bucket``, by request type."""
+    info = LocalServer(starburst_home()).ensure_running()
+    with urllib.request.urlopen(info.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group(1)))
+        if labels.get("bucket") == bucket:
+            counts[labels.get("type", "?")] += int(float(m.group(2)))
+    return counts
+
+
+def _delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
+    out = Counter(after)
+    out.subtract(before)
+    return +out
+
+
+def _wait_registered(ex: DetachedExecutor, workers: int, timeout: float = 300) -> None:
+    """Until ``workers`` workers have registered themselves as running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        registry = ex._runtime.loop.run(ex._session.workers())
+        if sum(1 for w in registry if w.get("state") == "running") >= workers:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{workers} workers did not start within {timeout:g}s")
+
+
+def scale_row(workers: int, tasks: int, *, use_map: bool = False) -> dict[str, Any]:
+    """One session: ``workers`` warm workers, ``tasks`` trivial tasks, one submit each
+    (or one ``map`` with default chunking), counted by the server."""
+    ex = DetachedExecutor(max_workers=workers, session_timeout=600)
+    try:
+        ex.scale(workers)
+        _wait_registered(ex, workers)
+        warm = list(ex.map(trivial, range(workers * 2), chunksize=1))
+        assert warm == [i + 1 for i in range(workers * 2)]
+        before = server_requests()
+        t0 = time.perf_counter()
+        if use_map:
+            assert list(ex.map(trivial, range(tasks))) == [i + 1 for i in range(tasks)]
+        else:
+            futures = [ex.submit(trivial, i) for i in range(tasks)]
+            assert [f.result() for f in futures] == [i + 1 for i in range(tasks)]
+        wall = time.perf_counter() - t0
+        by_type = _delta(server_requests(), before)
+    finally:
+        ex.cleanup(force=True)
+    total = sum(by_type.values())
+    return {
+        "workers": workers,
+        "tasks": tasks,
+        "map": use_map,
+        "wall_s": wall,
+        "tasks_per_s": tasks / wall,
+        "requests_per_task": total / tasks,
+        "by_type": {k: v / tasks for k, v in sorted(by_type.items())},
+    }
+
+
+def idle_cost(workers: int, settle_s: float, window_s: float) -> dict[str, Any]:
+    """Requests per minute per idle worker, counted by the server over ``window_s`` once
+    the workers have been idle for ``settle_s`` (their backoff has reached its maximum)."""
+    ex = DetachedExecutor(max_workers=workers, session_timeout=3600)
+    try:
+        ex.scale(workers)
+        _wait_registered(ex, workers)
+        time.sleep(settle_s)
+        before = server_requests()
+        time.sleep(window_s)
+        by_type = _delta(server_requests(), before)
+    finally:
+        ex.cleanup(force=True)
+    per_min = sum(by_type.values()) / workers * 60 / window_s
+    return {
+        "workers": workers,
+        "settle_s": settle_s,
+        "window_s": window_s,
+        "requests_per_min_per_worker": per_min,
+        "by_type": dict(by_type),
+    }
+
+
+def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Requests, S3 cost and per-prefix rates for 100 and 1,000 workers, from the
+    measured rows: requests per task fitted as ``a + b * workers`` (least squares),
+    a fleet of ``W`` workers running 1-second tasks (W tasks/s)."""
+    submit = [r for r in rows if not r["map"]]
+    xs = [float(r["workers"]) for r in submit]
+    ys = [float(r["requests_per_task"]) for r in submit]
+    n = len(xs)
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    var = sum((x - mean_x) ** 2 for x in xs)
+    slope = (
+        sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    )
+    intercept = mean_y - slope * mean_x
+    # Which share of the requests are reads (GET/HEAD) vs writes and lists, from the
+    # largest measured row.
+    largest = max(submit, key=lambda r: r["workers"])
+    by_type = largest["by_type"]
+    reads = sum(v for k, v in by_type.items() if k.upper() in {"GET", "HEAD", "GETOBJECT"})
+    read_share = reads / max(sum(by_type.values()), 1e-9)
+    out = []
+    for fleet in (100, 1000):
+        per_task = intercept + slope * fleet
+        price = per_task * (
+            read_share * PRICE_PER_1000["read"] + (1 - read_share) * PRICE_PER_1000["write_list"]
+        )
+        rate = float(fleet)  # tasks/s with 1-second tasks
+        out.append(
+            {
+                "workers": fleet,
+                "requests_per_task": per_task,
+                "usd_per_million_tasks": price * 1000,
+                "requests_per_s": per_task * rate,
+                # The busiest prefix: tasks/ takes the payload PUT, GET and the LISTs.
+                "busiest_prefix_reads_per_s": rate * (1 + by_type.get("LIST", 0.0)),
+                "busiest_prefix_writes_per_s": rate,
+                "idle_requests_per_min": (
+                    idle["requests_per_min_per_worker"] * fleet if idle else float("nan")
+                ),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--map", action="store_true", help="also one map() per row")
+    parser.add_argument("--idle-workers", type=int, default=0)
+    parser.add_argument("--idle-settle", type=float, default=90.0)
+    parser.add_argument("--idle-window", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = []
+    for workers in args.workers:
+        row = scale_row(workers, args.tasks)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.map:
+            row = scale_row(workers, args.tasks, use_map=True)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    idle = (
+        idle_cost(args.idle_workers, args.idle_settle, args.idle_window)
+        if args.idle_workers
+        else None
+    )
+    if idle:
+        print(json.dumps(idle), flush=True)
+    result = {"rows": rows, "idle": idle, "model": model(rows, idle)}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

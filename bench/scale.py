@@ -18,6 +18,7 @@ import re
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,28 +127,28 @@ def idle_cost(workers: int, settle_s: float, window_s: float) -> dict[str, Any]:
 
 def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Requests, S3 cost and per-prefix rates for 100 and 1,000 workers, from the
-    measured rows: requests per task fitted as ``a + b * workers`` (least squares),
-    a fleet of ``W`` workers running 1-second tasks (W tasks/s)."""
+    measured rows: requests per task fitted as ``a + b * workers`` (least squares over
+    the one-submit rows), a fleet of ``W`` workers running 1-second tasks (W tasks/s)."""
     submit = [r for r in rows if not r["map"]]
+    if not submit:
+        return []
     xs = [float(r["workers"]) for r in submit]
     ys = [float(r["requests_per_task"]) for r in submit]
     n = len(xs)
     mean_x, mean_y = sum(xs) / n, sum(ys) / n
     var = sum((x - mean_x) ** 2 for x in xs)
-    slope = (
-        sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-    )
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    slope = cov / var if var else 0.0
     intercept = mean_y - slope * mean_x
-    # Which share of the requests are reads (GET/HEAD) vs writes and lists, from the
-    # largest measured row.
     largest = max(submit, key=lambda r: r["workers"])
     by_type = largest["by_type"]
-    reads = sum(v for k, v in by_type.items() if k.upper() in {"GET", "HEAD", "GETOBJECT"})
-    read_share = reads / max(sum(by_type.values()), 1e-9)
+    total = max(sum(by_type.values()), 1e-9)
+    reads = sum(v for k, v in by_type.items() if k.upper() in {"GET", "HEAD"})
+    read_share = reads / total
     out = []
     for fleet in (100, 1000):
-        per_task = intercept + slope * fleet
-        price = per_task * (
+        per_task = max(intercept + slope * fleet, 5.0)
+        usd = per_task * (
             read_share * PRICE_PER_1000["read"] + (1 - read_share) * PRICE_PER_1000["write_list"]
         )
         rate = float(fleet)  # tasks/s with 1-second tasks
@@ -155,11 +156,13 @@ def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[
             {
                 "workers": fleet,
                 "requests_per_task": per_task,
-                "usd_per_million_tasks": price * 1000,
+                "slope_per_worker": slope,
+                "usd_per_million_tasks": usd * 1000,
                 "requests_per_s": per_task * rate,
-                # The busiest prefix: tasks/ takes the payload PUT, GET and the LISTs.
-                "busiest_prefix_reads_per_s": rate * (1 + by_type.get("LIST", 0.0)),
-                "busiest_prefix_writes_per_s": rate,
+                # tasks/: the payload PUT and GET and the workers' LISTs; claims/ and
+                # results/ take one write each per task (plus renewals of long tasks).
+                "tasks_prefix_reads_per_s": rate * (1 + by_type.get("LIST", 0.0)),
+                "tasks_prefix_writes_per_s": rate,
                 "idle_requests_per_min": (
                     idle["requests_per_min_per_worker"] * fleet if idle else float("nan")
                 ),
@@ -168,33 +171,130 @@ def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[
     return out
 
 
+def run(workers: list[int], tasks: int, idle_workers: int) -> dict[str, Any]:
+    """The whole scale section of ``make bench``."""
+    rows = []
+    for count in workers:
+        for use_map in (False, True):
+            row = scale_row(count, tasks, use_map=use_map)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    idle = idle_cost(idle_workers, 90.0, 60.0) if idle_workers else None
+    if idle:
+        print(json.dumps(idle), flush=True)
+    return {"rows": rows, "idle": idle, "model": model(rows, idle)}
+
+
+def target_rows(
+    res: dict[str, Any] | None, row: Callable[[str, str, str, bool | None], str]
+) -> list[str]:
+    """The scale targets of issue 16, for the report's target table."""
+    if not res:
+        return []
+    out = []
+    for r in res["rows"]:
+        if not r["map"] and r["workers"] in (2, 16, 64):
+            out.append(
+                row(
+                    f"S3 requests per task, one submit each, {r['workers']} workers (server count)",
+                    f"{r['requests_per_task']:.2f}",
+                    "<= 7",
+                    r["requests_per_task"] <= 7,
+                )
+            )
+    maps = [r for r in res["rows"] if r["map"]]
+    if maps:
+        r = max(maps, key=lambda r: r["workers"])
+        out.append(
+            row(
+                f"S3 requests per item, map default chunking, {r['workers']} workers",
+                f"{r['requests_per_task']:.3f}",
+                "<= 1",
+                r["requests_per_task"] <= 1,
+            )
+        )
+    if res["idle"]:
+        idle = res["idle"]
+        out.append(
+            row(
+                f"{idle['workers']} idle workers, requests per minute each (server count)",
+                f"{idle['requests_per_min_per_worker']:.2f}",
+                "<= 4",
+                idle["requests_per_min_per_worker"] <= 4,
+            )
+        )
+    return out
+
+
+def report(res: dict[str, Any] | None) -> list[str]:
+    """The scale section of RESULTS.md."""
+    if not res:
+        return []
+    types = sorted({k for r in res["rows"] for k in r["by_type"]})
+    lines = [
+        "## Scale: requests per task against the number of workers",
+        "",
+        f"{res['rows'][0]['tasks']:,} trivial tasks per row, counted by the S3 server itself "
+        "(SeaweedFS `SeaweedFS_s3_request_total`) from the first submit to the last result: "
+        "the client's requests and every worker's, idle polls included. One run per row.",
+        "",
+        "| workers | call | tasks/s | requests per task | " + " | ".join(types) + " |",
+        "|---|---|---|---|" + "---|" * len(types),
+    ]
+    for r in res["rows"]:
+        per_type = " | ".join(f"{r['by_type'].get(t, 0.0):.2f}" for t in types)
+        call = "map (default chunks)" if r["map"] else "submit"
+        lines.append(
+            f"| {r['workers']} | {call} | {r['tasks_per_s']:.1f} | "
+            f"{r['requests_per_task']:.2f} | {per_type} |"
+        )
+    lines.append("")
+    if res["idle"]:
+        idle = res["idle"]
+        lines.append(
+            f"Idle cost: {idle['workers']} workers with nothing to do, after "
+            f"{idle['settle_s']:.0f} s of idling, sent "
+            f"{idle['requests_per_min_per_worker']:.2f} requests per minute each "
+            f"over {idle['window_s']:.0f} s (by type: {idle['by_type']})."
+        )
+        lines.append("")
+    if res["model"]:
+        lines += [
+            "Model for larger fleets (requests per task fitted linearly on the one-submit rows; "
+            "1-second tasks, so W workers run W tasks/s; AWS S3 standard prices):",
+            "",
+            "| workers | requests per task | USD per million tasks | requests/s | "
+            "tasks/ prefix reads/s | tasks/ prefix writes/s | idle fleet requests/min |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m in res["model"]:
+            lines.append(
+                f"| {m['workers']:,} | {m['requests_per_task']:.2f} | "
+                f"{m['usd_per_million_tasks']:.2f} | {m['requests_per_s']:,.0f} | "
+                f"{m['tasks_prefix_reads_per_s']:,.0f} | {m['tasks_prefix_writes_per_s']:,.0f} | "
+                f"{m['idle_requests_per_min']:,.0f} |"
+            )
+        slope = res["model"][0]["slope_per_worker"]
+        lines += [
+            "",
+            f"Fitted growth: {slope:+.3f} requests per task per added worker. Per prefix, "
+            "AWS sustains about 3,500 writes and 5,500 reads per second: a 1,000-worker fleet "
+            "of 1-second tasks stays below both on `tasks/`, `claims/` and `results/`; "
+            "shorter tasks need the spread keys described in docs/architecture.md.",
+            "",
+        ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--map", action="store_true", help="also one map() per row")
     parser.add_argument("--idle-workers", type=int, default=0)
-    parser.add_argument("--idle-settle", type=float, default=90.0)
-    parser.add_argument("--idle-window", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    rows = []
-    for workers in args.workers:
-        row = scale_row(workers, args.tasks)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.map:
-            row = scale_row(workers, args.tasks, use_map=True)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    idle = (
-        idle_cost(args.idle_workers, args.idle_settle, args.idle_window)
-        if args.idle_workers
-        else None
-    )
-    if idle:
-        print(json.dumps(idle), flush=True)
-    result = {"rows": rows, "idle": idle, "model": model(rows, idle)}
+    result = run(args.workers, args.tasks, args.idle_workers)
+    print("\n".join(report(result)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -64,8 +64,8 @@ class ResultPoller:
         with self._lock:
             self._pending[future.task_id] = future
             self._tracked += 1
-        # Only a long wait is cut short (nothing was pending, or the backoff is at its
-        # maximum): one call at a time never waits out a backoff, and a stream of
+        # Only a long wait is cut short (nothing was pending, or the backoff passed the
+        # trickle delay): one call at a time never waits out a backoff, and a stream of
         # submits does not turn into a LIST per submit.
         if self._deep_sleep:
             self._wake.set()
@@ -123,7 +123,7 @@ class ResultPoller:
             streaming, tracked = self._tracked != tracked, self._tracked
             delay = self._next_delay(delay, resolved, len(pending) - resolved, streaming)
             self._wake.clear()
-            self._deep_sleep = delay >= self._max_delay
+            self._deep_sleep = delay > TRICKLE_MAX_DELAY
             if self._wake.wait(delay):
                 # New work while backed off: look again soon, not this instant.
                 self._wake.clear()

@@ -314,10 +314,11 @@ class Worker:
     # -- choosing work -------------------------------------------------------------
     #
     # The session's task ids are dealt into ``max_workers`` shards by index modulo
-    # ``max_workers``. A worker owns one shard (a random one at start) and claims its
-    # tasks directly, with no claims listing: a lost race on a task just published means
-    # another worker owns the same shard, and the loser moves on to the next shard, so
-    # owners settle on distinct shards. A worker whose shard is empty steals another
+    # ``max_workers``. A worker owns one shard (at start, its rank among the workers the
+    # client registered, so a fleet launched together starts on distinct shards) and
+    # claims its tasks directly, with no claims listing: a lost race on a task just
+    # published means another worker owns the same shard, and the loser moves on to the
+    # next shard, so owners settle on distinct shards. A worker whose shard is empty steals another
     # shard's task once it has waited longer than its owner would take (its owner is
     # busy, or there is none): a claims LIST first, backing off while such checks find
     # nothing to take. Polls are timed by the arrival rate every worker sees in the same
@@ -481,8 +482,8 @@ class Worker:
         width = self.settings.max_workers
         for tid in self._own_pending(view)[:2]:
             seen = view.first_seen.get(tid, now)
-            view.drop({tid})
             claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+            view.drop({tid})  # claimed, by us or another (kept when the store failed)
             if claim is not None:
                 self._collisions = 0
                 return tid, claim
@@ -519,8 +520,8 @@ class Worker:
         width = self.settings.max_workers
         # Among the oldest few, each stealer prefers a different one (a hash of its id).
         tid = min(candidates[:width], key=lambda t: hash((self.worker_id, t)))
-        view.drop({tid})
         claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+        view.drop({tid})
         if claim is None:
             self.stats.lost_races += 1
             return None

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._core.calls import chain_results, get_chunks, process_chunk
+from ._core.calls import chain_results, get_chunks, initialized_call, process_chunk
 from ._core.codec import encode_call, fingerprint
 from ._core.futures import TaskFuture
 from ._core.layout import new_session_id, task_id, task_index
@@ -29,9 +29,31 @@ from ._core.session import SessionStatus, SessionStore
 from ._core.usercode import CodeBundle, CodeShipper
 from ._runtime import Runtime, open_runtime
 from .config import SessionSettings, ship_code_enabled
-from .errors import SessionExpired
+from .errors import BrokenExecutor, InitializerError, PicklingError, SessionExpired
 
 R = TypeVar("R")
+
+# Set when the interpreter starts to exit; from then on ``submit`` refuses work, as the
+# standard library's executors do.
+_global_shutdown = False
+_live_executors: weakref.WeakSet[SessionExecutor] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _python_exit() -> None:
+    """At interpreter exit, before ``atexit`` callbacks (so before the SDK clients close):
+    each live executor finishes what its mode promises (``_at_exit``)."""
+    global _global_shutdown
+    with _live_lock:
+        _global_shutdown = True
+        executors = list(_live_executors)
+    for executor in executors:
+        executor._at_exit()
+
+
+# The hook concurrent.futures uses: it runs when the main thread ends, before
+# non-daemon threads are joined and before atexit callbacks.
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
 
 
 AUTO_CHUNKS_PER_WORKER = 4
@@ -122,8 +144,13 @@ class SessionExecutor(concurrent.futures.Executor):
         self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
         self._lock = threading.Lock()
         self._closed = False
+        self._broken: str | None = None
+        self._initializer: Callable[..., object] | None = None
+        self._initargs: tuple[Any, ...] = ()
         # Closes the SDK client on detach/cleanup, on garbage collection, or at exit.
         self._close_runtime = weakref.finalize(self, runtime.close)
+        with _live_lock:
+            _live_executors.add(self)
 
     # -- identity ------------------------------------------------------------------
 
@@ -162,15 +189,29 @@ class SessionExecutor(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         canceller: Callable[[str], bool],
     ) -> TaskFuture:
-        """Pickle the call, store it create-only, and return its future once durable."""
+        """Pickle the call, store it create-only, and return its future once durable.
+
+        With an initializer, the stored call runs it first (``initialized_call``); an
+        argument that cannot be pickled is still named as the caller passed it.
+        """
+        self._check_open()
         code = self._code.digests(self._runtime.loop.run) if self._code else ()
-        payload = encode_call(fn, args, kwargs, code=code)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(
-                    f"cannot schedule new futures after shutdown or detach "
-                    f"(session {self.session_id})"
+        if self._initializer is None:
+            payload = encode_call(fn, args, kwargs, code=code)
+        else:
+            try:
+                payload = encode_call(
+                    initialized_call,
+                    (self._initializer, self._initargs, fn, args, kwargs),
+                    {},
+                    code=code,
                 )
+            except PicklingError:
+                encode_call(fn, args, kwargs)  # raises naming the culprit, if it is there
+                encode_call(self._initializer, self._initargs, {})  # or in the initializer
+                raise
+        with self._lock:
+            self._check_open()
             if self._server_now() > self._manifest.deadline:
                 raise SessionExpired(
                     f"session {self.session_id} passed its deadline "
@@ -181,11 +222,48 @@ class SessionExecutor(concurrent.futures.Executor):
             self._next_index += 1
             future = TaskFuture(self.session_id, tid, canceller=canceller)
             self._futures.append(future)
+        future.add_done_callback(self._watch_initializer)
         return future
 
     def _server_now(self) -> float:
         """Our estimate of the store's clock (measured at create or attach)."""
         return time.time() + self._clock_offset
+
+    def _check_open(self) -> None:
+        """Raise as the standard library's executors do when no work is accepted."""
+        if self._broken is not None:
+            raise BrokenExecutor(self._broken)
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._closed:
+            raise RuntimeError(
+                f"cannot schedule new futures after shutdown or detach (session {self.session_id})"
+            )
+
+    # -- executor-only -------------------------------------------------------------
+
+    def _at_exit(self) -> None:
+        """Called once at interpreter exit while the executor is still referenced."""
+        raise NotImplementedError
+
+    def _watch_initializer(self, future: concurrent.futures.Future[Any]) -> None:
+        """A done-callback: an initializer that failed breaks the executor, as in the
+        standard library: queued calls fail and later submits raise ``BrokenExecutor``."""
+        if future.cancelled() or not isinstance(future.exception(), InitializerError):
+            return
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = (
+                f"the initializer of session {self.session_id} failed in a worker "
+                f"(task {getattr(future, 'task_id', '?')}: {future.exception()}); this "
+                "executor takes no more work: fix the initializer and start a new one"
+            )
+        self._fail_queued(self._broken)
+
+    def _fail_queued(self, message: str) -> None:
+        """Fail every call no worker has started yet with ``BrokenExecutor(message)``."""
+        raise NotImplementedError
 
     def map(
         self,

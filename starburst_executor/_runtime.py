@@ -18,6 +18,8 @@ from typing import Any
 
 from ._core.loop import LoopThread
 from .config import (
+    DEFAULT_PREFIX,
+    DEFAULT_REGION,
     LOCAL_BUCKET,
     SessionSettings,
     StoreLocation,
@@ -78,18 +80,21 @@ def resolve_location(
     if endpoint is None and chosen_bucket is None and backend == "ecs":
         from .aws.settings import AwsConfig, load_config
 
-        saved = load_config() or AwsConfig(region=chosen_region)
+        saved = load_config() or AwsConfig(region=chosen_region or DEFAULT_REGION)
         saved.require("bucket")
         sse, kms_key = encryption_from_env()
+        # One precedence for every field: argument, then environment, then saved setup.
         location = StoreLocation(
             bucket=saved.bucket,
-            prefix=prefix or saved.prefix,
-            region=saved.region,
+            prefix=chosen_prefix or saved.prefix,
+            region=chosen_region or saved.region,
             expected_bucket_owner=saved.account_id or None,
             sse=sse,
             sse_kms_key_id=kms_key,
         )
         return location, None
+    chosen_prefix = chosen_prefix or DEFAULT_PREFIX
+    chosen_region = chosen_region or DEFAULT_REGION
     if endpoint is None and chosen_bucket is None:
         info = LocalServer().ensure_running()
         location = StoreLocation(

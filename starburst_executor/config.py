@@ -173,14 +173,15 @@ def encryption_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, 
 
 def user_location_overrides(
     environ: Mapping[str, str] | None = None,
-) -> tuple[str | None, str | None, str, str]:
-    """``(endpoint, bucket, prefix, region)`` chosen by the user's environment."""
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(endpoint, bucket, prefix, region)`` the user's environment sets (None: unset,
+    so a saved setup or the default applies)."""
     env = os.environ if environ is None else environ
     return (
         env.get(ENV_ENDPOINT) or None,
         env.get(ENV_BUCKET) or None,
-        env.get(ENV_PREFIX) or DEFAULT_PREFIX,
-        env.get(ENV_REGION) or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+        env.get(ENV_PREFIX) or None,
+        env.get(ENV_REGION) or env.get("AWS_DEFAULT_REGION") or None,
     )
 
 

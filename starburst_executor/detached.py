@@ -41,12 +41,20 @@ from ._core.poller import ResultPoller
 from ._core.session import SessionStatus, SessionStore, list_session_ids
 from ._runtime import Runtime, make_launcher, open_runtime
 from .config import SessionSettings, parse_memory_mb
-from .errors import SessionExpired, SessionNotFound, StarburstError, WorkersCannotStart
+from .errors import (
+    BrokenExecutor,
+    SessionExpired,
+    SessionNotFound,
+    StarburstError,
+    WorkersCannotStart,
+)
 
 log = logging.getLogger("starburst_executor")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+log = logging.getLogger("starburst_executor")
 
 OutcomeState = Literal["completed", "failed", "cancelled"]
 
@@ -133,12 +141,20 @@ class DetachedExecutor(SessionExecutor):
         ship_code: send the user's own modules (outside site-packages: the script's
             folder, the project, editable installs) to the workers with the session
             (default on; ``STARBURST_SHIP_CODE=0`` turns it off).
+        initializer, initargs: as for ``ProcessPoolExecutor``: run in the worker before
+            each call of this executor; if it raises, the call fails with
+            ``InitializerError`` and the executor breaks (``BrokenExecutor``).
+
+    At interpreter exit without ``shutdown``, every submitted call is already durable
+    in S3; the executor detaches and the session keeps running (``attach`` later).
     """
 
     def __init__(
         self,
         max_workers: int | None = None,
         *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
         min_workers: int = 0,
         cpu: float = 1.0,
         memory: int | str = "2GB",
@@ -162,6 +178,10 @@ class DetachedExecutor(SessionExecutor):
         region: str | None = None,
         ship_code: bool | None = None,
     ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
         settings = SessionSettings(
             max_workers=max_workers if max_workers is not None else (os.cpu_count() or 1),
             min_workers=min_workers,
@@ -193,12 +213,16 @@ class DetachedExecutor(SessionExecutor):
             },
             ship_code=ship_code,
         )
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
         self._start_polling()
 
     def _start_polling(self, launch_workers: bool = True) -> None:
         self._scale_lock = threading.Lock()
         self._probed = -PROBE_INTERVAL
         self._detached = False
+        self._stopped = False
+        self._cleaned = False
         self._launch_workers = launch_workers
         self._submit_wanted = 0
         self._poller = ResultPoller(self._session, self._runtime.loop, maintain=self._keep_workers)
@@ -278,23 +302,35 @@ class DetachedExecutor(SessionExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; optionally cancel unclaimed tasks; wait for every result.
 
-        After waiting, the session's workers are told to exit. A detached executor
-        returns at once: its work goes on without it (``with`` blocks may detach).
+        After waiting, the session's workers are stopped: none outlives this call. A
+        detached executor returns at once: its work goes on without it (``with`` blocks
+        may detach). Calling it again does nothing more.
         """
         with self._lock:
             self._closed = True
             futures = list(self._futures)
-            if self._detached:
+            if self._detached or self._stopped:
                 return
         if cancel_futures:
-            for future in futures:
+            # Newest first: workers claim from the oldest, so the two rarely race for a key.
+            for future in reversed(futures):
                 if not future.done():
                     future.cancel()
         if wait:
             concurrent.futures.wait(futures)
+            with self._lock:
+                if self._detached or self._stopped:
+                    return
+                self._stopped = True
             self._poller.stop()
-            if not self._detached:
-                self._runtime.loop.run(self._session.request_stop())
+            self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        """Tell every worker to exit, then stop those of this launcher (idle by now)."""
+        loop = self._runtime.loop
+        loop.run(self._session.request_stop())
+        registry = loop.run(self._session.workers())
+        self._runtime.launcher.stop(self.session_id, registry)
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -311,13 +347,36 @@ class DetachedExecutor(SessionExecutor):
         self.shutdown(wait=True)
 
     def detach(self) -> str:
-        """Let go of the session: workers keep going; ``attach`` later. Returns its id."""
+        """Let go of the session: workers keep going; ``attach`` later. Returns its id.
+
+        Calling it again returns the id again."""
         with self._lock:
             self._closed = True
             self._detached = True
         self._poller.stop()
         self._close_runtime()
         return self.session_id
+
+    # -- executor-only (exit and a broken initializer) ------------------------------
+
+    def _at_exit(self) -> None:
+        # Every submitted call is already in S3: leave the session to its workers.
+        with self._lock:
+            finished = self._detached or self._stopped
+        if not finished:
+            log.info(
+                "interpreter exit: session %s keeps running; "
+                "DetachedExecutor.attach(%r) collects its results",
+                self.session_id,
+                self.session_id,
+            )
+            self.detach()
+
+    def _fail_queued(self, message: str) -> None:
+        # Unclaimed tasks are cancelled in S3 first, so no worker runs them.
+        for future in self.futures:
+            if not future.done() and self._cancel_task(future.task_id):
+                future._fail(BrokenExecutor(message))
 
     def _require_attached(self) -> None:
         if self._detached:
@@ -411,13 +470,18 @@ class DetachedExecutor(SessionExecutor):
     def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:
         """Stop this session's workers; with ``force=True`` also delete its objects.
 
-        Unfinished futures of this executor are cancelled locally.
+        Unfinished futures of this executor are cancelled locally. Calling it again
+        does nothing more.
         """
+        with self._lock:
+            if self._cleaned:
+                return
         self._require_attached()
         loop = self._runtime.loop
         with self._lock:
             self._closed = True
             self._detached = True
+            self._cleaned = True
         if stop_workers or force:
             loop.run(self._session.request_stop())
             registry = loop.run(self._session.workers())

@@ -13,10 +13,14 @@ Changes from the standard library's process pool, on purpose:
 
 * the call is pickled (cloudpickle) at ``submit``: what cannot be pickled fails
   there, and lambdas, closures and ``__main__`` functions work;
-* a worker that dies fails only its own future (``WorkerDied``); the executor keeps
-  going instead of becoming broken;
+* a worker that dies fails only its own future (``WorkerDied``, a
+  ``BrokenProcessPool``); the executor keeps going instead of becoming broken (an
+  initializer that raises does break it, as in the standard library);
 * the session lives in S3, so ``DetachedExecutor.attach`` can find the work if the
   client dies; a clean ``shutdown(wait=True)`` deletes it.
+
+As in the standard library, a script that ends without ``shutdown`` runs every
+submitted call first (a ``threading`` exit hook, before ``atexit`` callbacks).
 """
 
 from __future__ import annotations
@@ -34,10 +38,9 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from ._base import SessionExecutor
-from ._core.calls import initialized_call
 from ._core.futures import TaskFuture
 from .config import ENV_TAKEOVER, SessionSettings, parse_memory_mb
-from .errors import ConfigError, ObjectNotFound, StarburstError, WorkerDied
+from .errors import BrokenExecutor, ConfigError, ObjectNotFound, StarburstError, WorkerDied
 from .launch.base import ExitStatus, TaskWorker
 
 P = ParamSpec("P")
@@ -132,6 +135,7 @@ class StarburstExecutor(SessionExecutor):
         self._running: dict[str, tuple[TaskFuture, TaskWorker]] = {}
         self._retries: dict[str, int] = {}
         self._stopping = False
+        self._finished = False
         self._dispatcher = threading.Thread(
             target=self._dispatch, name=f"starburst-dispatch-{self.session_id}", daemon=True
         )
@@ -139,11 +143,7 @@ class StarburstExecutor(SessionExecutor):
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
         """Store the call in S3 and queue it for a worker of its own."""
-        if self._initializer is not None:
-            call_args: tuple[Any, ...] = (self._initializer, self._initargs, fn, args, kwargs)
-            future = self._store_call(initialized_call, call_args, {}, self._cancel_queued)
-        else:
-            future = self._store_call(fn, args, kwargs, self._cancel_queued)
+        future = self._store_call(fn, args, kwargs, self._cancel_queued)
         with self._cv:
             self._queue.append(future)
             self._cv.notify_all()
@@ -153,10 +153,15 @@ class StarburstExecutor(SessionExecutor):
         """As the standard library: refuse new work, optionally cancel queued calls, wait.
 
         After a clean wait the session's objects are deleted: every result has been
-        delivered to its future.
+        delivered to its future. Calling it again does nothing more.
+
+        A script that ends without calling it gets ``shutdown(wait=True)`` at exit, as
+        with ``ProcessPoolExecutor``: every submitted call runs first.
         """
         with self._lock:
             self._closed = True
+            if self._finished:
+                return
         if cancel_futures:
             with self._cv:
                 queued = list(self._queue)
@@ -167,6 +172,10 @@ class StarburstExecutor(SessionExecutor):
             self._cv.notify_all()
         if wait:
             self._dispatcher.join()
+            with self._lock:
+                if self._finished:
+                    return  # another thread (the exit hook) finished it meanwhile
+                self._finished = True
             with contextlib.suppress(StarburstError):
                 self._runtime.loop.run(self._session.delete())
             self._close_runtime()
@@ -212,6 +221,17 @@ class StarburstExecutor(SessionExecutor):
         )
 
     # -- executor-only -------------------------------------------------------------
+
+    def _at_exit(self) -> None:
+        # As ProcessPoolExecutor at exit: run what was submitted, then stop.
+        self.shutdown(wait=True)
+
+    def _fail_queued(self, message: str) -> None:
+        with self._cv:
+            queued = list(self._queue)
+            self._queue.clear()
+        for future in queued:
+            future._fail(BrokenExecutor(message))
 
     def _cancel_queued(self, tid: str) -> bool:
         with self._cv:

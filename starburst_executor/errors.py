@@ -11,12 +11,17 @@
     ├── SchemaVersionError              a manifest written by a newer release
     ├── SubmitConflict                  another client wrote the task id this submit drew
     ├── EnvironmentMismatch             worker and client differ in Python/cloudpickle/package
-    ├── PicklingError                   a function, argument or result cannot be pickled
+    ├── PicklingError (pickle.PicklingError)
+    │   │                               a function, argument or result cannot be pickled
     │   └── PayloadTooLarge             a pickled call or result is over the object limit
-    ├── CorruptObject                   a payload or result object cannot be decoded
+    ├── CorruptObject (BrokenProcessPool)
+    │                                   a payload or result object cannot be decoded
     ├── RemoteError                     a remote exception whose class cannot be rebuilt here
-    ├── WorkerLost                      a task's worker died more than ``max_retries`` times
-    ├── WorkerDied                      an ephemeral task's worker exited without a result
+    ├── WorkerLost (BrokenProcessPool)  a task's worker died more than ``max_retries`` times
+    ├── WorkerDied (BrokenProcessPool)  an ephemeral task's worker exited without a result
+    ├── BrokenExecutor (BrokenProcessPool)
+    │   │                               the executor takes no more work
+    │   └── InitializerError            the executor's initializer raised in a worker
     ├── CostLimitExceeded               launching would pass ``max_hourly_cost``
     ├── WorkersCannotStart              new workers keep stopping before they run
     ├── StoreError                      the object store refused or failed a request
@@ -29,12 +34,24 @@
     └── LocalServerError                the embedded S3 server cannot start or be reached
 
 Messages name the session, task or key involved and say what to do next.
+
+Code written for the standard library catches ours the standard way, as loky's
+``TerminatedWorkerError`` is a ``BrokenProcessPool``: a dead worker, a lost task, a
+broken executor or an object that cannot be decoded are each a
+``concurrent.futures.process.BrokenProcessPool`` (so also a
+``concurrent.futures.BrokenExecutor``), and ``PicklingError`` is a
+``pickle.PicklingError``. The semantics stay ours: only the dead worker's future
+fails, and pickling fails at ``submit``, naming the argument.
 """
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures.process import BrokenProcessPool
+
 __all__ = [
     "AccessDenied",
+    "BrokenExecutor",
     "BucketNotFound",
     "ConfigError",
     "CorruptObject",
@@ -42,6 +59,7 @@ __all__ = [
     "CredentialsMissing",
     "EndpointUnreachable",
     "EnvironmentMismatch",
+    "InitializerError",
     "InvalidSessionId",
     "InvalidTaskSize",
     "LocalServerError",
@@ -102,7 +120,7 @@ class EnvironmentMismatch(StarburstError):
     """The worker's environment differs from the client's."""
 
 
-class PicklingError(StarburstError):
+class PicklingError(StarburstError, pickle.PicklingError):
     """A function, argument, result or exception cannot be pickled."""
 
 
@@ -110,7 +128,7 @@ class PayloadTooLarge(PicklingError):
     """A pickled call or result is larger than one S3 object may be."""
 
 
-class CorruptObject(StarburstError):
+class CorruptObject(StarburstError, BrokenProcessPool):
     """A stored payload or result cannot be decoded."""
 
 
@@ -144,11 +162,11 @@ class RemoteError(StarburstError):
         )
 
 
-class WorkerLost(StarburstError):
+class WorkerLost(StarburstError, BrokenProcessPool):
     """The worker running a task vanished (killed, out of memory) too many times."""
 
 
-class WorkerDied(StarburstError):
+class WorkerDied(StarburstError, BrokenProcessPool):
     """The worker of an ephemeral task exited without writing its result.
 
     Attributes:
@@ -187,6 +205,18 @@ def _rebuild_worker_died(message: str, fields: dict[str, object]) -> WorkerDied:
     Exception.__init__(err, message)
     err.__dict__.update(fields)
     return err
+
+
+class BrokenExecutor(StarburstError, BrokenProcessPool):
+    """The executor takes no more work: its initializer failed in a worker.
+
+    As with the standard library, the future whose worker hit the failure, every
+    queued one and every later ``submit`` raise it.
+    """
+
+
+class InitializerError(BrokenExecutor):
+    """The executor's ``initializer`` raised in a worker (the cause says how)."""
 
 
 class CostLimitExceeded(StarburstError):

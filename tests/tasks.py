@@ -239,6 +239,36 @@ def append_index_slowly(path: str, i: int, seconds: float) -> int:
     return append_index(path, i)
 
 
+def failing_init(reason: str) -> None:
+    raise ValueError(f"initializer refused: {reason}")
+
+
+def _exit_now() -> None:
+    import sys
+
+    sys.exit(3)
+
+
+class ExitAtUnpickle:
+    """A value whose unpickling (on the client) calls ``sys.exit``."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return _exit_now, ()
+
+
+def return_exit_at_unpickle() -> ExitAtUnpickle:
+    return ExitAtUnpickle()
+
+
+def sleep_then_append(path: str, i: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return append_index(path, i)
+
+
 def env_names() -> list[str]:
     """The names of the worker's environment variables."""
     return sorted(os.environ)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)

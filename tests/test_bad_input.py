@@ -40,7 +40,6 @@ def test_every_error_derives_from_one_base():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"max_workers": 0}, "max_workers"),
         ({"lease_seconds": 0.5}, "lease_seconds"),
         ({"memory": "lots"}, "invalid memory"),
         ({"backend": "kubernetes"}, "unknown backend 'kubernetes'"),

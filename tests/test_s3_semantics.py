@@ -113,7 +113,7 @@ def test_takeover_completes_when_missing_keys_answer_403(proxied, tmp_path):
     proxy = proxied(missing_as_403=True)
     ex = DetachedExecutor(max_workers=1, lease_seconds=2, max_retries=2)
     try:
-        future = ex.submit(tasks.kill_self_first_time, str(tmp_path / "killed"))
+        future = ex.submit(tasks.kill_worker_first_time, str(tmp_path / "killed"))
         assert future.result(timeout=120) == "survived"
         assert future.attempt == 2
         assert ex.status().reexecuted == 1

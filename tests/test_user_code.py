@@ -29,7 +29,7 @@ from starburst_executor.worker.code import prepare_user_code
 TIMEOUT = 120
 
 MODEL = """\
-from helpers import scale
+from mylib_helpers import scale
 
 VERSION = {version!r}
 
@@ -44,7 +44,7 @@ def write_project(root: Path, version: str) -> None:
     (root / "mylib").mkdir(parents=True, exist_ok=True)
     (root / "mylib" / "__init__.py").write_text('"""A user package."""\n')
     (root / "mylib" / "model.py").write_text(MODEL.format(version=version))
-    (root / "helpers.py").write_text("def scale(x):\n    return 2 * x\n")
+    (root / "mylib_helpers.py").write_text("def scale(x):\n    return 2 * x\n")
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def project(tmp_path: Path) -> Iterator[Path]:
     sys.path.insert(0, str(root))
     yield root
     sys.path.remove(str(root))
-    for name in [n for n in sys.modules if n.partition(".")[0] in {"mylib", "helpers"}]:
+    for name in [n for n in sys.modules if n.partition(".")[0] in {"mylib", "mylib_helpers"}]:
         del sys.modules[name]
 
 
@@ -72,8 +72,8 @@ def test_a_function_from_a_user_package_runs_on_a_worker_without_the_folder(pref
     # The worker imported the shipped copy, not the client's folder.
     assert str(project) not in model_file
     assert bundle is not None and bundle.digest in model_file
-    assert {"mylib", "helpers"} <= set(bundle.modules)
-    assert {"mylib/model.py", "mylib/__init__.py", "helpers.py"} <= set(bundle.files)
+    assert {"mylib", "mylib_helpers"} <= set(bundle.modules)
+    assert {"mylib/model.py", "mylib/__init__.py", "mylib_helpers.py"} <= set(bundle.files)
     assert bundle.digest in package_file
 
 

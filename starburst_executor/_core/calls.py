@@ -10,6 +10,8 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..errors import InitializerError
+
 
 def get_chunks(*iterables: Iterable[Any], chunksize: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
     """Tuples of up to ``chunksize`` argument tuples, in order."""
@@ -38,6 +40,16 @@ def initialized_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    """Runs in the worker: the executor's initializer, then the call (one worker, one call)."""
-    initializer(*initargs)
+    """Runs in the worker: the executor's initializer, then the call (one worker, one call).
+
+    An initializer that raises breaks the executor, as in the standard library: the
+    ``InitializerError`` tells the client so, and carries the original as its cause.
+    """
+    try:
+        initializer(*initargs)
+    except BaseException as err:
+        name = getattr(initializer, "__qualname__", repr(initializer))
+        raise InitializerError(
+            f"the executor's initializer {name} raised {type(err).__name__}: {err}"
+        ) from err
     return fn(*args, **kwargs)

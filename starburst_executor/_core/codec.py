@@ -35,6 +35,9 @@ import traceback
 import types
 from collections import ChainMap
 from collections.abc import Callable
+
+# The standard library's class of a worker's traceback (private there, stable since 3.3).
+from concurrent.futures.process import _RemoteTraceback as _StdRemoteTraceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -53,11 +56,15 @@ MAGIC_OUTCOME = b"SBO1"
 OutcomeKind = Literal["ok", "error", "cancelled"]
 
 
-class RemoteTraceback(Exception):
-    """Carries a worker's formatted traceback; set as ``__cause__`` of remote errors."""
+class RemoteTraceback(_StdRemoteTraceback):
+    """Carries a worker's formatted traceback; set as ``__cause__`` of remote errors.
+
+    A subclass of the standard library's own, so code that recognises a process
+    pool's remote traceback recognises ours.
+    """
 
     def __init__(self, tb: str) -> None:
-        super().__init__(tb)
+        Exception.__init__(self, tb)  # typeshed types the parent's tb as a traceback
         self.tb = tb
 
     def __str__(self) -> str:
@@ -102,14 +109,24 @@ def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
 
 
 class _CallPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, except that code pickled by value keeps its file name."""
+    """cloudpickle, with two changes for tracebacks that read like local ones: code
+    pickled by value keeps its file name, and a method bound to an importable class (a
+    classmethod) travels by reference, as ``pickle`` sends it, instead of by value."""
 
     dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
         {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
     )
 
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.MethodType) and isinstance(obj.__self__, type):
+            owner, name = obj.__self__, obj.__func__.__name__
+            if getattr(owner, name, None) == obj:
+                return getattr, (owner, name)
+        return super().reducer_override(obj)
 
-def _dumps_call(obj: Any) -> bytes:
+
+def dumps_call(obj: Any) -> bytes:
+    """Pickle a call (function, arguments) for a worker."""
     buffer = io.BytesIO()
     _CallPickler(buffer, protocol=5).dump(obj)
     return buffer.getvalue()
@@ -135,7 +152,7 @@ def encode_call(
     ``code`` names the code bundles (digests) the worker must import from first.
     """
     try:
-        blob = _dumps_call((fn, args, kwargs))
+        blob = dumps_call((fn, args, kwargs))
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
@@ -187,7 +204,7 @@ def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[st
     _, blob = _split_payload(data, key)
     try:
         fn, args, kwargs = pickle.loads(blob)
-    except BaseException as err:  # unpickling runs the payload's code: even sys.exit
+    except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "
             "resubmit the task, and check the worker has the modules it needs (the image's "
@@ -226,6 +243,10 @@ class Outcome:
                 f"({err}); return plain data instead"
             )
             return cls.failure(task_id, wrapped, **meta)
+        except SystemExit as exit_:
+            # Raised by the value's __reduce__: the task's outcome, as a process pool
+            # sends back what its worker raised while pickling a result.
+            return cls.failure(task_id, exit_, **meta)
         limit = max_object_bytes()
         if len(blob) > limit:
             too_big = PayloadTooLarge(
@@ -282,7 +303,7 @@ class Outcome:
         assert self.value is not None
         try:
             return pickle.loads(self.value)
-        except BaseException as err:  # unpickling runs the result's code: even sys.exit
+        except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
             raise CorruptObject(
                 f"the result of task {self.task_id} cannot be unpickled on the client: "
                 f"{type(err).__name__}: {err}; install the modules its type needs"
@@ -299,7 +320,7 @@ class Outcome:
             if not isinstance(loaded, BaseException):
                 raise TypeError(f"it unpickled as a {type(loaded).__name__}, not an exception")
             exc = loaded
-        except BaseException as err:  # unpickling runs the exception's code: even sys.exit
+        except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
             exc = RemoteError(self.exc_type, self.exc_message, tb, reason=_why_not_rebuilt(err))
         exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
         return exc

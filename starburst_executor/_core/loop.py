@@ -30,7 +30,12 @@ class LoopThread:
         """Run ``coro`` on the loop and wait for its result from this thread."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopThread.run called from its own loop; await instead")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()  # never scheduled: closed, so no "never awaited" warning
+            raise
+        return future.result(timeout)
 
     def close(self) -> None:
         if self.loop.is_closed():

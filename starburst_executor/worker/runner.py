@@ -71,6 +71,9 @@ STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to
 RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
 BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
 DUE_MAX = 3.0  # a worker sleeps at most this long for its shard's next expected task
+# Shards past this many stretch STEAL_CHECK_MAX and DUE_MAX in proportion, so the fleet's
+# rate of steal checks and of capped polls stays that of this many workers.
+FLEET_UNIT = 16
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
@@ -325,6 +328,11 @@ class Worker:
     # listings: a worker sleeps until its shard's next task is due, so the fleet polls
     # about once per task, whatever its size.
 
+    @property
+    def _fleet_factor(self) -> float:
+        width: int = self.settings.max_workers
+        return max(1.0, width / FLEET_UNIT)
+
     def _own(self, tid: str) -> bool:
         return bool(task_index(tid) % self.settings.max_workers == self._shard)
 
@@ -392,7 +400,7 @@ class Worker:
             # Past due and not seen yet: look again after about half the time between
             # two submits, not at once (each poll of each worker is a LIST).
             gap = 0.0 if after_task else 0.5 / self._rate(view, now)
-            pause = max(pause, min(max(due - now, gap), DUE_MAX))
+            pause = max(pause, min(max(due - now, gap), DUE_MAX * self._fleet_factor))
         ready = self._steal_ready(view, now)
         if ready is not None:
             pause = min(pause, max(ready - now, 0.0 if after_task else IDLE_MIN_DELAY))
@@ -515,7 +523,8 @@ class Worker:
         self._list_claims(view)
         candidates = stale()
         if not candidates:
-            view.steal_wait = min(max(view.steal_wait, after) * 2, STEAL_CHECK_MAX)
+            cap = STEAL_CHECK_MAX * self._fleet_factor
+            view.steal_wait = min(max(view.steal_wait, after) * 2, cap)
             return None
         width = self.settings.max_workers
         # Among the oldest few, each stealer prefers a different one (a hash of its id).

@@ -77,6 +77,7 @@ FLEET_UNIT = 16
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
+FIRST_SHARD_TRIES = 10
 FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (deleted results)
 
 
@@ -137,6 +138,7 @@ class Worker:
         self.location = StoreLocation.from_env(environ)
         self.session_id = check_session_id(environ.get(ENV_SESSION, ""))
         self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
+        self._named = bool(environ.get(ENV_WORKER))  # so the client registered this id
         self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
         self._takeover = environ.get(ENV_TAKEOVER) == "1"
         self._log_location = environ.get("STARBURST_WORKER_LOG", "")
@@ -207,15 +209,23 @@ class Worker:
 
     def _first_shard(self, width: int) -> int:
         """Workers launched together start on distinct shards: this worker's rank among
-        the registered worker ids (the client registers each worker it launches). One
-        LIST; a random shard when this worker is not registered."""
-        try:
-            listing = self.loop.run(self.store.list_objects(self.layout.dir("workers")))
-        except StarburstError:
-            return self._rng.randrange(width)
-        keys = sorted(o.key for o in listing.objects)
+        the registered worker ids. The client registers a batch of workers at once,
+        after launching them all, so a worker that starts first waits a little for its
+        entry (a LIST every half second, 5 s at most); a random shard if it never comes,
+        or when it was not launched under a name the client knows (ECS names its workers
+        after their task ARN)."""
         mine = self.layout.worker(self.worker_id)
-        return keys.index(mine) % width if mine in keys else self._rng.randrange(width)
+        for attempt in range(FIRST_SHARD_TRIES if self._named else 0):
+            try:
+                listing = self.loop.run(self.store.list_objects(self.layout.dir("workers")))
+            except StarburstError:
+                break
+            keys = sorted(o.key for o in listing.objects)
+            if mine in keys:
+                return keys.index(mine) % width
+            if attempt + 1 < FIRST_SHARD_TRIES:
+                self._terminating.wait(0.5)
+        return self._rng.randrange(width)
 
     def _register(self, state: str, **extra: Any) -> None:
         body = {

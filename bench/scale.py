@@ -125,21 +125,35 @@ def idle_cost(workers: int, settle_s: float, window_s: float) -> dict[str, Any]:
     }
 
 
-def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Requests, S3 cost and per-prefix rates for 100 and 1,000 workers, from the
-    measured rows: requests per task fitted as ``a + b * workers`` (least squares over
-    the one-submit rows), a fleet of ``W`` workers running 1-second tasks (W tasks/s)."""
-    submit = [r for r in rows if not r["map"]]
-    if not submit:
-        return []
-    xs = [float(r["workers"]) for r in submit]
-    ys = [float(r["requests_per_task"]) for r in submit]
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares ``y = a + b * x``; returns ``(a, b)``."""
     n = len(xs)
     mean_x, mean_y = sum(xs) / n, sum(ys) / n
     var = sum((x - mean_x) ** 2 for x in xs)
     cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
     slope = cov / var if var else 0.0
-    intercept = mean_y - slope * mean_x
+    return mean_y - slope * mean_x, slope
+
+
+def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Requests, S3 cost and per-prefix rates for 100 and 1,000 workers.
+
+    Requests per task are split into a per-task part and a per-worker-second part,
+    fitted on the one-submit rows as ``a + c * workers / (tasks per second)``: here the
+    client's submit rate is the limit, so more workers means more worker-seconds per
+    task. The model's fleet runs 1-second tasks, W workers busy at W tasks/s, so each
+    task carries one worker-second: ``a + c``.
+    """
+    submit = [r for r in rows if not r["map"]]
+    if len(submit) < 2:
+        return []
+    per_task, per_worker_s = _fit(
+        [r["workers"] / r["tasks_per_s"] for r in submit],
+        [r["requests_per_task"] for r in submit],
+    )
+    _, per_worker = _fit(
+        [float(r["workers"]) for r in submit], [r["requests_per_task"] for r in submit]
+    )
     largest = max(submit, key=lambda r: r["workers"])
     by_type = largest["by_type"]
     total = max(sum(by_type.values()), 1e-9)
@@ -147,21 +161,24 @@ def model(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> list[dict[
     read_share = reads / total
     out = []
     for fleet in (100, 1000):
-        per_task = max(intercept + slope * fleet, 5.0)
-        usd = per_task * (
+        requests = per_task + per_worker_s
+        usd = requests * (
             read_share * PRICE_PER_1000["read"] + (1 - read_share) * PRICE_PER_1000["write_list"]
         )
-        rate = float(fleet)  # tasks/s with 1-second tasks
+        rate = float(fleet)
+        lists = by_type.get("LIST", 0.0) / max(largest["requests_per_task"], 1e-9) * requests
         out.append(
             {
                 "workers": fleet,
-                "requests_per_task": per_task,
-                "slope_per_worker": slope,
+                "requests_per_task": requests,
+                "per_task": per_task,
+                "per_worker_second": per_worker_s,
+                "slope_per_worker": per_worker,
                 "usd_per_million_tasks": usd * 1000,
-                "requests_per_s": per_task * rate,
-                # tasks/: the payload PUT and GET and the workers' LISTs; claims/ and
-                # results/ take one write each per task (plus renewals of long tasks).
-                "tasks_prefix_reads_per_s": rate * (1 + by_type.get("LIST", 0.0)),
+                "requests_per_s": requests * rate,
+                # tasks/ takes the payload PUT and GET and the workers' LISTs; claims/ and
+                # results/ one write each per task (plus renewals of long tasks).
+                "tasks_prefix_reads_per_s": rate * (1 + lists),
                 "tasks_prefix_writes_per_s": rate,
                 "idle_requests_per_min": (
                     idle["requests_per_min_per_worker"] * fleet if idle else float("nan")
@@ -260,8 +277,11 @@ def report(res: dict[str, Any] | None) -> list[str]:
         lines.append("")
     if res["model"]:
         lines += [
-            "Model for larger fleets (requests per task fitted linearly on the one-submit rows; "
-            "1-second tasks, so W workers run W tasks/s; AWS S3 standard prices):",
+            "Model for larger fleets: requests per task fitted on the one-submit rows as "
+            f"{res['model'][0]['per_task']:.2f} per task + "
+            f"{res['model'][0]['per_worker_second']:.2f} per worker-second (polls, steal "
+            "checks, scans); the fleet runs 1-second tasks, so W workers run W tasks/s and "
+            "each task carries one worker-second; AWS S3 standard prices:",
             "",
             "| workers | requests per task | USD per million tasks | requests/s | "
             "tasks/ prefix reads/s | tasks/ prefix writes/s | idle fleet requests/min |",
@@ -277,7 +297,9 @@ def report(res: dict[str, Any] | None) -> list[str]:
         slope = res["model"][0]["slope_per_worker"]
         lines += [
             "",
-            f"Fitted growth: {slope:+.3f} requests per task per added worker. Per prefix, "
+            f"Against the worker count alone the rows grow by {slope:+.3f} requests per task "
+            "per added worker on this machine, where the client's submits are the limit (more "
+            "workers, same tasks/s: more idle worker-seconds per task). Per prefix, "
             "AWS sustains about 3,500 writes and 5,500 reads per second: a 1,000-worker fleet "
             "of 1-second tasks stays below both on `tasks/`, `claims/` and `results/`; "
             "shorter tasks need the spread keys described in docs/architecture.md.",

@@ -64,10 +64,10 @@ class ResultPoller:
         with self._lock:
             self._pending[future.task_id] = future
             self._tracked += 1
-        # Only a long wait is cut short (nothing was pending, or the backoff passed the
-        # trickle delay): one call at a time never waits out a backoff, and a stream of
-        # submits does not turn into a LIST per submit.
-        if self._deep_sleep:
+        # A long wait is cut short (nothing was pending, or the backoff passed the
+        # trickle delay), and so is any wait for a call submitted alone (one call at a
+        # time never waits out a backoff); a stream of submits is no LIST per submit.
+        if self._deep_sleep or len(self._pending) <= 1:
             self._wake.set()
 
     def pending_count(self) -> int:

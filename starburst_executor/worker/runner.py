@@ -2,17 +2,20 @@
 
 ::
 
-    environment ──▶ Worker ──LIST tasks/ (new keys only), LIST claims/ (from low-water mark)──▶ S3
+    environment ──▶ Worker ──LIST tasks/ (new keys only; the markers sort after them)──▶ S3
                       │ stopped or past the deadline (server clock)? exit before claiming
-                      │ a released marker (claims/~released/...)? claim that task first
-                      │ pick a random pending task among the first few (rare races)
-                      │ PUT claims/<t> IfNoneMatch=*     (lost? pick another)
+                      │ a released marker (tasks/~released/...)? claim that task first
+                      │ a pending task of its own shard (index % max_workers)? claim it
+                      │   (no claims LIST); else steal one that waited too long for its
+                      │   owner (a claims LIST first, backing off while there is none)
+                      │ PUT claims/<t> IfNoneMatch=*     (lost? another worker has it)
                       │ GET tasks/<t>, run it in the task process, renewing the lease
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
-                    idle: 10 ms polls for 0.25 s after a task, then doubling to 30 s;
-                    exit after ``session_timeout``
-                    idle, at the deadline, on the stop marker, or on SIGTERM
+                    next poll when its shard's next task is due at the observed submit
+                    rate; idle: doubling to 30 s (10 ms for 0.25 s after a task when the
+                    next task id is its own); exit after ``session_timeout`` idle, at
+                    the deadline, on the stop marker, or on SIGTERM
 
 A detached worker runs each task in a child interpreter (``worker.child``): the
 lease is renewed here, whatever the task does to its own interpreter (holding the

@@ -6,12 +6,12 @@
         manifest.json            settings, deadline, fingerprint    client: create; extend: IfMatch
         tasks/t000000000         payload (cloudpickle)              client: create-only
         tasks/t000000001         ...task ids sort in submission order
+        tasks/~released/t000000000.<etag>                           hand-back: create, then
+                                 empty: the claim with <etag> was   delete the claim; the
+                                 released; sorts after every task   next claimer deletes it
         tasks/~stop              stop marker: sorts after every id  cleanup: create
         claims/t000000000        lease JSON                         worker: create-only,
                                                                     renew/take over with IfMatch
-        claims/~released/t000000000.<etag>                          hand-back: create, then
-                                 empty: the claim with <etag> was   delete the claim; the
-                                 released; sorts after every claim  next claimer deletes it
         results/t000000000       the one outcome (ok/error/cancel)  create-only, first writer wins
         failed/t000000000        empty index marker: outcome failed
         cancelled/t000000000     empty index marker: outcome cancelled
@@ -21,9 +21,10 @@
                                  (shared by sessions: same code,    once per content; the
                                  same key, uploaded once)           worker checks the hash
 
-A released marker sorts after every claim id, so the claims listing each worker
-makes from its low-water mark sees it: a handed-back task is claimable by every
-live worker on its next poll, however far its view has moved on.
+The markers (``~released/...``, ``~stop``) sort after every task id, so the one
+listing of new task keys each worker polls with (``StartAfter`` its last seen
+task) shows them at no extra cost: a handed-back task is claimable by every live
+worker on its next poll, however far its view has moved on.
 
 Reading state needs only listings: a task is pending when it has no claim,
 running when it has a claim and no result, finished when it has a result; the
@@ -149,11 +150,11 @@ class SessionLayout:
         """The marker saying the claim of ``tid`` with ``etag`` was handed back."""
         if not ETAG_RE.match(etag):
             raise ValueError(f"unexpected ETag {etag!r} for the released marker of {tid}")
-        return f"{self.dir('claims')}{RELEASED_DIR}{check_task_id(tid)}.{etag}"
+        return f"{self.dir('tasks')}{RELEASED_DIR}{check_task_id(tid)}.{etag}"
 
     def released_of(self, key: str) -> tuple[str, str] | None:
         """``(task id, released ETag)`` of a released marker key, else None."""
-        head = self.dir("claims") + RELEASED_DIR
+        head = self.dir("tasks") + RELEASED_DIR
         if not key.startswith(head):
             return None
         tid, _, etag = key[len(head) :].partition(".")

@@ -26,7 +26,7 @@ from .session import SessionStore
 log = logging.getLogger("starburst_executor")
 
 BATCH_TARGET = 8
-TRICKLE_MAX_DELAY = 0.1
+TRICKLE_MAX_DELAY = 0.5  # results of a stream gather this long at most per LIST
 
 
 class ResultPoller:
@@ -50,6 +50,7 @@ class ResultPoller:
         self._maintain = maintain
         self._lock = threading.Lock()
         self._pending: dict[str, TaskFuture] = {}
+        self._tracked = 0  # futures tracked so far: still moving means a stream of submits
         self._wake = threading.Event()
         self._deep_sleep = True
         self._stop = threading.Event()
@@ -62,9 +63,11 @@ class ResultPoller:
         """Start watching ``future``'s task."""
         with self._lock:
             self._pending[future.task_id] = future
-        # A long wait is cut short; so is any wait while few futures are pending (one
-        # call at a time should not wait out a backoff). Bulk submits never force LISTs.
-        if self._deep_sleep or len(self._pending) <= BATCH_TARGET:
+            self._tracked += 1
+        # A long wait is cut short (nothing was pending, or the backoff passed the
+        # trickle delay), and so is any wait for a call submitted alone (one call at a
+        # time never waits out a backoff); a stream of submits is no LIST per submit.
+        if self._deep_sleep or len(self._pending) <= 1:
             self._wake.set()
 
     def pending_count(self) -> int:
@@ -92,6 +95,7 @@ class ResultPoller:
     def _run(self) -> None:
         delay = self._min_delay
         last_maintain = 0.0
+        tracked = 0
         while not self._stop.is_set():
             pending = self._snapshot()
             if not pending:
@@ -116,7 +120,8 @@ class ResultPoller:
                     "polling session %s failed, retrying: %s", self._session.session_id, err
                 )
                 resolved = 0
-            delay = self._next_delay(delay, resolved, len(pending) - resolved)
+            streaming, tracked = self._tracked != tracked, self._tracked
+            delay = self._next_delay(delay, resolved, len(pending) - resolved, streaming)
             self._wake.clear()
             self._deep_sleep = delay > TRICKLE_MAX_DELAY
             if self._wake.wait(delay):
@@ -125,16 +130,19 @@ class ResultPoller:
                 delay = self._min_delay
                 self._stop.wait(delay)
 
-    def _next_delay(self, delay: float, resolved: int, still_pending: int) -> float:
-        """Back off while nothing changes; while many results trickle in, let a few
-        gather per LIST (a round costs the same for one result as for a page of them);
-        with few futures left, look again at once."""
+    def _next_delay(
+        self, delay: float, resolved: int, still_pending: int, streaming: bool = False
+    ) -> float:
+        """Back off while nothing changes; while results trickle in, let a few gather per
+        LIST (a round costs the same for one result as for a page of them), also while
+        the client keeps submitting; with the last few futures left, look again at once."""
         if resolved == 0:
             return min(delay * 2, self._max_delay)
-        if still_pending <= BATCH_TARGET:
+        if still_pending <= BATCH_TARGET and not streaming:
             return self._min_delay
         if resolved < BATCH_TARGET:
-            return min(delay * 1.25, TRICKLE_MAX_DELAY)
+            # At the rate they came, about BATCH_TARGET results by the next round.
+            return min(delay * BATCH_TARGET / resolved, TRICKLE_MAX_DELAY)
         return max(delay / 2, self._min_delay)
 
     def _round(self, pending: dict[str, TaskFuture]) -> int:

@@ -2,17 +2,20 @@
 
 ::
 
-    environment ──▶ Worker ──LIST tasks/ (new keys only), LIST claims/ (from low-water mark)──▶ S3
+    environment ──▶ Worker ──LIST tasks/ (new keys only; the markers sort after them)──▶ S3
                       │ stopped or past the deadline (server clock)? exit before claiming
-                      │ a released marker (claims/~released/...)? claim that task first
-                      │ pick a random pending task among the first few (rare races)
-                      │ PUT claims/<t> IfNoneMatch=*     (lost? pick another)
+                      │ a released marker (tasks/~released/...)? claim that task first
+                      │ a pending task of its own shard (index % max_workers)? claim it
+                      │   (no claims LIST); else steal one that waited too long for its
+                      │   owner (a claims LIST first, backing off while there is none)
+                      │ PUT claims/<t> IfNoneMatch=*     (lost? another worker has it)
                       │ GET tasks/<t>, run it in the task process, renewing the lease
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
-                    idle: 10 ms polls for 0.25 s after a task, then doubling to 30 s;
-                    exit after ``session_timeout``
-                    idle, at the deadline, on the stop marker, or on SIGTERM
+                    next poll when its shard's next task is due at the observed submit
+                    rate; idle: doubling to 30 s (10 ms for 0.25 s after a task when the
+                    next task id is its own); exit after ``session_timeout`` idle, at
+                    the deadline, on the stop marker, or on SIGTERM
 
 A detached worker runs each task in a child interpreter (``worker.child``): the
 lease is renewed here, whatever the task does to its own interpreter (holding the
@@ -34,6 +37,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +57,6 @@ from .._core.manifest import Manifest
 from .._core.session import SessionStore
 from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
-from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
@@ -64,11 +67,20 @@ log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
 IDLE_MIN_DELAY = 0.01
-HOT_SECONDS = 0.25  # polls stay at IDLE_MIN_DELAY this long after a task: warm calls are fast
-FOREIGN_AFTER = 0.05  # another residue's task is taken once it has waited this long
+HOT_SECONDS = 0.25  # after a task, the owner of the next task id polls at IDLE_MIN_DELAY
+FOREIGN_AFTER = 0.05  # another shard's task is stolen once it has waited at least this
+STEAL_AFTER_MAX = 3.0  # ... and at most this (its owner is busy, or there is none)
+STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to this
+RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
+BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
+DUE_MAX = 3.0  # a worker sleeps at most this long for its shard's next expected task
+# Shards past this many stretch STEAL_CHECK_MAX and DUE_MAX in proportion, so the fleet's
+# rate of steal checks and of capped polls stays that of this many workers.
+FLEET_UNIT = 16
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
+FIRST_SHARD_TRIES = 10
 FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (deleted results)
 
 
@@ -76,22 +88,41 @@ FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (delet
 class _View:
     """What this worker last saw of the session, refreshed by listings."""
 
-    tasks: list[str] = field(default_factory=list)  # known ids at or above claimed_below
+    # Task ids not known to be claimed, in order: every task below the first (or up to
+    # ``top``) had a claim when this worker last looked.
+    tasks: list[str] = field(default_factory=list)
     tasks_cursor: str | None = None
-    claimed_below: int = 0  # every task below this index has a claim
-    claims: dict[str, ObjectInfo] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)
+    top: int = -1  # the highest task index seen
     first_seen: dict[str, float] = field(default_factory=dict)  # pending since (monotonic)
+    # (previous poll, new tasks this poll showed): what arrived between two polls
+    arrivals: deque[tuple[float, int]] = field(default_factory=deque)
+    first_poll: float | None = None
+    last_arrival: float = -1e9
+    saw_new: bool = False  # the last poll showed new tasks
     server_time: datetime | None = None
     refreshed: float = 0.0
     stop_seen: bool = False
     expired: bool = False
     released: list[str] = field(default_factory=list)  # released marker keys
     released_tried: dict[str, float] = field(default_factory=dict)  # marker -> monotonic
+    steal_checked: float = -1e9
+    steal_wait: float = FOREIGN_AFTER
     done_below: int = 0  # every task below this index has an outcome
     scanned: float = 0.0
     full_scanned: float = -1e9
     nothing_running: bool = False  # the last expiry scan found every claim finished
+
+    @property
+    def claimed_below(self) -> int:
+        """Every task below this index had a claim when this worker last looked."""
+        return task_index(self.tasks[0]) if self.tasks else self.top + 1
+
+    def drop(self, tids: set[str]) -> None:
+        """Forget tasks now known to be claimed."""
+        if tids:
+            self.tasks = [t for t in self.tasks if t not in tids]
+            for t in tids:
+                self.first_seen.pop(t, None)
 
 
 @dataclass
@@ -110,6 +141,7 @@ class Worker:
         self.location = StoreLocation.from_env(environ)
         self.session_id = check_session_id(environ.get(ENV_SESSION, ""))
         self.worker_id = environ.get(ENV_WORKER) or new_worker_id()
+        self._named = bool(environ.get(ENV_WORKER))  # so the client registered this id
         self.task_id = check_task_id(environ[ENV_TASK]) if environ.get(ENV_TASK) else None
         self._takeover = environ.get(ENV_TAKEOVER) == "1"
         self._log_location = environ.get("STARBURST_WORKER_LOG", "")
@@ -130,7 +162,8 @@ class Worker:
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
         self._rng = random.Random()
-        self._slot = 0
+        self._shard = 0  # the shard it owns: task indexes equal to it modulo max_workers
+        self._collisions = 0  # own fresh tasks lost in a row
         # Polling workers run tasks in a child interpreter; a one-task worker in itself.
         self._child = TaskProcess() if self.task_id is None else None
 
@@ -161,7 +194,7 @@ class Worker:
             else:
                 assert self._child is not None
                 self._child.start()  # imports while the first polls go out
-                self._slot = self._rng.randrange(manifest.settings.max_workers)
+                self._shard = self._first_shard(manifest.settings.max_workers)
                 self._register("running")
                 reason = self._serve()
                 self._register("exited", reason=reason)
@@ -176,6 +209,26 @@ class Worker:
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
+
+    def _first_shard(self, width: int) -> int:
+        """Workers launched together start on distinct shards: this worker's rank among
+        the registered worker ids. The client registers a batch of workers at once,
+        after launching them all, so a worker that starts first waits a little for its
+        entry (a LIST every half second, 5 s at most); a random shard if it never comes,
+        or when it was not launched under a name the client knows (ECS names its workers
+        after their task ARN)."""
+        mine = self.layout.worker(self.worker_id)
+        for attempt in range(FIRST_SHARD_TRIES if self._named else 0):
+            try:
+                listing = self.loop.run(self.store.list_objects(self.layout.dir("workers")))
+            except StarburstError:
+                break
+            keys = sorted(o.key for o in listing.objects)
+            if mine in keys:
+                return keys.index(mine) % width
+            if attempt + 1 < FIRST_SHARD_TRIES:
+                self._terminating.wait(0.5)
+        return self._rng.randrange(width)
 
     def _register(self, state: str, **extra: Any) -> None:
         body = {
@@ -218,19 +271,16 @@ class Worker:
                     return "session stopped"
                 if view.expired:
                     return "session deadline reached"
-            if picked is None and view.pending:
-                # Work exists but belongs to busy peers for now: look again soon.
-                self._terminating.wait(FOREIGN_AFTER)
-                continue
-            if picked is None:
-                if time.monotonic() - idle_since > self.settings.session_timeout:
+                now = time.monotonic()
+                if now - idle_since > self.settings.session_timeout:
                     return f"idle for {self.settings.session_timeout:g}s"
+                hot = now - idle_since <= HOT_SECONDS and self._next_is_ours(view)
+                delay = IDLE_MIN_DELAY if view.saw_new or hot else min(delay * 2, IDLE_MAX_DELAY)
+                pause = self._pause(view, delay, hot=hot)
                 log.debug(
-                    "idle poll: next in %.3fs, %d requests so far", delay, self.store.counter.total
+                    "idle poll: next in %.3fs, %d requests so far", pause, self.store.counter.total
                 )
-                self._terminating.wait(delay)
-                if time.monotonic() - idle_since > HOT_SECONDS:
-                    delay = min(delay * 2, IDLE_MAX_DELAY)
+                self._terminating.wait(pause)
                 continue
             tid, claim, previous = picked
             try:
@@ -239,6 +289,10 @@ class Worker:
                 return f"terminated; {back}"
             delay = IDLE_MIN_DELAY
             idle_since = time.monotonic()
+            if not self._own_pending(view):
+                # Poll when this worker's shard can have work, not at once.
+                hot = self._next_is_ours(view)
+                self._terminating.wait(self._pause(view, 0.0, hot=hot, after_task=True))
 
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
@@ -274,63 +328,157 @@ class Worker:
         return view.expired
 
     # -- choosing work -------------------------------------------------------------
+    #
+    # The session's task ids are dealt into ``max_workers`` shards by index modulo
+    # ``max_workers``. A worker owns one shard (at start, its rank among the workers the
+    # client registered, so a fleet launched together starts on distinct shards) and
+    # claims its tasks directly, with no claims listing: a lost race on a task just
+    # published means another worker owns the same shard, and the loser moves on to the
+    # next shard, so owners settle on distinct shards. A worker whose shard is empty steals another
+    # shard's task once it has waited longer than its owner would take (its owner is
+    # busy, or there is none): a claims LIST first, backing off while such checks find
+    # nothing to take. Polls are timed by the arrival rate every worker sees in the same
+    # listings: a worker sleeps until its shard's next task is due, so the fleet polls
+    # about once per task, whatever its size.
+
+    @property
+    def _fleet_factor(self) -> float:
+        width: int = self.settings.max_workers
+        return max(1.0, width / FLEET_UNIT)
+
+    def _own(self, tid: str) -> bool:
+        return bool(task_index(tid) % self.settings.max_workers == self._shard)
+
+    def _next_is_ours(self, view: _View) -> bool:
+        """The next task id is in this worker's shard and nothing else is pending: one
+        call at a time, whose client may be waiting for the last result to submit it."""
+        return not view.tasks and (view.top + 1) % self.settings.max_workers == self._shard
+
+    def _own_pending(self, view: _View) -> list[str]:
+        return [t for t in view.tasks if self._own(t)]
+
+    def _rate(self, view: _View, now: float) -> float:
+        """Tasks per second submitted lately (every shard), as this worker saw them."""
+        while view.arrivals and view.arrivals[0][0] < now - RATE_WINDOW:
+            view.arrivals.popleft()
+        if not view.arrivals:
+            return 0.0
+        # Counted from the poll before the first counted one: tasks it showed arrived
+        # in that interval, not before (a rate biased high makes polls come too early).
+        return sum(n for _, n in view.arrivals) / max(now - view.arrivals[0][0], 0.1)
+
+    def _own_due(self, view: _View, now: float) -> float | None:
+        """When the next task of this worker's shard is expected (monotonic): it is
+        the j-th task after the highest seen, and tasks arrive at the observed rate."""
+        rate = self._rate(view, now)
+        if rate <= 0:
+            return None
+        width: int = self.settings.max_workers
+        j = (self._shard - (view.top + 1)) % width + 1
+        # Fast streams: wait for as many of its tasks as arrive within BATCH_WAIT, so
+        # one LIST finds several.
+        j += (max(1, int(BATCH_WAIT * rate / width)) - 1) * width
+        # Two submits late on average: a poll that comes too early is a wasted LIST.
+        return view.last_arrival + (j + 2) / rate
+
+    def _steal_after(self, view: _View, now: float) -> float:
+        """How long a task waits for its shard's owner, who polls about once per
+        ``max_workers / rate`` seconds, before another worker may take it."""
+        rate = self._rate(view, now)
+        if rate <= 0:
+            return FOREIGN_AFTER
+        width: int = self.settings.max_workers
+        return min(max(FOREIGN_AFTER, 2 * width / rate), STEAL_AFTER_MAX)
+
+    def _steal_ready(self, view: _View, now: float) -> float | None:
+        """When a steal could next be tried (monotonic), or None with nothing to steal."""
+        foreign = [view.first_seen.get(t, now) for t in view.tasks if not self._own(t)]
+        if not foreign:
+            return None
+        after = self._steal_after(view, now)
+        return max(min(foreign) + after, view.steal_checked + max(view.steal_wait, after))
+
+    def _pause(self, view: _View, delay: float, *, hot: bool, after_task: bool = False) -> float:
+        """How long to sleep before the next poll.
+
+        ``delay`` is the idle backoff. While tasks arrive, a worker sleeps until its
+        shard's next task is due. Right after a task, with nothing else pending and the
+        next task id in its shard (one call at a time: the client may be waiting for that
+        result to submit the next), it polls at once and every ``IDLE_MIN_DELAY``.
+        """
+        now = time.monotonic()
+        pause = delay
+        due = self._own_due(view, now)
+        if due is not None and not hot:
+            # Past due and not seen yet: look again after about half the time between
+            # two submits, not at once (each poll of each worker is a LIST).
+            gap = 0.0 if after_task else 0.5 / self._rate(view, now)
+            pause = max(pause, min(max(due - now, gap), DUE_MAX * self._fleet_factor))
+        ready = self._steal_ready(view, now)
+        if ready is not None:
+            pause = min(pause, max(ready - now, 0.0 if after_task else IDLE_MIN_DELAY))
+        return min(pause, IDLE_MAX_DELAY)
 
     def _refresh(self, view: _View) -> None:
-        """Two LISTs: new task keys only, and claims from the claimed low-water mark
-        (which also shows every released marker: they sort after every claim)."""
-        layout, store = self.layout, self.store
-        tasks = self.loop.run(
-            store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
+        """One LIST of the task keys this worker has not seen (``StartAfter`` the last
+        one). The markers sort after every task id, so the same page shows every
+        released marker and the stop marker; its ``Date`` is the server's clock."""
+        layout = self.layout
+        listing = self.loop.run(
+            self.store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
         )
-        for o in tasks.objects:
+        now = time.monotonic()
+        new = 0
+        released = []
+        for o in listing.objects:
             tid = layout.tid_of(o.key)
             if tid:
                 view.tasks.append(tid)
+                view.first_seen[tid] = now
+                view.top = max(view.top, task_index(tid))
                 # Only a task key moves the cursor: a junk key sorting after the next
                 # task ids (``tasks/t00000000x``) must not hide them.
                 view.tasks_cursor = o.key
+                new += 1
             elif o.key == layout.stop_marker:
                 view.stop_seen = True
-        start = (
-            layout.after("claims", task_id(view.claimed_below - 1)) if view.claimed_below else None
-        )
-        listing = self.loop.run(store.list_objects(layout.dir("claims"), start_after=start))
-        view.claims = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
-        view.released = [o.key for o in listing.objects if layout.released_of(o.key)]
+            elif layout.released_of(o.key):
+                released.append(o.key)
+        view.released = released
         view.server_time = listing.server_time
-        if view.claims or view.released:
+        if view.first_poll is None:
+            view.first_poll = now  # what the first poll finds is a backlog, not a rate
+        elif new:
+            view.arrivals.append((view.refreshed, new))
+        if new:
+            view.last_arrival = now
+        view.saw_new = bool(new)
+        if new or released:
             view.nothing_running = False
-        skip = 0
-        while skip < len(view.tasks) and view.tasks[skip] in view.claims:
-            skip += 1
-        if skip:
-            view.claimed_below = task_index(view.tasks[skip - 1]) + 1
-            del view.tasks[:skip]
-        view.pending = [t for t in view.tasks if t not in view.claims]
-        now = time.monotonic()
-        view.first_seen = {t: view.first_seen.get(t, now) for t in view.pending}
-        view.refreshed = time.monotonic()
+        view.refreshed = now
+
+    def _list_claims(self, view: _View) -> None:
+        """One LIST of the claims from the claimed low-water mark: forget the tasks it
+        shows claimed."""
+        below = view.claimed_below
+        start = self.layout.after("claims", task_id(below - 1)) if below else None
+        listing = self.loop.run(
+            self.store.list_objects(self.layout.dir("claims"), start_after=start)
+        )
+        view.drop({t for o in listing.objects if (t := self.layout.tid_of(o.key))})
 
     def _next_task(self, view: _View) -> tuple[str, claims.Claim, claims.Claim | None] | None:
-        for _ in range(2):
-            if not view.pending or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
-                self._refresh(view)
-            if self._closed_for_work(view):
-                return None
-            released = self._claim_released(view)
-            if released is not None:
-                return released[0], released[1], None
-            tid = self._choose(view) if view.pending else None
-            if tid is None:
-                break
-            view.pending.remove(tid)
-            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
-            if claim is not None:
-                return tid, claim, None
-            # Lost a race: our view is stale, and our residue may be another worker's.
-            self.stats.lost_races += 1
-            self._slot = (self._slot + 1) % self.settings.max_workers
-            view.refreshed = 0.0
+        if not self._own_pending(view) or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
+            self._refresh(view)
+        if self._closed_for_work(view):
+            return None
+        released = self._claim_released(view)
+        if released is not None:
+            return released[0], released[1], None
+        picked = self._claim_own(view) or self._steal(view)
+        if picked is not None:
+            view.nothing_running = False
+            return picked[0], picked[1], None
         return self._take_over_expired(view)
 
     def _claim_released(self, view: _View) -> tuple[str, claims.Claim] | None:
@@ -348,22 +496,59 @@ class Worker:
                 return claim.task_id, claim
         return None
 
-    def _choose(self, view: _View) -> str | None:
-        """Prefer tasks whose index falls in this worker's residue class.
-
-        Workers start on random residues and step to the next one after a lost race,
-        so they settle on distinct classes and rarely race for one key. A task of
-        another class is taken, oldest first, once it has waited ``FOREIGN_AFTER``
-        (its class may have no live worker, or its worker is busy).
-        """
-        width = self.settings.max_workers
-        for tid in view.pending:
-            if task_index(tid) % width == self._slot:
-                return tid
+    def _claim_own(self, view: _View) -> tuple[str, claims.Claim] | None:
+        """Claim the lowest pending task of this worker's shard, without listing claims."""
         now = time.monotonic()
-        stale = [t for t in view.pending if now - view.first_seen.get(t, now) >= FOREIGN_AFTER]
-        # Among the oldest few, each worker prefers a different one (a hash of its id).
-        return min(stale[:width], key=lambda t: hash((self.worker_id, t)), default=None)
+        after = self._steal_after(view, now)
+        width = self.settings.max_workers
+        for tid in self._own_pending(view)[:2]:
+            seen = view.first_seen.get(tid, now)
+            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+            view.drop({tid})  # claimed, by us or another (kept when the store failed)
+            if claim is not None:
+                self._collisions = 0
+                return tid, claim
+            self.stats.lost_races += 1
+            # Nobody steals a task this fresh: another worker owns this shard too. (Once
+            # could be a steal from a late owner; twice running is not.)
+            self._collisions = self._collisions + 1 if now - seen < after else 0
+            if self._collisions >= 2:
+                self._shard, self._collisions = (self._shard + 1) % width, 0
+        return None
+
+    def _steal(self, view: _View) -> tuple[str, claims.Claim] | None:
+        """Take another shard's task that waited too long for its owner. A claims LIST
+        first says which are still pending; while these checks find nothing to take,
+        they back off (the owners keep up)."""
+        now = time.monotonic()
+        after = self._steal_after(view, now)
+
+        def stale() -> list[str]:
+            return [
+                t
+                for t in view.tasks
+                if not self._own(t) and now - view.first_seen.get(t, now) >= after
+            ]
+
+        if not stale() or now - view.steal_checked < max(view.steal_wait, after):
+            return None
+        view.steal_checked = now
+        self._list_claims(view)
+        candidates = stale()
+        if not candidates:
+            cap = STEAL_CHECK_MAX * self._fleet_factor
+            view.steal_wait = min(max(view.steal_wait, after) * 2, cap)
+            return None
+        width = self.settings.max_workers
+        # Among the oldest few, each stealer prefers a different one (a hash of its id).
+        tid = min(candidates[:width], key=lambda t: hash((self.worker_id, t)))
+        claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+        view.drop({tid})
+        if claim is None:
+            self.stats.lost_races += 1
+            return None
+        view.steal_wait = after  # there was work to take: look again as soon as allowed
+        return tid, claim
 
     def _take_over_expired(
         self, view: _View
@@ -371,15 +556,18 @@ class Worker:
         """Find claims whose lease expired (server clock) and take one over.
 
         Costs two LISTs, so it runs at most every quarter lease, and not at all
-        while the last scan found every claim finished and no claim appeared since.
-        Every ``FULL_SCAN_LEASES`` leases a scan starts from the first task instead of the
-        finished low-water mark, so a result deleted behind the session's back (its
-        claim then has no outcome and no renewal) is run again too.
+        while the last scan found every claim finished and no claim appeared since. The
+        fleet shares the watch: with more than 8 shards each worker scans that much less
+        often (every quarter lease times shards / 8), so the fleet's scans per second
+        stay those of 8 workers. Every ``FULL_SCAN_LEASES`` leases a scan starts from the
+        first task instead of the finished low-water mark, so a result deleted behind the
+        session's back (its claim then has no outcome and no renewal) is run again too.
         """
         lease = self.settings.lease_seconds
+        every = lease / 4 * max(1.0, self.settings.max_workers / 8)
         now = time.monotonic()
         full = now - view.full_scanned >= lease * FULL_SCAN_LEASES
-        if not full and (view.nothing_running or now - view.scanned < lease / 4):
+        if not full and (view.nothing_running or now - view.scanned < every):
             return None
         view.scanned = now
         if full:
@@ -392,10 +580,11 @@ class Worker:
         listing = self.loop.run(self.store.list_objects(layout.dir("claims"), start_after=start))
         held = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
         running = [(t, o) for t, o in held.items() if t not in done]
-        low = view.done_below
+        low, below = view.done_below, view.claimed_below
+        view.drop(set(held))
         while task_id(view.done_below) in done:
             view.done_below += 1
-        view.nothing_running = not running and view.done_below >= view.claimed_below
+        view.nothing_running = not running and view.done_below >= below
         for tid, info in running:
             if not claims.lease_expired(info, listing.server_time, lease):
                 continue
@@ -409,7 +598,7 @@ class Worker:
                 return tid, claim, previous
         # Below the claimed low-water mark every task had a claim: one with neither a
         # claim nor an outcome now lost its claim without a released marker.
-        for index in range(low, view.claimed_below):
+        for index in range(low, below):
             tid = task_id(index)
             if tid in done or tid in held:
                 continue

@@ -70,7 +70,7 @@ def test_1_handed_back_task_is_taken_by_the_live_idle_worker(prefix, tmp_path, m
         release.write_text("go")
         again = DetachedExecutor.attach(sid, launch_workers=False)
         assert again.futures[0].result(timeout=TIMEOUT) == int(started.read_text())
-        assert not any("~released" in key for key in session_objects(again, "claims"))
+        assert not any("~released" in key for key in session_objects(again, "tasks"))
         assert future.task_id == again.futures[0].task_id
     finally:
         release.write_text("go")

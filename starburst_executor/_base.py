@@ -9,6 +9,7 @@ outcome; the session, its manifest and its task keys are the same, so
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import os
 import threading
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._core.calls import chain_results, get_chunks, process_chunk
-from ._core.codec import encode_call, fingerprint
+from ._core.codec import encode_call_pieces, fingerprint
 from ._core.futures import TaskFuture
 from ._core.layout import new_session_id, task_id, task_index
 from ._core.manifest import Manifest
 from ._core.session import SessionStatus, SessionStore
+from ._core.submits import SubmitPipeline
 from ._core.usercode import CodeBundle, CodeShipper
 from ._runtime import Runtime, open_runtime
 from .config import SessionSettings, ship_code_enabled
@@ -35,11 +37,23 @@ R = TypeVar("R")
 
 
 AUTO_CHUNKS_PER_WORKER = 4
+FLUSH_AT_EXIT_SECONDS = 300.0
+
+log = logging.getLogger("starburst_executor")
 
 
 def auto_chunksize(items: int, workers: int) -> int:
     """Items per remote task for ``map``: ~4 chunks per worker (1 for short maps)."""
     return max(1, math.ceil(items / (AUTO_CHUNKS_PER_WORKER * max(1, workers))))
+
+
+def _flush_and_close(pipeline: SubmitPipeline, runtime: Runtime) -> None:
+    """Make the submitted calls durable (bounded wait), then close the store's client."""
+    try:
+        pipeline.flush(timeout=FLUSH_AT_EXIT_SECONDS)
+    except Exception as err:
+        log.error("starburst: storing submitted calls failed at close: %s", err)
+    runtime.close()
 
 
 def utc(ts: float) -> datetime:
@@ -122,8 +136,15 @@ class SessionExecutor(concurrent.futures.Executor):
         self._next_index = task_index(futures[-1].task_id) + 1 if futures else 0
         self._lock = threading.Lock()
         self._closed = False
-        # Closes the SDK client on detach/cleanup, on garbage collection, or at exit.
-        self._close_runtime = weakref.finalize(self, runtime.close)
+        self._pipeline = SubmitPipeline(
+            runtime.loop,
+            session.put_task,
+            write_blob=session.put_blob,
+            on_durable=self._durable,
+        )
+        # Makes every submitted call durable, then closes the SDK client: on
+        # detach/cleanup, on garbage collection, or at interpreter exit.
+        self._close_runtime = weakref.finalize(self, _flush_and_close, self._pipeline, runtime)
 
     # -- identity ------------------------------------------------------------------
 
@@ -162,9 +183,10 @@ class SessionExecutor(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         canceller: Callable[[str], bool],
     ) -> TaskFuture:
-        """Pickle the call, store it create-only, and return its future once durable."""
+        """Pickle the call (pickling errors raise here) and queue it for the write
+        pipeline; the future is returned before the call is durable (see ``flush``)."""
         code = self._code.digests(self._runtime.loop.run) if self._code else ()
-        payload = encode_call(fn, args, kwargs, code=code)
+        payload, blobs = encode_call_pieces(fn, args, kwargs, code=code)
         with self._lock:
             if self._closed:
                 raise RuntimeError(
@@ -177,11 +199,25 @@ class SessionExecutor(concurrent.futures.Executor):
                     f"{self.deadline.isoformat()}; call extend(seconds) first"
                 )
             tid = task_id(self._next_index)
-            self._runtime.loop.run(self._session.put_task(tid, payload))
-            self._next_index += 1
             future = TaskFuture(self.session_id, tid, canceller=canceller)
+            # Under the lock: task ids reach the pipeline in increasing order.
+            self._pipeline.enqueue(tid, payload, future, blobs)
+            self._next_index += 1
             self._futures.append(future)
         return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every call submitted so far is durable in S3.
+
+        ``submit`` returns as soon as its call is queued; ``detach()``, ``shutdown()``,
+        leaving a ``with`` block and interpreter exit flush too. Raises the first
+        ``SubmitConflict`` (another client drew the same task id; that call's future
+        fails with it too) or store error met since the last flush.
+        """
+        self._pipeline.flush(timeout)
+
+    def _durable(self, future: TaskFuture) -> None:
+        """Called on the event loop once a submitted call is stored (executor only)."""
 
     def _server_now(self) -> float:
         """Our estimate of the store's clock (measured at create or attach)."""

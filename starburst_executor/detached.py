@@ -263,13 +263,19 @@ class DetachedExecutor(SessionExecutor):
     # -- Executor ------------------------------------------------------------------
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
-        """Store the call in S3 and return its future once it is durable."""
+        """Pickle the call and queue it for S3; returns its future at once.
+
+        Pickling errors raise here. The call is durable (attach and ``status()`` see
+        it; a killed client cannot lose it) once ``flush()``, ``detach()``,
+        ``shutdown()`` or the end of a ``with`` block returned; until then at most
+        ``starburst_executor._core.submits.BACKLOG`` calls are in the air.
+        """
         future = self._store_call(fn, args, kwargs, self._cancel_task)
-        self._poller.track(future)
         # Only while the wanted worker count grows (the first max_workers submits): on
         # ECS a live count is a ListTasks call, too dear for every submit. Replacing dead
         # workers is the poller's once-a-second job.
-        wanted = min(self.settings.max_workers, self._poller.pending_count())
+        outstanding = self._poller.pending_count() + self._pipeline.not_durable()
+        wanted = min(self.settings.max_workers, outstanding)
         if wanted > self._submit_wanted:
             self._submit_wanted = wanted
             self._keep_workers(wanted)
@@ -286,6 +292,7 @@ class DetachedExecutor(SessionExecutor):
             futures = list(self._futures)
             if self._detached:
                 return
+        self._flush_logged()
         if cancel_futures:
             for future in futures:
                 if not future.done():
@@ -311,13 +318,35 @@ class DetachedExecutor(SessionExecutor):
         self.shutdown(wait=True)
 
     def detach(self) -> str:
-        """Let go of the session: workers keep going; ``attach`` later. Returns its id."""
+        """Make every submitted call durable, then let go of the session: workers keep
+        going; ``attach`` later. Returns its id.
+
+        Raises ``SubmitConflict`` (after letting go) when a call could not be stored.
+        """
         with self._lock:
+            already = self._detached
             self._closed = True
             self._detached = True
-        self._poller.stop()
-        self._close_runtime()
+        try:
+            if not already:
+                self._pipeline.flush()
+        finally:
+            self._poller.stop()
+            self._close_runtime()
         return self.session_id
+
+    def _durable(self, future: TaskFuture) -> None:
+        # Watched from the moment it can have a result: a poll for a task still in
+        # flight to S3 could only come back empty.
+        self._poller.track(future)
+
+    def _flush_logged(self) -> None:
+        """Flush; a call that could not be stored has its future failed, and is logged
+        here because ``shutdown`` and ``with`` do not raise for it."""
+        try:
+            self._pipeline.flush()
+        except StarburstError as err:
+            log.error("session %s: %s", self.session_id, err)
 
     def _require_attached(self) -> None:
         if self._detached:
@@ -418,6 +447,7 @@ class DetachedExecutor(SessionExecutor):
         with self._lock:
             self._closed = True
             self._detached = True
+        self._flush_logged()  # no write may land after the session's objects are deleted
         if stop_workers or force:
             loop.run(self._session.request_stop())
             registry = loop.run(self._session.workers())

@@ -25,18 +25,22 @@ environment variables, the same ones the ECS launcher passes as container overri
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .._core import claims
@@ -51,13 +55,14 @@ from .._core.layout import (
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
+from .._core.submits import SUBMIT_WINDOW
 from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
-from .code import prepare_user_code
+from .code import prepare_pieces, prepare_user_code
 from .execute import run_call
 
 log = logging.getLogger("starburst_executor.worker")
@@ -133,6 +138,7 @@ class Worker:
         self._slot = 0
         # Polling workers run tasks in a child interpreter; a one-task worker in itself.
         self._child = TaskProcess() if self.task_id is None else None
+        self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -173,6 +179,8 @@ class Worker:
         finally:
             if self._child is not None:
                 self._child.close()
+            if self._pieces is not None:
+                shutil.rmtree(self._pieces, ignore_errors=True)
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
@@ -279,16 +287,23 @@ class Worker:
         """Two LISTs: new task keys only, and claims from the claimed low-water mark
         (which also shows every released marker: they sort after every claim)."""
         layout, store = self.layout, self.store
-        tasks = self.loop.run(
-            store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
-        )
+        # Submits overlap: tasks appear up to SUBMIT_WINDOW out of order, so the listing
+        # starts that far behind the highest task seen (one page all the same).
+        cursor = layout.tid_of(view.tasks_cursor) if view.tasks_cursor else None
+        back = task_index(cursor) - SUBMIT_WINDOW if cursor else -1
+        start = layout.after("tasks", task_id(back)) if back >= 0 else None
+        tasks = self.loop.run(store.list_objects(layout.dir("tasks"), start_after=start))
+        known = set(view.tasks)
         for o in tasks.objects:
             tid = layout.tid_of(o.key)
             if tid:
-                view.tasks.append(tid)
+                if tid not in known and task_index(tid) >= view.claimed_below:
+                    bisect.insort(view.tasks, tid)
+                    known.add(tid)
                 # Only a task key moves the cursor: a junk key sorting after the next
                 # task ids (``tasks/t00000000x``) must not hide them.
-                view.tasks_cursor = o.key
+                if view.tasks_cursor is None or o.key > view.tasks_cursor:
+                    view.tasks_cursor = o.key
             elif o.key == layout.stop_marker:
                 view.stop_seen = True
         start = (
@@ -300,8 +315,16 @@ class Worker:
         view.server_time = listing.server_time
         if view.claims or view.released:
             view.nothing_running = False
+        # Past the window every task that will ever appear has: the mark may pass gaps
+        # there (calls whose write failed), never a task still in flight.
+        highest = layout.tid_of(view.tasks_cursor) if view.tasks_cursor else None
+        final_below = task_index(highest) - SUBMIT_WINDOW + 1 if highest else 0
         skip = 0
-        while skip < len(view.tasks) and view.tasks[skip] in view.claims:
+        while (
+            skip < len(view.tasks)
+            and view.tasks[skip] in view.claims
+            and task_index(view.tasks[skip]) < final_below
+        ):
             skip += 1
         if skip:
             view.claimed_below = task_index(view.tasks[skip - 1]) + 1
@@ -489,6 +512,14 @@ class Worker:
                 code = prepare_user_code(
                     blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
                 )
+                # Big closures and arguments: fetched once per worker, then from disk.
+                pieces = prepare_pieces(
+                    blob.body,
+                    key=key,
+                    folder=self._pieces_dir(),
+                    fetch=self._fetch,
+                    blob_key=self.layout.blob,
+                )
         except StarburstError as err:
             return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
         if blob is None:  # the store stayed away: let another worker try later
@@ -498,8 +529,9 @@ class Worker:
         seed = self.settings.seed
         if self._child is None:
             # One worker per task: the client watches this process, so run in it.
+            loaded = {d: Path(p).read_bytes() for d, p in pieces.items()}
             with lease.renewing_on_a_thread():
-                return run_call(tid, blob.body, key=key, seed=seed, meta=meta)
+                return run_call(tid, blob.body, key=key, seed=seed, meta=meta, pieces=loaded)
         request = {
             "task_id": tid,
             "payload": blob.body,
@@ -507,6 +539,7 @@ class Worker:
             "seed": seed,
             "meta": meta,
             "paths": [str(folder) for folder in code],
+            "pieces": pieces,
         }
         try:
             self._child.send(request)
@@ -529,6 +562,11 @@ class Worker:
         except _HandedBack:
             self._child.kill()
             raise
+
+    def _pieces_dir(self) -> Path:
+        if self._pieces is None:
+            self._pieces = Path(tempfile.mkdtemp(prefix=f"starburst-pieces-{self.worker_id}-"))
+        return self._pieces
 
     def _fetch(self, key: str) -> bytes:
         return self.loop.run(self.store.get(key)).body

@@ -214,11 +214,15 @@ def test_5_identical_submits_from_two_clients_never_merge(prefix):
         returned, conflicts = [], 0
         for _ in range(5):
             for client in (a, b):
+                future = client.submit(pow, 7, 2)
                 try:
-                    returned.append(client.submit(pow, 7, 2))
+                    client.flush()  # submits are pipelined: the conflict surfaces here
                 except SubmitConflict as err:
                     assert sid in str(err)
                     conflicts += 1
+                    assert isinstance(future.exception(timeout=TIMEOUT), SubmitConflict)
+                else:
+                    returned.append(future)
         ids = [f.task_id for f in returned]
         assert len(set(ids)) == len(ids)  # every returned submit is its own task
         assert conflicts == 10 - len(returned) and conflicts > 0

@@ -119,6 +119,8 @@ class DetachedExecutor(SessionExecutor):
             taken over by another worker after this long.
         max_retries: how many times a task is taken over before it fails with
             ``WorkerLost``.
+        slots: tasks one worker runs at once, each in its own process (default: its
+            whole ``cpu``, at least 1); a task that crashes its process fails alone.
         seed: a root seed; each task's ``random`` (and numpy) is seeded from (seed, task
             index), so the same session run twice gives the same numbers.
         backend: ``"local"`` (default: subprocess workers) or ``"ecs"``; also
@@ -147,6 +149,7 @@ class DetachedExecutor(SessionExecutor):
         lease_seconds: float = 60.0,
         max_retries: int = 3,
         seed: int | None = None,
+        slots: int | None = None,
         launch_type: str | None = None,
         instance_type: str | None = None,
         use_spot: bool | None = None,
@@ -172,6 +175,7 @@ class DetachedExecutor(SessionExecutor):
             lease_seconds=lease_seconds,
             max_retries=max_retries,
             seed=seed,
+            slots=slots,
         )
         self._create_session(
             "detached",

@@ -242,3 +242,10 @@ def append_index_slowly(path: str, i: int, seconds: float) -> int:
 def env_names() -> list[str]:
     """The names of the worker's environment variables."""
     return sorted(os.environ)
+
+
+def segfault() -> None:
+    """Crashes its process with SIGSEGV (a bad pointer in C)."""
+    import ctypes
+
+    ctypes.string_at(0)

@@ -20,7 +20,7 @@ from starburst_executor._core.codec import (
 )
 from starburst_executor._core.layout import task_id
 from starburst_executor._core.loop import LoopThread
-from starburst_executor.errors import CorruptObject, ObjectNotFound
+from starburst_executor.errors import CorruptObject, ObjectNotFound, WorkerDied
 from starburst_executor.store.local_server import LocalServer, read_credentials
 from starburst_executor.store.s3 import S3Store, _no_expect_continue
 
@@ -162,5 +162,24 @@ def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefi
         wait_until(lambda: all(outcome(i) is not None for i in range(1, 4)), "tasks 1-3", 120)
         loop.run(session.put_task(task_id(0), encode_call(tasks.square, (7,), {})))
         wait_until(lambda: outcome(0) == 49, "the late task 0", 60)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_a_segfault_in_one_slot_fails_alone_and_at_once_while_the_other_completes(prefix, tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    # One worker with cpu=2 runs 2 tasks at once; a lease wait would be 120 s.
+    ex = DetachedExecutor(max_workers=1, cpu=2, lease_seconds=120)
+    try:
+        slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        wait_until(started.exists, "the first task to start", 120)
+        crash = ex.submit(tasks.segfault)
+        with pytest.raises(WorkerDied, match="SIGSEGV") as died:
+            crash.result(timeout=60)
+        assert not slow.done()  # the other slot's task runs on, in the same worker
+        release.write_text("go")
+        assert slow.result(timeout=TIMEOUT) == int(started.read_text())
+        assert slow.worker_id is not None and slow.worker_id in str(died.value)
+        assert ex.status().completed == 1 and ex.status().failed == 1
     finally:
         ex.cleanup(force=True)

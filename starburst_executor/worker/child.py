@@ -110,6 +110,10 @@ class TaskProcess:
             os.close(res_w)
         self._to_child, self._from_child = req_w, res_r
 
+    def fileno(self) -> int:
+        """The pipe the answer comes on (for ``select`` over several task processes)."""
+        return self._from_child
+
     def send(self, request: dict[str, Any]) -> None:
         """Hand the child one task. Raises ``ChildExited`` if it is gone."""
         self.start()

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -136,8 +137,9 @@ class Worker:
         self._mismatch: str | None = None
         self._rng = random.Random()
         self._slot = 0
-        # Polling workers run tasks in a child interpreter; a one-task worker in itself.
-        self._child = TaskProcess() if self.task_id is None else None
+        # Polling workers run each task in a task process (one per slot, reused); a
+        # one-task worker runs its task in itself.
+        self._idle_processes: list[TaskProcess] = []
         self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
 
     # -- lifecycle -----------------------------------------------------------------
@@ -165,8 +167,10 @@ class Worker:
             if self.task_id is not None:
                 reason = self._serve_one(self.task_id)
             else:
-                assert self._child is not None
-                self._child.start()  # imports while the first polls go out
+                for _ in range(manifest.settings.task_slots):
+                    process = TaskProcess()
+                    process.start()  # imports while the first polls go out
+                    self._idle_processes.append(process)
                 self._slot = self._rng.randrange(manifest.settings.max_workers)
                 self._register("running")
                 reason = self._serve()
@@ -177,8 +181,8 @@ class Worker:
             log.error("worker %s of session %s: %s", self.worker_id, self.session_id, err)
             return 2
         finally:
-            if self._child is not None:
-                self._child.close()
+            for process in self._idle_processes:
+                process.close()
             if self._pieces is not None:
                 shutil.rmtree(self._pieces, ignore_errors=True)
             with contextlib.suppress(Exception):
@@ -209,44 +213,60 @@ class Worker:
         return self._manifest.settings
 
     def _serve(self) -> str:
+        """Keep up to ``task_slots`` tasks running, each in its own task process; poll
+        for work while a slot is free, renew every running task's lease."""
         view = _View()
         delay = IDLE_MIN_DELAY
         idle_since = time.monotonic()
+        next_poll = 0.0
+        slots = self.settings.task_slots
+        running: dict[str, _Running] = {}
+        handed: list[str] = []
         while True:
-            if self._terminating.is_set():
-                return "terminated by signal"
-            try:
-                picked = self._next_task(view)
-            except StarburstError as err:
-                # The store may be restarting: ride through it with the idle backoff.
-                log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
-                picked = None
-            if picked is None:
-                if view.stop_seen:
+            terminating = self._terminating.is_set()
+            if terminating and not running:
+                return f"terminated; {'; '.join(handed)}" if handed else "terminated by signal"
+            now = time.monotonic()
+            if not terminating and len(running) < slots and now >= next_poll:
+                try:
+                    picked = self._next_task(view)
+                except StarburstError as err:
+                    # The store may be restarting: ride through it with the idle backoff.
+                    log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
+                    picked = None
+                if picked is not None:
+                    job = self._launch(*picked)
+                    if job is not None:
+                        running[job.tid] = job
+                    delay, idle_since, next_poll = IDLE_MIN_DELAY, time.monotonic(), 0.0
+                    continue  # another slot may be free: look again at once
+                if not running and view.stop_seen:
                     return "session stopped"
-                if view.expired:
+                if not running and view.expired:
                     return "session deadline reached"
-            if picked is None and view.pending:
-                # Work exists but belongs to busy peers for now: look again soon.
-                self._terminating.wait(FOREIGN_AFTER)
+                if view.pending:
+                    # Work exists but belongs to busy peers for now: look again soon.
+                    next_poll = now + FOREIGN_AFTER
+                else:
+                    if not running and now - idle_since > self.settings.session_timeout:
+                        return f"idle for {self.settings.session_timeout:g}s"
+                    if not running:
+                        log.debug(
+                            "idle poll: next in %.3fs, %d requests so far",
+                            delay,
+                            self.store.counter.total,
+                        )
+                    next_poll = now + delay
+                    if now - idle_since > HOT_SECONDS:
+                        delay = min(delay * 2, IDLE_MAX_DELAY)
+            wait = max(0.0, next_poll - time.monotonic())
+            if not running:
+                self._terminating.wait(wait)
                 continue
-            if picked is None:
-                if time.monotonic() - idle_since > self.settings.session_timeout:
-                    return f"idle for {self.settings.session_timeout:g}s"
-                log.debug(
-                    "idle poll: next in %.3fs, %d requests so far", delay, self.store.counter.total
-                )
-                self._terminating.wait(delay)
-                if time.monotonic() - idle_since > HOT_SECONDS:
-                    delay = min(delay * 2, IDLE_MAX_DELAY)
-                continue
-            tid, claim, previous = picked
-            try:
-                self._handle(tid, claim, previous)
-            except _HandedBack as back:
-                return f"terminated; {back}"
-            delay = IDLE_MIN_DELAY
-            idle_since = time.monotonic()
+            if terminating or len(running) >= slots:
+                wait = RENEW_TICK
+            if self._wait(running, min(wait, RENEW_TICK), handed):
+                delay, idle_since, next_poll = IDLE_MIN_DELAY, time.monotonic(), 0.0
 
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
@@ -450,12 +470,34 @@ class Worker:
     # -- running work --------------------------------------------------------------
 
     def _handle(self, tid: str, claim: claims.Claim, previous: claims.Claim | None) -> None:
+        """One-task mode: run the task in this interpreter, renewing from a thread."""
+        job = self._begin(tid, claim, previous)
+        if isinstance(job, _Running):
+            loaded = {d: Path(p).read_bytes() for d, p in job.request["pieces"].items()}
+            with job.lease.renewing_on_a_thread():
+                request = job.request
+                job = run_call(
+                    tid,
+                    request["payload"],
+                    key=request["key"],
+                    seed=request["seed"],
+                    meta=request["meta"],
+                    pieces=loaded,
+                )
+        if job is not None:
+            self._finish(job)
+
+    def _begin(
+        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> _Running | Outcome | None:
+        """Everything before the call runs: its outcome when it cannot run, None when
+        nothing is left to do, else the request for a task process."""
         if previous is not None and previous.state == "cancelled":
             now = time.time()
             self.loop.run(
                 self.session.write_outcome(Outcome(tid, "cancelled", started=now, finished=now))
             )
-            return
+            return None
         meta = {"worker_id": self.worker_id, "attempt": claim.attempt}
         if claim.attempt > self.settings.max_retries + 1:
             lost = WorkerLost(
@@ -465,12 +507,11 @@ class Worker:
                 f"max_retries={self.settings.max_retries}. Check the worker logs "
                 f"(`starburst logs {self.session_id} --task {tid}`)"
             )
-            outcome = Outcome.failure(tid, lost, **meta)
-        else:
-            executed = self._execute(tid, claim, meta)
-            if executed is None:
-                return
-            outcome = executed
+            return Outcome.failure(tid, lost, **meta)
+        return self._prepare(tid, claim, meta)
+
+    def _finish(self, outcome: Outcome) -> None:
+        tid = outcome.task_id
         if outcome.kind == "error":  # the log shows each failure whole, as a local run would
             log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
         written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
@@ -478,6 +519,71 @@ class Worker:
             self.stats.duplicates_dropped += 1
             log.warning("task %s already had an outcome; this late one was dropped", tid)
         self.stats.tasks_run += 1
+
+    def _launch(
+        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> _Running | None:
+        """Start a claimed task in a free task process; a task that cannot run gets its
+        outcome here."""
+        job = self._begin(tid, claim, previous)
+        if not isinstance(job, _Running):
+            if job is not None:
+                self._finish(job)
+            return None
+        process = self._idle_processes.pop() if self._idle_processes else TaskProcess()
+        job.process = process
+        try:
+            process.send(job.request)
+        except ChildExited as exited:
+            self._idle_processes.append(process)  # send() starts a fresh one next time
+            self._finish(self._died(job, exited))
+            return None
+        return job
+
+    def _wait(self, running: dict[str, _Running], timeout: float, handed: list[str]) -> bool:
+        """Wait up to ``timeout`` for any running task to answer; write the outcomes of
+        those that did, renew the others' leases. True when a task ended."""
+        by_fd = {job.process.fileno(): job for job in running.values() if job.process}
+        ready, _, _ = select.select(list(by_fd), [], [], timeout)
+        for fd in ready:
+            job = by_fd[fd]
+            assert job.process is not None
+            del running[job.tid]
+            try:
+                answer = job.process.wait(0)
+                if answer is None:  # woken without a whole answer: not ended after all
+                    running[job.tid] = job
+                    continue
+                outcome = Outcome.decode(answer, key=f"the answer of task process for {job.tid}")
+            except ChildExited as exited:
+                # A crash fails this task at once; the other slots run on.
+                outcome = self._died(job, exited)
+            self._idle_processes.append(job.process)
+            self._finish(outcome)
+        for tid, job in list(running.items()):
+            try:
+                job.lease.tick()
+            except _HandedBack as back:
+                if job.process is not None:
+                    job.process.kill()
+                    self._idle_processes.append(job.process)
+                del running[tid]
+                handed.append(str(back))
+        return len(running) < len(by_fd)
+
+    def _died(self, job: _Running, exited: ChildExited) -> Outcome:
+        died = WorkerDied(
+            f"task {job.tid} of session {self.session_id}: the process running it "
+            f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
+            f"fault, excessive memory use, os._exit or a kill. Logs: "
+            f"{self._log_location or 'the worker output'}",
+            task_id=job.tid,
+            exit_status=exited.returncode,
+            logs=self._log_location,
+        )
+        return Outcome.failure(
+            job.tid, died, started=job.started, finished=time.time(), **job.request["meta"]
+        )
 
     def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
         """Retry a store call through an outage (server restart, throttling) for as long
@@ -497,7 +603,11 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
-    def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome | None:
+    def _prepare(
+        self, tid: str, claim: claims.Claim, meta: dict[str, Any]
+    ) -> _Running | Outcome | None:
+        """Fetch the payload, the user's code and the call's pieces: the request for a
+        task process, a failure outcome, or None when the claim was handed back."""
         started = time.time()
         lease = _Lease(self, claim)
         key = self.layout.key("tasks", tid)
@@ -507,61 +617,34 @@ class Worker:
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
             blob = self._durably(lambda: self.store.get(key), f"payload {key}")
-            if blob is not None:
-                # The user's own modules the call needs: fetched once, cached on disk.
-                code = prepare_user_code(
-                    blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
-                )
-                # Big closures and arguments: fetched once per worker, then from disk.
-                pieces = prepare_pieces(
-                    blob.body,
-                    key=key,
-                    folder=self._pieces_dir(),
-                    fetch=self._fetch,
-                    blob_key=self.layout.blob,
-                )
+            if blob is None:  # the store stayed away: let another worker try later
+                with contextlib.suppress(StarburstError):
+                    self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
+                return None
+            # The user's own modules the call needs: fetched once, cached on disk.
+            code = prepare_user_code(
+                blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
+            )
+            # Big closures and arguments: fetched once per worker, then from disk.
+            pieces = prepare_pieces(
+                blob.body,
+                key=key,
+                folder=self._pieces_dir(),
+                fetch=self._fetch,
+                blob_key=self.layout.blob,
+            )
         except StarburstError as err:
             return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
-        if blob is None:  # the store stayed away: let another worker try later
-            with contextlib.suppress(StarburstError):
-                self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
-            return None
-        seed = self.settings.seed
-        if self._child is None:
-            # One worker per task: the client watches this process, so run in it.
-            loaded = {d: Path(p).read_bytes() for d, p in pieces.items()}
-            with lease.renewing_on_a_thread():
-                return run_call(tid, blob.body, key=key, seed=seed, meta=meta, pieces=loaded)
         request = {
             "task_id": tid,
             "payload": blob.body,
             "key": key,
-            "seed": seed,
+            "seed": self.settings.seed,
             "meta": meta,
             "paths": [str(folder) for folder in code],
             "pieces": pieces,
         }
-        try:
-            self._child.send(request)
-            while True:
-                answer = self._child.wait(RENEW_TICK)
-                if answer is not None:
-                    return Outcome.decode(answer, key=f"the answer of task process for {tid}")
-                lease.tick()
-        except ChildExited as exited:
-            died = WorkerDied(
-                f"task {tid} of session {self.session_id}: the process running it "
-                f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
-                f"fault, excessive memory use, os._exit or a kill. Logs: "
-                f"{self._log_location or 'the worker output'}",
-                task_id=tid,
-                exit_status=exited.returncode,
-                logs=self._log_location,
-            )
-            return Outcome.failure(tid, died, started=started, finished=time.time(), **meta)
-        except _HandedBack:
-            self._child.kill()
-            raise
+        return _Running(tid, lease, request, started)
 
     def _pieces_dir(self) -> Path:
         if self._pieces is None:
@@ -587,6 +670,17 @@ class Worker:
         with contextlib.suppress(Exception):
             self._register("exited", reason=f"terminated; {what}")
         return what
+
+
+@dataclass
+class _Running:
+    """A claimed task: its lease, its request and (once started) its task process."""
+
+    tid: str
+    lease: _Lease
+    request: dict[str, Any]
+    started: float
+    process: TaskProcess | None = None
 
 
 class _HandedBack(Exception):

@@ -25,6 +25,7 @@ environment variables, the same ones the ECS launcher passes as container overri
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import json
@@ -38,7 +39,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +69,8 @@ from .execute import run_call
 
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 
 IDLE_MIN_DELAY = 0.01
 HOT_SECONDS = 0.25  # polls stay at IDLE_MIN_DELAY this long after a task: warm calls are fast
@@ -312,7 +315,17 @@ class Worker:
         cursor = layout.tid_of(view.tasks_cursor) if view.tasks_cursor else None
         back = task_index(cursor) - SUBMIT_WINDOW if cursor else -1
         start = layout.after("tasks", task_id(back)) if back >= 0 else None
-        tasks = self.loop.run(store.list_objects(layout.dir("tasks"), start_after=start))
+        claims_start = (
+            layout.after("claims", task_id(view.claimed_below - 1)) if view.claimed_below else None
+        )
+        # Both at once: one round trip per poll, not two (a claim listed a moment before
+        # its task only costs a lost race).
+        tasks, listing = self.loop.run(
+            _both(
+                store.list_objects(layout.dir("tasks"), start_after=start),
+                store.list_objects(layout.dir("claims"), start_after=claims_start),
+            )
+        )
         known = set(view.tasks)
         for o in tasks.objects:
             tid = layout.tid_of(o.key)
@@ -326,10 +339,6 @@ class Worker:
                     view.tasks_cursor = o.key
             elif o.key == layout.stop_marker:
                 view.stop_seen = True
-        start = (
-            layout.after("claims", task_id(view.claimed_below - 1)) if view.claimed_below else None
-        )
-        listing = self.loop.run(store.list_objects(layout.dir("claims"), start_after=start))
         view.claims = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
         view.released = [o.key for o in listing.objects if layout.released_of(o.key)]
         view.server_time = listing.server_time
@@ -681,6 +690,11 @@ class _Running:
     request: dict[str, Any]
     started: float
     process: TaskProcess | None = None
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    one, two = await asyncio.gather(first, second)
+    return one, two
 
 
 class _HandedBack(Exception):

@@ -11,6 +11,7 @@ section of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from latency_proxy import LatencyProxy
 
 from starburst_executor import DetachedExecutor
+from starburst_executor._core.codec import encode_call_pieces
 from starburst_executor._core.loop import LoopThread
 from starburst_executor.config import LOCAL_BUCKET
 from starburst_executor.store import s3 as s3_module
@@ -177,21 +179,77 @@ def _location(endpoint: str) -> Any:
     return StoreLocation(bucket=LOCAL_BUCKET, prefix="bench-latency", endpoint_url=endpoint)
 
 
-def column(where: Where, args: argparse.Namespace) -> dict[str, Any]:
-    w = args.workers
-    steps: list[tuple[str, Callable[[], dict[str, float]]]] = [
-        ("warm_call", lambda: warm_call(where, args.calls)),
-        ("submits", lambda: submits(where, args.submits)),
-        ("submit_tasks", lambda: throughput(where, args.tasks, w, use_map=False)),
-        ("map", lambda: throughput(where, args.map_items, w, use_map=True)),
-        ("efficiency", lambda: efficiency(where, 40, w)),
-        ("closure", lambda: closure(where, 50, args.closure_mb, w)),
-    ]
-    out: dict[str, Any] = {}
-    for name, step in steps:
+def put_rate(endpoint: str, credentials: tuple[str, str], n: int = 1000) -> dict[str, float]:
+    """The ceiling of this client stack here: small PUTs per second, 64 in flight."""
+    loop = LoopThread("bench-rate")
+    store = S3Store(_location(endpoint), credentials=credentials)
+
+    async def burst() -> None:
+        gate = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await store.put(f"bench-latency/rate-{i}", b"x" * 300, if_none_match=True)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    try:
+        loop.run(store.put("bench-latency/rate-warm", b"x"))
         t0 = time.perf_counter()
-        out[name] = step()
-        print(f"  {name}: {time.perf_counter() - t0:.1f} s {out[name]}", flush=True)
+        loop.run(burst())
+        rate = n / (time.perf_counter() - t0)
+        loop.run(store.delete_prefix("bench-latency/"))
+        return {"puts_per_s": rate}
+    finally:
+        loop.run(store.close())
+        loop.close()
+
+
+def encode_cost(megabytes: int) -> dict[str, float]:
+    """Client CPU to pickle (and hash) one call closing over ``megabytes`` MB."""
+    data = os.urandom(megabytes * 1024 * 1024)
+
+    def size_plus(i: int, data: bytes = data) -> int:
+        return len(data) + i
+
+    samples = []
+    for i in range(5):
+        t0 = time.perf_counter()
+        encode_call_pieces(size_plus, (i,), {})
+        samples.append(time.perf_counter() - t0)
+    return {"ms_per_call": statistics.median(samples) * 1000}
+
+
+def columns(
+    zero: Where, slow: Where, credentials: tuple[str, str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Each measure at 0 ms and then at the delay, back to back, so both columns see
+    the same load on this shared machine."""
+    w = args.workers
+    steps: list[tuple[str, Callable[[Where], dict[str, float]]]] = [
+        ("warm_call", lambda where: warm_call(where, args.calls)),
+        ("submits", lambda where: submits(where, args.submits)),
+        ("put_rate", lambda where: put_rate(where["endpoint_url"], credentials)),
+        ("submit_tasks", lambda where: throughput(where, args.tasks, w, use_map=False)),
+        ("map", lambda where: throughput(where, args.map_items, w, use_map=True)),
+        ("efficiency", lambda where: efficiency(where, 40, w)),
+        ("closure", lambda where: closure(where, 50, args.closure_mb, w)),
+        (
+            "put_expect",
+            lambda where: put_latency(where["endpoint_url"], credentials, expect=True),
+        ),
+        (
+            "put_no_expect",
+            lambda where: put_latency(where["endpoint_url"], credentials, expect=False),
+        ),
+    ]
+    out: dict[str, Any] = {"0": {}, "delay": {}}
+    for name, step in steps:
+        for column, where in (("0", zero), ("delay", slow)):
+            t0 = time.perf_counter()
+            out[column][name] = step(where)
+            took = time.perf_counter() - t0
+            print(f"  {name} [{column}]: {took:.1f} s {out[column][name]}", flush=True)
     return out
 
 
@@ -204,7 +262,6 @@ def main() -> None:
     parser.add_argument("--map-items", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--closure-mb", type=int, default=20)
-    parser.add_argument("--only", choices=["0", "delay"], default=None)
     args = parser.parse_args()
     info = LocalServer().ensure_running()
     credentials = read_credentials(info.home)
@@ -213,27 +270,17 @@ def main() -> None:
     os.environ.setdefault("STARBURST_PREFIX", "bench-latency")
     results: dict[str, Any] = {"delay_ms": args.delay_ms, "args": vars(args)}
     started = time.perf_counter()
-    if args.only in (None, "0"):
-        print("at 0 ms ...", flush=True)
-        results["0"] = column({"endpoint_url": info.endpoint_url, "bucket": LOCAL_BUCKET}, args)
-        results["put_0"] = {
-            "expect": put_latency(info.endpoint_url, credentials, expect=True),
-            "no_expect": put_latency(info.endpoint_url, credentials, expect=False),
-        }
-    if args.only in (None, "delay"):
-        with LatencyProxy(info.endpoint_url, args.delay_ms / 1000) as proxy:
-            print(f"at {args.delay_ms:g} ms ...", flush=True)
-            results["delay"] = column({"endpoint_url": proxy.url, "bucket": LOCAL_BUCKET}, args)
-            results["put_delay"] = {
-                "expect": put_latency(proxy.url, credentials, expect=True),
-                "no_expect": put_latency(proxy.url, credentials, expect=False),
-            }
+    results["encode"] = encode_cost(args.closure_mb)
+    with LatencyProxy(info.endpoint_url, args.delay_ms / 1000) as proxy:
+        zero = {"endpoint_url": info.endpoint_url, "bucket": LOCAL_BUCKET}
+        slow = {"endpoint_url": proxy.url, "bucket": LOCAL_BUCKET}
+        results.update(columns(zero, slow, credentials, args))
     results["elapsed_s"] = time.perf_counter() - started
+    results["load"] = os.getloadavg()[0]
     (HERE / "latency_results.json").write_text(json.dumps(results, indent=2))
-    if "0" in results and "delay" in results:
-        section = report(results)
-        write_section(section)
-        print(section)
+    section = report(results)
+    write_section(section)
+    print(section)
 
 
 def report(res: dict[str, Any]) -> str:
@@ -320,12 +367,23 @@ def report(res: dict[str, Any]) -> str:
             None,
         ),
     ]
-    put_d, put_0 = res["put_delay"], res["put_0"]
     rows[-1] = (
         f"| 10 kB PUT p50, with `Expect: 100-continue` -> without (this change) | "
-        f"{put_d['expect']['p50_ms']:.1f} -> {put_d['no_expect']['p50_ms']:.1f} ms | "
-        f"{put_0['expect']['p50_ms']:.1f} -> {put_0['no_expect']['p50_ms']:.1f} ms | "
+        f"{slow['put_expect']['p50_ms']:.1f} -> {slow['put_no_expect']['p50_ms']:.1f} ms | "
+        f"{zero['put_expect']['p50_ms']:.1f} -> {zero['put_no_expect']['p50_ms']:.1f} ms | "
         f"one round trip | n/a |"
+    )
+    rows.append(
+        row(
+            "Ceiling here: small PUTs/s through this client stack, 64 in flight",
+            lambda c: f"{c['put_rate']['puts_per_s']:.0f}/s",
+            "(explains submits/s)",
+            None,
+        )
+    )
+    rows.append(
+        f"| Client CPU to pickle and hash one call closing over {a['closure_mb']} MB | "
+        f"{res['encode']['ms_per_call']:.0f} ms | (same) | (explains the closure ratio) | n/a |"
     )
     ops = sorted(k for k in slow["submit_tasks"] if k.startswith("req_"))
     per_op = ", ".join(
@@ -337,10 +395,12 @@ def report(res: dict[str, Any]) -> str:
             f"## At real S3 latency ({d:g} ms per request) and at 0 ms",
             "",
             f"Generated by bench/latency_bench.py in one run ({res['elapsed_s']:.0f} s): the "
-            f"{d:g} ms column puts a proxy that holds every request {d:g} ms (and the 100 of "
-            "an `Expect: 100-continue`) between the local server and both the client and its "
-            "workers; the 0 ms column talks to the server directly. Single runs; the machine's "
-            "2 cores are shared by the server, the proxy, the client and the workers. "
+            f"{d:g} ms column puts a TCP proxy that delays every request {d:g} ms (so an "
+            "upload waiting for `Expect: 100-continue` pays it twice) between the local "
+            "server and both the client and its workers; the 0 ms column talks to the server "
+            "directly. Each measure runs at 0 ms and then at the delay, back to back, once; "
+            "the machine's 2 cores are shared by the server, the proxy, the client, the "
+            "workers and whatever else runs there (its load average is printed below). "
             "Requests per task count the client's and the workers' requests (workers' warm-up "
             "included).",
             "",
@@ -349,6 +409,9 @@ def report(res: dict[str, Any]) -> str:
             *rows,
             "",
             f"Requests per task by operation at {d:g} ms (0 ms): {per_op}.",
+            "",
+            f"Load average (1 min) at the end of the run: {res['load']:.1f} on "
+            f"{os.cpu_count()} cores.",
             END,
         ]
     )

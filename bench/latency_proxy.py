@@ -76,6 +76,8 @@ class LatencyProxy:
                 self._pump(server_r, client_w, 0.0),
                 return_exceptions=True,
             )
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
         finally:
             for w in (client_w, server_w):
                 self._writers.discard(w)

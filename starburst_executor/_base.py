@@ -56,6 +56,17 @@ def _flush_and_close(pipeline: SubmitPipeline, runtime: Runtime) -> None:
     runtime.close()
 
 
+def _weakly(method: Callable[[TaskFuture], None]) -> Callable[[TaskFuture], None]:
+    ref = weakref.WeakMethod(method)
+
+    def call(future: TaskFuture) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(future)
+
+    return call
+
+
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
@@ -140,7 +151,9 @@ class SessionExecutor(concurrent.futures.Executor):
             runtime.loop,
             session.put_task,
             write_blob=session.put_blob,
-            on_durable=self._durable,
+            # Weakly: the finalizer below holds the pipeline, which must not keep the
+            # executor alive.
+            on_durable=_weakly(self._durable),
         )
         # Makes every submitted call durable, then closes the SDK client: on
         # detach/cleanup, on garbage collection, or at interpreter exit.

@@ -63,6 +63,12 @@ class LatencyProxy:
         self._loop.run_forever()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # the proxy is closing
+            await self._connect(client_r, client_w)
+
+    async def _connect(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
         self.connections += 1
         try:
             server_r, server_w = await asyncio.open_connection(self._host, self._port)
@@ -76,8 +82,6 @@ class LatencyProxy:
                 self._pump(server_r, client_w, 0.0),
                 return_exceptions=True,
             )
-        except asyncio.CancelledError:
-            pass  # the proxy is closing
         finally:
             for w in (client_w, server_w):
                 self._writers.discard(w)

@@ -362,8 +362,10 @@ class DetachedExecutor(SessionExecutor):
     # -- session -------------------------------------------------------------------
 
     def status(self) -> SessionStatus:
-        """Counts per state, from S3 (right from any interpreter, never stale)."""
+        """Counts per state, from S3 (right from any interpreter, never stale). This
+        client's submitted calls are made durable first, so they are counted."""
         self._require_attached()
+        self._flush_logged()
         return super().status()
 
     def collect(self, wait: bool = False, timeout: float | None = None) -> list[TaskOutcome]:

@@ -31,6 +31,7 @@ BATCH_TARGET = 8
 TRICKLE_MAX_DELAY = 0.1
 DIRECT_MAX = 8  # at most this many pending: GET their result keys, no LIST
 HOT_SECONDS = 1.0
+HOT_PERIOD = 0.02
 
 
 class ResultPoller:
@@ -138,14 +139,14 @@ class ResultPoller:
         gather per LIST (a round costs the same for one result as for a page of them);
         with few futures left, look again at once.
 
-        For ``HOT_SECONDS`` after a call became durable the backoff stops at about one
-        round trip (as measured): the result of a short call comes a few round trips
-        after its submit, and a round never costs more than ``DIRECT_MAX`` GETs."""
+        For ``HOT_SECONDS`` after a call became durable a round starts every
+        ``HOT_PERIOD`` or back to back when a round takes longer (a slow store): the
+        result of a short call comes a few round trips after its submit, and a round
+        never costs more than ``DIRECT_MAX`` GETs."""
         if resolved == 0:
-            longer = min(delay * 2, self._max_delay)
             if time.monotonic() - self._tracked_at < HOT_SECONDS:
-                return min(longer, max(self._min_delay * 4, self._rtt or 0.0))
-            return longer
+                return max(0.0, HOT_PERIOD - (self._rtt or 0.0))
+            return min(max(delay, self._min_delay) * 2, self._max_delay)
         if still_pending <= BATCH_TARGET:
             return self._min_delay
         if resolved < BATCH_TARGET:

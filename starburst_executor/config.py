@@ -248,6 +248,12 @@ class SessionSettings:
     lease_seconds: float = 60.0
     max_retries: int = 3
     seed: int | None = None
+    slots: int | None = None
+
+    @property
+    def task_slots(self) -> int:
+        """Tasks one worker runs at once: ``slots``, else its whole vCPUs (at least 1)."""
+        return self.slots if self.slots is not None else max(1, int(self.cpu))
 
     def __post_init__(self) -> None:
         checks = [
@@ -265,6 +271,10 @@ class SessionSettings:
             ),
             (self.lease_seconds >= 2, f"lease_seconds must be >= 2, got {self.lease_seconds}"),
             (self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}"),
+            (
+                self.slots is None or (isinstance(self.slots, int) and self.slots >= 1),
+                f"slots must be an integer >= 1, got {self.slots!r}",
+            ),
             (
                 self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
                 f"seed must be a non-negative integer, got {self.seed!r}",

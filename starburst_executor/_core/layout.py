@@ -17,6 +17,9 @@
         cancelled/t000000000     empty index marker: outcome cancelled
         reexecuted/t000000000    empty marker: a worker took the task over (lease expired)
         workers/<worker_id>.json worker registry: pid, host, counters
+        blobs/<sha256>           a pickled piece over 1 MiB (a big   client: PUT once per
+                                 closure or argument), named by its  content; workers fetch
+                                 hash; payloads refer to it          it once and cache it
     <prefix>/code/<sha256>.zip   the user's own modules, zipped     client: create-only,
                                  (shared by sessions: same code,    once per content; the
                                  same key, uploaded once)           worker checks the hash
@@ -142,6 +145,12 @@ class SessionLayout:
     @property
     def stop_marker(self) -> str:
         return self.dir("tasks") + STOP_MARKER
+
+    def blob(self, digest: str) -> str:
+        """A content-addressed piece of the session's payloads (see ``codec``)."""
+        if not CODE_DIGEST_RE.match(digest):
+            raise CorruptObject(f"invalid blob digest {digest!r}: expected 64 hex digits")
+        return f"{self.root}blobs/{digest}"
 
     def worker(self, worker_id: str) -> str:
         return self.dir("workers") + check_worker_id(worker_id) + ".json"

@@ -2,14 +2,17 @@
 
 ::
 
-    environment ──▶ Worker ──LIST tasks/ (new keys only; the markers sort after them)──▶ S3
+    environment ──▶ Worker ──LIST tasks/ (from SUBMIT_WINDOW below the highest id seen;
+                      │        the markers sort after every id)──▶ S3
                       │ stopped or past the deadline (server clock)? exit before claiming
                       │ a released marker (tasks/~released/...)? claim that task first
                       │ a pending task of its own shard (index % max_workers)? claim it
                       │   (no claims LIST); else steal one that waited too long for its
                       │   owner (a claims LIST first, backing off while there is none)
                       │ PUT claims/<t> IfNoneMatch=*     (lost? another worker has it)
-                      │ GET tasks/<t>, run it in the task process, renewing the lease
+                      │ GET tasks/<t> (and its big pieces, once per worker), run it in a
+                      │   free task process (up to ``slots`` at once), renewing each lease;
+                      │   while a slot is free, the next poll goes out
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
                     next poll when its shard's next task is due at the observed submit
@@ -17,11 +20,12 @@
                     next task id is its own); exit after ``session_timeout`` idle, at
                     the deadline, on the stop marker, or on SIGTERM
 
-A detached worker runs each task in a child interpreter (``worker.child``): the
-lease is renewed here, whatever the task does to its own interpreter (holding the
-GIL, crashing, calling ``os._exit``), and a task that kills its process fails with
-``WorkerDied`` at once instead of after a lease. A worker started for one task
-(``StarburstExecutor``) runs it in its own interpreter, renewing from a thread.
+A detached worker runs each task in a child interpreter (``worker.child``), one per
+slot: the leases are renewed here, whatever a task does to its own interpreter
+(holding the GIL, crashing, calling ``os._exit``), and a task that kills its process
+fails with ``WorkerDied`` at once instead of after a lease; the other slots run on. A
+worker started for one task (``StarburstExecutor``) runs it in its own interpreter,
+renewing from a thread.
 The S3 traffic runs on an event-loop thread. Configuration comes only from
 environment variables, the same ones the ECS launcher passes as container overrides.
 """
@@ -33,14 +37,18 @@ import json
 import logging
 import os
 import random
+import select
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .._core import claims
@@ -55,12 +63,13 @@ from .._core.layout import (
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
+from .._core.submits import SUBMIT_WINDOW
 from ..config import ENV_SESSION, ENV_TAKEOVER, ENV_TASK, ENV_WORKER, StoreLocation
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
-from .code import prepare_user_code
+from .code import prepare_pieces, prepare_user_code
 from .execute import run_call
 
 log = logging.getLogger("starburst_executor.worker")
@@ -89,10 +98,10 @@ class _View:
     """What this worker last saw of the session, refreshed by listings."""
 
     # Task ids not known to be claimed, in order: every task below the first (or up to
-    # ``top``) had a claim when this worker last looked.
+    # ``top``) had a claim, or was not written yet, when this worker last looked.
     tasks: list[str] = field(default_factory=list)
-    tasks_cursor: str | None = None
     top: int = -1  # the highest task index seen
+    seen: set[str] = field(default_factory=set)  # ids listed above top - SUBMIT_WINDOW
     first_seen: dict[str, float] = field(default_factory=dict)  # pending since (monotonic)
     # (previous poll, new tasks this poll showed): what arrived between two polls
     arrivals: deque[tuple[float, int]] = field(default_factory=deque)
@@ -114,7 +123,8 @@ class _View:
 
     @property
     def claimed_below(self) -> int:
-        """Every task below this index had a claim when this worker last looked."""
+        """Every task below this index had a claim (or was not written yet: submits
+        overlap) when this worker last looked."""
         return task_index(self.tasks[0]) if self.tasks else self.top + 1
 
     def drop(self, tids: set[str]) -> None:
@@ -164,8 +174,11 @@ class Worker:
         self._rng = random.Random()
         self._shard = 0  # the shard it owns: task indexes equal to it modulo max_workers
         self._collisions = 0  # own fresh tasks lost in a row
-        # Polling workers run tasks in a child interpreter; a one-task worker in itself.
-        self._child = TaskProcess() if self.task_id is None else None
+        # Polling workers run each task in a task process (one per slot, reused); a
+        # one-task worker runs its task in itself.
+        self._idle_processes: list[TaskProcess] = []
+        self._running: dict[str, _Running] = {}  # by task id
+        self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -192,8 +205,10 @@ class Worker:
             if self.task_id is not None:
                 reason = self._serve_one(self.task_id)
             else:
-                assert self._child is not None
-                self._child.start()  # imports while the first polls go out
+                for _ in range(manifest.settings.task_slots):
+                    process = TaskProcess()
+                    process.start()  # imports while the first polls go out
+                    self._idle_processes.append(process)
                 self._shard = self._first_shard(manifest.settings.max_workers)
                 self._register("running")
                 reason = self._serve()
@@ -204,8 +219,12 @@ class Worker:
             log.error("worker %s of session %s: %s", self.worker_id, self.session_id, err)
             return 2
         finally:
-            if self._child is not None:
-                self._child.stop()
+            # No task process outlives its worker.
+            running = [job.process for job in self._running.values() if job.process]
+            for process in [*self._idle_processes, *running]:
+                process.stop()
+            if self._pieces is not None:
+                shutil.rmtree(self._pieces, ignore_errors=True)
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
@@ -254,45 +273,68 @@ class Worker:
         return self._manifest.settings
 
     def _serve(self) -> str:
+        """Keep up to ``task_slots`` tasks running, each in its own task process; poll
+        for work while a slot is free, renew every running task's lease."""
         view = _View()
         delay = IDLE_MIN_DELAY
         idle_since = time.monotonic()
+        next_poll = 0.0
+        slots = self.settings.task_slots
+        running = self._running
+        handed: list[str] = []
         while True:
-            if self._terminating.is_set():
-                return "terminated by signal"
-            try:
-                picked = self._next_task(view)
-            except StarburstError as err:
-                # The store may be restarting: ride through it with the idle backoff.
-                log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
-                picked = None
-            if picked is None:
-                if view.stop_seen:
-                    return "session stopped"
-                if view.expired:
-                    return "session deadline reached"
-                now = time.monotonic()
-                if now - idle_since > self.settings.session_timeout:
-                    return f"idle for {self.settings.session_timeout:g}s"
+            terminating = self._terminating.is_set()
+            if terminating and not running:
+                return f"terminated; {'; '.join(handed)}" if handed else "terminated by signal"
+            now = time.monotonic()
+            if not terminating and len(running) < slots and now >= next_poll:
+                try:
+                    picked = self._next_task(view)
+                except StarburstError as err:
+                    # The store may be restarting: ride through it with the idle backoff.
+                    log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
+                    picked = None
+                if picked is not None:
+                    job = self._launch(*picked)
+                    if job is not None:
+                        running[job.tid] = job
+                    delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
+                    next_poll = self._after_task(view)  # another slot may be free
+                    continue
+                if not running:
+                    if view.stop_seen:
+                        return "session stopped"
+                    if view.expired:
+                        return "session deadline reached"
+                    if now - idle_since > self.settings.session_timeout:
+                        return f"idle for {self.settings.session_timeout:g}s"
                 hot = now - idle_since <= HOT_SECONDS and self._next_is_ours(view)
                 delay = IDLE_MIN_DELAY if view.saw_new or hot else min(delay * 2, IDLE_MAX_DELAY)
                 pause = self._pause(view, delay, hot=hot)
-                log.debug(
-                    "idle poll: next in %.3fs, %d requests so far", pause, self.store.counter.total
-                )
-                self._terminating.wait(pause)
+                if not running:
+                    log.debug(
+                        "idle poll: next in %.3fs, %d requests so far",
+                        pause,
+                        self.store.counter.total,
+                    )
+                next_poll = now + pause
+            wait = max(0.0, next_poll - time.monotonic())
+            if not running:
+                self._terminating.wait(wait)
                 continue
-            tid, claim, previous = picked
-            try:
-                self._handle(tid, claim, previous)
-            except _HandedBack as back:
-                return f"terminated; {back}"
-            delay = IDLE_MIN_DELAY
-            idle_since = time.monotonic()
-            if not self._own_pending(view):
-                # Poll when this worker's shard can have work, not at once.
-                hot = self._next_is_ours(view)
-                self._terminating.wait(self._pause(view, 0.0, hot=hot, after_task=True))
+            if terminating or len(running) >= slots:
+                wait = RENEW_TICK
+            if self._wait(running, min(wait, RENEW_TICK), handed):
+                delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
+                next_poll = min(next_poll, self._after_task(view))
+
+    def _after_task(self, view: _View) -> float:
+        """When to poll next (monotonic) once a task started or ended: at once while
+        this worker's shard has work, else when it can have work, not at once."""
+        if self._own_pending(view):
+            return 0.0
+        pause = self._pause(view, 0.0, hot=self._next_is_ours(view), after_task=True)
+        return time.monotonic() + pause
 
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
@@ -420,36 +462,44 @@ class Worker:
         return min(pause, IDLE_MAX_DELAY)
 
     def _refresh(self, view: _View) -> None:
-        """One LIST of the task keys this worker has not seen (``StartAfter`` the last
-        one). The markers sort after every task id, so the same page shows every
-        released marker and the stop marker; its ``Date`` is the server's clock."""
+        """One LIST of the task keys from ``SUBMIT_WINDOW`` below the highest id seen:
+        submits overlap, so a task can appear up to that far below it, never further
+        (``_core.submits``). The markers sort after every task id, so the same page
+        shows every released marker and the stop marker; its ``Date`` is the server's
+        clock."""
         layout = self.layout
-        listing = self.loop.run(
-            self.store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
-        )
+        # Started from a task id, not from the last key: a junk key sorting after the
+        # next task ids (``tasks/t00000000x``) cannot hide them.
+        back = view.top - SUBMIT_WINDOW
+        start = layout.after("tasks", task_id(back)) if back >= 0 else None
+        listing = self.loop.run(self.store.list_objects(layout.dir("tasks"), start_after=start))
         now = time.monotonic()
-        new = 0
+        new = []
         released = []
         for o in listing.objects:
             tid = layout.tid_of(o.key)
             if tid:
-                view.tasks.append(tid)
-                view.first_seen[tid] = now
-                view.top = max(view.top, task_index(tid))
-                # Only a task key moves the cursor: a junk key sorting after the next
-                # task ids (``tasks/t00000000x``) must not hide them.
-                view.tasks_cursor = o.key
-                new += 1
+                if tid not in view.seen:
+                    view.seen.add(tid)
+                    new.append(tid)
             elif o.key == layout.stop_marker:
                 view.stop_seen = True
             elif layout.released_of(o.key):
                 released.append(o.key)
+        if new:
+            view.tasks.extend(new)
+            view.tasks.sort()  # ids sort in index order; a late one lands in its place
+            for tid in new:
+                view.first_seen[tid] = now
+            view.top = max(view.top, task_index(new[-1]))
+            floor = view.top - SUBMIT_WINDOW  # the listing never shows these again
+            view.seen = {t for t in view.seen if task_index(t) > floor}
         view.released = released
         view.server_time = listing.server_time
         if view.first_poll is None:
             view.first_poll = now  # what the first poll finds is a backlog, not a rate
         elif new:
-            view.arrivals.append((view.refreshed, new))
+            view.arrivals.append((view.refreshed, len(new)))
         if new:
             view.last_arrival = now
         view.saw_new = bool(new)
@@ -602,9 +652,9 @@ class Worker:
             tid = task_id(index)
             if tid in done or tid in held:
                 continue
-            view.nothing_running = False
             if not self.loop.run(self.store.exists(layout.key("tasks", tid))):
-                continue
+                continue  # still in flight from the client (or its write failed)
+            view.nothing_running = False
             fresh = self.loop.run(claims.try_claim(self.store, layout, tid, self.worker_id))
             if fresh is not None:
                 log.warning(
@@ -616,12 +666,34 @@ class Worker:
     # -- running work --------------------------------------------------------------
 
     def _handle(self, tid: str, claim: claims.Claim, previous: claims.Claim | None) -> None:
+        """One-task mode: run the task in this interpreter, renewing from a thread."""
+        job = self._begin(tid, claim, previous)
+        if isinstance(job, _Running):
+            loaded = {d: Path(p).read_bytes() for d, p in job.request["pieces"].items()}
+            with job.lease.renewing_on_a_thread():
+                request = job.request
+                job = run_call(
+                    tid,
+                    request["payload"],
+                    key=request["key"],
+                    seed=request["seed"],
+                    meta=request["meta"],
+                    pieces=loaded,
+                )
+        if job is not None:
+            self._finish(job)
+
+    def _begin(
+        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> _Running | Outcome | None:
+        """Everything before the call runs: its outcome when it cannot run, None when
+        nothing is left to do, else the request for a task process."""
         if previous is not None and previous.state == "cancelled":
             now = time.time()
             self.loop.run(
                 self.session.write_outcome(Outcome(tid, "cancelled", started=now, finished=now))
             )
-            return
+            return None
         meta = {"worker_id": self.worker_id, "attempt": claim.attempt}
         if claim.attempt > self.settings.max_retries + 1:
             lost = WorkerLost(
@@ -631,12 +703,11 @@ class Worker:
                 f"max_retries={self.settings.max_retries}. Check the worker logs "
                 f"(`starburst logs {self.session_id} --task {tid}`)"
             )
-            outcome = Outcome.failure(tid, lost, **meta)
-        else:
-            executed = self._execute(tid, claim, meta)
-            if executed is None:
-                return
-            outcome = executed
+            return Outcome.failure(tid, lost, **meta)
+        return self._prepare(tid, claim, meta)
+
+    def _finish(self, outcome: Outcome) -> None:
+        tid = outcome.task_id
         if outcome.kind == "error":  # the log shows each failure whole, as a local run would
             log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
         written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
@@ -644,6 +715,71 @@ class Worker:
             self.stats.duplicates_dropped += 1
             log.warning("task %s already had an outcome; this late one was dropped", tid)
         self.stats.tasks_run += 1
+
+    def _launch(
+        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> _Running | None:
+        """Start a claimed task in a free task process; a task that cannot run gets its
+        outcome here."""
+        job = self._begin(tid, claim, previous)
+        if not isinstance(job, _Running):
+            if job is not None:
+                self._finish(job)
+            return None
+        process = self._idle_processes.pop() if self._idle_processes else TaskProcess()
+        job.process = process
+        try:
+            process.send(job.request)
+        except ChildExited as exited:
+            self._idle_processes.append(process)  # send() starts a fresh one next time
+            self._finish(self._died(job, exited))
+            return None
+        return job
+
+    def _wait(self, running: dict[str, _Running], timeout: float, handed: list[str]) -> bool:
+        """Wait up to ``timeout`` for any running task to answer; write the outcomes of
+        those that did, renew the others' leases. True when a task ended."""
+        by_fd = {job.process.fileno(): job for job in running.values() if job.process}
+        ready, _, _ = select.select(list(by_fd), [], [], timeout)
+        for fd in ready:
+            job = by_fd[fd]
+            assert job.process is not None
+            del running[job.tid]
+            try:
+                answer = job.process.wait(0)
+                if answer is None:  # woken without a whole answer: not ended after all
+                    running[job.tid] = job
+                    continue
+                outcome = Outcome.decode(answer, key=f"the answer of task process for {job.tid}")
+            except ChildExited as exited:
+                # A crash fails this task at once; the other slots run on.
+                outcome = self._died(job, exited)
+            self._idle_processes.append(job.process)
+            self._finish(outcome)
+        for tid, job in list(running.items()):
+            try:
+                job.lease.tick()
+            except _HandedBack as back:
+                if job.process is not None:
+                    job.process.kill()
+                    self._idle_processes.append(job.process)
+                del running[tid]
+                handed.append(str(back))
+        return len(running) < len(by_fd)
+
+    def _died(self, job: _Running, exited: ChildExited) -> Outcome:
+        died = WorkerDied(
+            f"task {job.tid} of session {self.session_id}: the process running it "
+            f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
+            f"fault, excessive memory use, os._exit or a kill. Logs: "
+            f"{self._log_location or 'the worker output'}",
+            task_id=job.tid,
+            exit_status=exited.returncode,
+            logs=self._log_location,
+        )
+        return Outcome.failure(
+            job.tid, died, started=job.started, finished=time.time(), **job.request["meta"]
+        )
 
     def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
         """Retry a store call through an outage (server restart, throttling) for as long
@@ -663,7 +799,11 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
-    def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome | None:
+    def _prepare(
+        self, tid: str, claim: claims.Claim, meta: dict[str, Any]
+    ) -> _Running | Outcome | None:
+        """Fetch the payload, the user's code and the call's pieces: the request for a
+        task process, a failure outcome, or None when the claim was handed back."""
         started = time.time()
         lease = _Lease(self, claim)
         key = self.layout.key("tasks", tid)
@@ -673,51 +813,39 @@ class Worker:
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
             blob = self._durably(lambda: self.store.get(key), f"payload {key}")
-            if blob is not None:
-                # The user's own modules the call needs: fetched once, cached on disk.
-                code = prepare_user_code(
-                    blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
-                )
+            if blob is None:  # the store stayed away: let another worker try later
+                with contextlib.suppress(StarburstError):
+                    self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
+                return None
+            # The user's own modules the call needs: fetched once, cached on disk.
+            code = prepare_user_code(
+                blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
+            )
+            # Big closures and arguments: fetched once per worker, then from disk.
+            pieces = prepare_pieces(
+                blob.body,
+                key=key,
+                folder=self._pieces_dir(),
+                fetch=self._fetch,
+                blob_key=self.layout.blob,
+            )
         except StarburstError as err:
             return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
-        if blob is None:  # the store stayed away: let another worker try later
-            with contextlib.suppress(StarburstError):
-                self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
-            return None
-        seed = self.settings.seed
-        if self._child is None:
-            # One worker per task: the client watches this process, so run in it.
-            with lease.renewing_on_a_thread():
-                return run_call(tid, blob.body, key=key, seed=seed, meta=meta)
         request = {
             "task_id": tid,
             "payload": blob.body,
             "key": key,
-            "seed": seed,
+            "seed": self.settings.seed,
             "meta": meta,
             "paths": [str(folder) for folder in code],
+            "pieces": pieces,
         }
-        try:
-            self._child.send(request)
-            while True:
-                answer = self._child.wait(RENEW_TICK)
-                if answer is not None:
-                    return Outcome.decode(answer, key=f"the answer of task process for {tid}")
-                lease.tick()
-        except ChildExited as exited:
-            died = WorkerDied(
-                f"task {tid} of session {self.session_id}: the process running it "
-                f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
-                f"fault, excessive memory use, os._exit or a kill. Logs: "
-                f"{self._log_location or 'the worker output'}",
-                task_id=tid,
-                exit_status=exited.returncode,
-                logs=self._log_location,
-            )
-            return Outcome.failure(tid, died, started=started, finished=time.time(), **meta)
-        except _HandedBack:
-            self._child.kill()
-            raise
+        return _Running(tid, lease, request, started)
+
+    def _pieces_dir(self) -> Path:
+        if self._pieces is None:
+            self._pieces = Path(tempfile.mkdtemp(prefix=f"starburst-pieces-{self.worker_id}-"))
+        return self._pieces
 
     def _fetch(self, key: str) -> bytes:
         return self.loop.run(self.store.get(key)).body
@@ -738,6 +866,17 @@ class Worker:
         with contextlib.suppress(Exception):
             self._register("exited", reason=f"terminated; {what}")
         return what
+
+
+@dataclass
+class _Running:
+    """A claimed task: its lease, its request and (once started) its task process."""
+
+    tid: str
+    lease: _Lease
+    request: dict[str, Any]
+    started: float
+    process: TaskProcess | None = None
 
 
 class _HandedBack(Exception):

@@ -25,9 +25,9 @@
                                  same key, uploaded once)           worker checks the hash
 
 The markers (``~released/...``, ``~stop``) sort after every task id, so the one
-listing of new task keys each worker polls with (``StartAfter`` its last seen
-task) shows them at no extra cost: a handed-back task is claimable by every live
-worker on its next poll, however far its view has moved on.
+listing of task keys each worker polls with (from ``SUBMIT_WINDOW`` below the
+highest task id it has seen) shows them at no extra cost: a handed-back task is
+claimable by every live worker on its next poll, however far its view has moved on.
 
 Reading state needs only listings: a task is pending when it has no claim,
 running when it has a claim and no result, finished when it has a result; the

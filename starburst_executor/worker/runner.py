@@ -322,11 +322,14 @@ class Worker:
             if not running:
                 self._terminating.wait(wait)
                 continue
-            if terminating or len(running) >= slots:
+            full = len(running) >= slots
+            if terminating or full:
                 wait = RENEW_TICK
             if self._wait(running, min(wait, RENEW_TICK), handed):
                 delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
-                next_poll = min(next_poll, self._after_task(view))
+                # A poll planned while every slot was busy is stale: plan it from now.
+                after = self._after_task(view)
+                next_poll = after if full else min(next_poll, after)
 
     def _after_task(self, view: _View) -> float:
         """When to poll next (monotonic) once a task started or ended: at once while

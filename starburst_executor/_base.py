@@ -85,8 +85,11 @@ def clock_offset(server_now: float) -> float:
     return server_now + 0.5 - time.time()
 
 
-def _flush_and_close(pipeline: SubmitPipeline, runtime: Runtime) -> None:
-    """Make the submitted calls durable (bounded wait), then close the store's client."""
+def _flush_and_close(pipeline: SubmitPipeline, runtime: Runtime, owner_pid: int) -> None:
+    """Make the submitted calls durable (bounded wait), then close the store's client.
+    Not in a forked child: the loop thread that would do both is the parent's alone."""
+    if os.getpid() != owner_pid:
+        return
     try:
         pipeline.flush(timeout=FLUSH_AT_EXIT_SECONDS)
     except Exception as err:
@@ -197,7 +200,9 @@ class SessionExecutor(concurrent.futures.Executor):
         )
         # Makes every submitted call durable, then closes the SDK client: on
         # detach/cleanup, on garbage collection, or at interpreter exit.
-        self._close_runtime = weakref.finalize(self, _flush_and_close, self._pipeline, runtime)
+        self._close_runtime = weakref.finalize(
+            self, _flush_and_close, self._pipeline, runtime, os.getpid()
+        )
         with _live_lock:
             _live_executors.add(self)
 

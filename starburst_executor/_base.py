@@ -260,7 +260,7 @@ class SessionExecutor(concurrent.futures.Executor):
                     (self._initializer, self._initargs, fn, args, kwargs),
                     {},
                     code=code,
-                    # Big pieces are the caller's own objects, stored once whatever wraps them.
+                    # The caller's own objects, not the tuple wrapping them (new each call).
                     parts=[self._initializer, *self._initargs, fn, *args, *kwargs.values()],
                 )
             except PicklingError:

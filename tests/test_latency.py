@@ -130,6 +130,25 @@ def test_a_big_closure_is_stored_once_and_deleted_with_the_session(prefix):
             ex.cleanup(force=True)
 
 
+def test_with_an_initializer_a_big_argument_is_still_stored_once(prefix):
+    """The initializer wraps each call (``initialized_call``), whose arguments hold the
+    call's own: the big argument, not the wrapper's tuple around it (different for each
+    call), is the piece, stored once for every call."""
+    big = os.urandom(3 * 1024 * 1024)
+
+    def size_plus(data: bytes, i: int) -> int:
+        return len(data) + i
+
+    ex = DetachedExecutor(max_workers=1, initializer=len, initargs=((),))
+    try:
+        futures = [ex.submit(size_plus, big, i) for i in range(6)]
+        ex.flush()
+        assert len(_blob_keys(ex)) == 1
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [len(big) + i for i in range(6)]
+    finally:
+        ex.cleanup(force=True)
+
+
 def test_a_big_argument_is_a_piece_too_and_the_payload_checks_its_hash():
     arg = b"a" * (2 * 1024 * 1024)
     payload, pieces = encode_call_pieces(len, (arg,), {}, threshold=1024 * 1024)

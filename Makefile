@@ -39,6 +39,7 @@ bench: $(STAMP) $(LITHOPS)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/latency.py
+	cd bench && ../$(BIN)/python latency_bench.py
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import scale
+
 from starburst_executor import DetachedExecutor, StarburstExecutor, __version__
 
 HERE = Path(__file__).resolve().parent
@@ -260,6 +262,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--big", type=int, default=10_000)
     parser.add_argument("--lithops-tasks", type=int, default=200)
+    parser.add_argument("--scale-workers", type=int, nargs="*", default=[2, 4, 8, 16, 64])
+    parser.add_argument("--scale-tasks", type=int, default=1000)
+    parser.add_argument("--idle-workers", type=int, default=64)
     args = parser.parse_args()
     started = time.perf_counter()
     r, n, w = args.repeats, args.tasks, args.workers
@@ -297,6 +302,8 @@ def main() -> None:
     results["big"] = big_session(args.big, w)
     print("lithops ...", flush=True)
     results["lithops"] = lithops(args.lithops_tasks, 2, r)
+    print("scale ...", flush=True)
+    results["scale"] = scale.run(args.scale_workers, args.scale_tasks, args.idle_workers)
     wait_until = 160.0  # the idle worker reaches its 30 s backoff after ~80 s
     while time.perf_counter() - started < wait_until:
         time.sleep(1)
@@ -377,6 +384,7 @@ def write_report(res: dict[str, Any], args: argparse.Namespace) -> None:
             "<= 11",
             big["poll_round_lists"] <= 11,
         ),
+        *scale.target_rows(res.get("scale"), row),
         row(
             "Idle worker at maximum backoff",
             f"{idle['requests_per_min']:.1f} requests/min",
@@ -457,6 +465,7 @@ def write_report(res: dict[str, Any], args: argparse.Namespace) -> None:
         f"({idle['polls_at_max']:.0f} polls observed at 30 s).",
         f"- Whole benchmark: {res['elapsed_s']:.0f} s.",
         "",
+        *scale.report(res.get("scale")),
         "![throughput](results.png)",
         "",
     ]

@@ -9,6 +9,7 @@ outcome; the session, its manifest and its task keys are the same, so
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import os
 import threading
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._core.calls import chain_results, get_chunks, initialized_call, process_chunk
-from ._core.codec import encode_call, fingerprint
+from ._core.codec import encode_call, encode_call_pieces, fingerprint
 from ._core.futures import TaskFuture
 from ._core.layout import new_session_id, task_id, task_index
 from ._core.manifest import Manifest
 from ._core.session import SessionStatus, SessionStore
+from ._core.submits import SubmitPipeline
 from ._core.usercode import CodeBundle, CodeShipper
 from ._runtime import Runtime, open_runtime
 from .config import SessionSettings, ship_code_enabled
@@ -67,6 +69,9 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 AUTO_CHUNKS_PER_WORKER = 4
+FLUSH_AT_EXIT_SECONDS = 300.0
+
+log = logging.getLogger("starburst_executor")
 
 
 def auto_chunksize(items: int, workers: int) -> int:
@@ -78,6 +83,29 @@ def clock_offset(server_now: float) -> float:
     """The store's clock minus ours, from a ``Date`` header just received. ``Date`` has
     one-second resolution (truncated), so the true time is on average half a second on."""
     return server_now + 0.5 - time.time()
+
+
+def _flush_and_close(pipeline: SubmitPipeline, runtime: Runtime, owner_pid: int) -> None:
+    """Make the submitted calls durable (bounded wait), then close the store's client.
+    Not in a forked child: the loop thread that would do both is the parent's alone."""
+    if os.getpid() != owner_pid:
+        return
+    try:
+        pipeline.flush(timeout=FLUSH_AT_EXIT_SECONDS)
+    except Exception as err:
+        log.error("starburst: storing submitted calls failed at close: %s", err)
+    runtime.close()
+
+
+def _weakly(method: Callable[[TaskFuture], None]) -> Callable[[TaskFuture], None]:
+    ref = weakref.WeakMethod(method)
+
+    def call(future: TaskFuture) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(future)
+
+    return call
 
 
 def utc(ts: float) -> datetime:
@@ -145,8 +173,19 @@ class SessionExecutor(concurrent.futures.Executor):
         self._broken: str | None = None
         self._initializer: Callable[..., object] | None = None
         self._initargs: tuple[Any, ...] = ()
-        # Closes the SDK client on detach/cleanup, on garbage collection, or at exit.
-        self._close_runtime = weakref.finalize(self, runtime.close)
+        self._pipeline = SubmitPipeline(
+            runtime.loop,
+            session.put_task,
+            write_blob=session.put_blob,
+            # Weakly: the finalizer below holds the pipeline, which must not keep the
+            # executor alive.
+            on_durable=_weakly(self._durable),
+        )
+        # Makes every submitted call durable, then closes the SDK client: on
+        # detach/cleanup, on garbage collection, or at interpreter exit.
+        self._close_runtime = weakref.finalize(
+            self, _flush_and_close, self._pipeline, runtime, os.getpid()
+        )
         with _live_lock:
             _live_executors.add(self)
 
@@ -187,7 +226,8 @@ class SessionExecutor(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         canceller: Callable[[str], bool],
     ) -> TaskFuture:
-        """Pickle the call, store it create-only, and return its future once durable.
+        """Pickle the call (pickling errors raise here) and queue it for the write
+        pipeline; the future is returned before the call is durable (see ``flush``).
 
         With an initializer, the stored call runs it first (``initialized_call``); an
         argument that cannot be pickled is still named as the caller passed it.
@@ -195,14 +235,16 @@ class SessionExecutor(concurrent.futures.Executor):
         self._check_open()
         code = self._code.digests(self._runtime.loop.run) if self._code else ()
         if self._initializer is None:
-            payload = encode_call(fn, args, kwargs, code=code)
+            payload, blobs = encode_call_pieces(fn, args, kwargs, code=code)
         else:
             try:
-                payload = encode_call(
+                payload, blobs = encode_call_pieces(
                     initialized_call,
                     (self._initializer, self._initargs, fn, args, kwargs),
                     {},
                     code=code,
+                    # The caller's own objects, not the tuple wrapping them (new each call).
+                    parts=[self._initializer, *self._initargs, fn, *args, *kwargs.values()],
                 )
             except PicklingError:
                 encode_call(fn, args, kwargs)  # raises naming the culprit, if it is there
@@ -216,12 +258,26 @@ class SessionExecutor(concurrent.futures.Executor):
                     f"{self.deadline.isoformat()}; call extend(seconds) first"
                 )
             tid = task_id(self._next_index)
-            self._runtime.loop.run(self._session.put_task(tid, payload))
-            self._next_index += 1
             future = TaskFuture(self.session_id, tid, canceller=canceller)
+            # Under the lock: task ids reach the pipeline in increasing order.
+            self._pipeline.enqueue(tid, payload, future, blobs)
+            self._next_index += 1
             self._futures.append(future)
         future.add_done_callback(self._watch_initializer)
         return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every call submitted so far is durable in S3.
+
+        ``submit`` returns as soon as its call is queued; ``detach()``, ``shutdown()``,
+        leaving a ``with`` block and interpreter exit flush too. Raises the first
+        ``SubmitConflict`` (another client drew the same task id; that call's future
+        fails with it too) or store error met since the last flush.
+        """
+        self._pipeline.flush(timeout)
+
+    def _durable(self, future: TaskFuture) -> None:
+        """Called on the event loop once a submitted call is stored (executor only)."""
 
     def _server_now(self) -> float:
         """Our estimate of the store's clock (measured at create or attach)."""

@@ -345,6 +345,7 @@ class SessionSettings:
     lease_seconds: float = 60.0
     max_retries: int = 3
     seed: int | None = None
+    slots: int | None = None  # tasks a worker runs at once (None: its whole vCPUs)
 
     def __post_init__(self) -> None:
         checks = [
@@ -361,6 +362,10 @@ class SessionSettings:
             ),
             (self.lease_seconds >= 2, f"lease_seconds must be >= 2, got {self.lease_seconds}"),
             (self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}"),
+            (
+                self.slots is None or (isinstance(self.slots, int) and self.slots >= 1),
+                f"slots must be an integer >= 1, got {self.slots!r}",
+            ),
             (
                 self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
                 f"seed must be a non-negative integer, got {self.seed!r}",
@@ -413,6 +418,7 @@ class DetachedOptions(SessionOptions, total=False):
     session_timeout: float
     lease_seconds: float
     max_retries: int
+    slots: int | None
 
 
 def check_options(owner: str, options: Mapping[str, Any], allowed: type) -> None:

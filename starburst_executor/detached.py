@@ -127,6 +127,8 @@ class DetachedExecutor(SessionExecutor):
             taken over by another worker after this long.
         max_retries: how many times a task is taken over before it fails with
             ``WorkerLost``.
+        slots: tasks one worker runs at once, each in its own process (default: its
+            whole ``cpu``, at least 1); a task that crashes its process fails alone.
         seed: a root seed; each task's ``random`` (and numpy) is seeded from (seed, task
             index), so the same session run twice gives the same numbers.
         backend: ``"local"`` (default: subprocess workers) or ``"ecs"``; also
@@ -145,8 +147,8 @@ class DetachedExecutor(SessionExecutor):
             each call of this executor; if it raises, the call fails with
             ``InitializerError`` and the executor breaks (``BrokenExecutor``).
 
-    At interpreter exit without ``shutdown``, every submitted call is already durable
-    in S3; the executor detaches and the session keeps running (``attach`` later).
+    At interpreter exit without ``shutdown``, the executor makes every submitted call
+    durable in S3 and detaches; the session keeps running (``attach`` later).
     """
 
     def __init__(
@@ -229,13 +231,19 @@ class DetachedExecutor(SessionExecutor):
     # -- Executor ------------------------------------------------------------------
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
-        """Store the call in S3 and return its future once it is durable."""
+        """Pickle the call and queue it for S3; returns its future at once.
+
+        Pickling errors raise here. The call is durable (attach and ``status()`` see
+        it; a killed client cannot lose it) once ``flush()``, ``detach()``,
+        ``shutdown()`` or the end of a ``with`` block returned; until then at most
+        ``starburst_executor._core.submits.BACKLOG`` calls are in the air.
+        """
         future = self._store_call(fn, args, kwargs, self._cancel_task)
-        self._poller.track(future)
         # Only while the wanted worker count grows (the first max_workers submits): on
         # ECS a live count is a ListTasks call, too dear for every submit. Replacing dead
         # workers is the poller's once-a-second job.
-        wanted = min(self.settings.max_workers, self._poller.pending_count())
+        outstanding = self._poller.pending_count() + self._pipeline.not_durable()
+        wanted = min(self.settings.max_workers, outstanding)
         if wanted > self._submit_wanted:
             self._submit_wanted = wanted
             self._keep_workers(wanted)
@@ -253,6 +261,7 @@ class DetachedExecutor(SessionExecutor):
             futures = list(self._futures)
             if self._detached or self._stopped:
                 return
+        self._flush_logged()
         if cancel_futures:
             # Newest first: workers claim from the oldest, so the two rarely race for a key.
             for future in reversed(futures):
@@ -289,20 +298,40 @@ class DetachedExecutor(SessionExecutor):
         self.shutdown(wait=True)
 
     def detach(self) -> str:
-        """Let go of the session: workers keep going; ``attach`` later. Returns its id.
+        """Make every submitted call durable, then let go of the session: workers keep
+        going; ``attach`` later. Returns its id; calling it again returns the id again.
 
-        Calling it again returns the id again."""
+        Raises ``SubmitConflict`` (after letting go) when a call could not be stored.
+        """
         with self._lock:
+            already = self._detached
             self._closed = True
             self._detached = True
-        self._poller.stop()
-        self._close_runtime()
+        try:
+            if not already:
+                self._pipeline.flush()
+        finally:
+            self._poller.stop()
+            self._close_runtime()
         return self.session_id
+
+    def _durable(self, future: TaskFuture) -> None:
+        # Watched from the moment it can have a result: a poll for a task still in
+        # flight to S3 could only come back empty.
+        self._poller.track(future)
+
+    def _flush_logged(self) -> None:
+        """Flush; a call that could not be stored has its future failed, and is logged
+        here because ``shutdown`` and ``with`` do not raise for it."""
+        try:
+            self._pipeline.flush()
+        except StarburstError as err:
+            log.error("session %s: %s", self.session_id, err)
 
     # -- executor-only (exit and a broken initializer) ------------------------------
 
     def _at_exit(self) -> None:
-        # Every submitted call is already in S3: leave the session to its workers.
+        # Every submitted call is made durable, then the session is left to its workers.
         with self._lock:
             finished = self._detached or self._stopped
         if not finished:
@@ -312,7 +341,10 @@ class DetachedExecutor(SessionExecutor):
                 self.session_id,
                 self.session_id,
             )
-            self.detach()
+            try:
+                self.detach()
+            except StarburstError as err:  # its future failed too; exit goes on
+                log.error("session %s: %s", self.session_id, err)
 
     def _fail_queued(self, message: str) -> None:
         # Unclaimed tasks are cancelled in S3 first, so no worker runs them.
@@ -330,8 +362,10 @@ class DetachedExecutor(SessionExecutor):
     # -- session -------------------------------------------------------------------
 
     def status(self) -> SessionStatus:
-        """Counts per state, from S3 (right from any interpreter, never stale)."""
+        """Counts per state, from S3 (right from any interpreter, never stale). This
+        client's submitted calls are made durable first, so they are counted."""
         self._require_attached()
+        self._flush_logged()
         return super().status()
 
     def collect(self, wait: bool = False, timeout: float | None = None) -> list[TaskOutcome]:
@@ -431,6 +465,7 @@ class DetachedExecutor(SessionExecutor):
             self._closed = True
             self._detached = True
             self._cleaned = True
+        self._flush_logged()  # no write may land after the session's objects are deleted
         if stop_workers or force:
             loop.run(self._session.request_stop())
             registry = loop.run(self._session.workers())

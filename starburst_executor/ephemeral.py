@@ -103,6 +103,8 @@ class StarburstExecutor(SessionExecutor):
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
         """Store the call in S3 and queue it for a worker of its own."""
         future = self._store_call(fn, args, kwargs, self._cancel_queued)
+        # A worker of its own is started for the call: it must be in S3 first.
+        self._pipeline.flush()
         with self._cv:
             self._queue.append(future)
             self._cv.notify_all()

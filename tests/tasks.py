@@ -272,3 +272,10 @@ def env_names() -> list[str]:
 
 def kill_self(signum: int) -> None:
     os.kill(os.getpid(), signum)
+
+
+def segfault() -> None:
+    """Crashes its process with SIGSEGV (a bad pointer in C)."""
+    import ctypes
+
+    ctypes.string_at(0)

@@ -126,6 +126,7 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         queued = [ex.submit(tasks.square, i) for i in range(2)]
+        ex.flush()  # another process (the CLI) sees durable calls only
         one = json.loads(starburst("cancel", sid, "--task", queued[0].task_id, "--json").stdout)
         assert one["cancelled"] == 1
         busy = json.loads(

@@ -17,6 +17,7 @@ from fault_proxy import FaultProxy
 from helpers import parent_of
 
 from starburst_executor import DetachedExecutor
+from starburst_executor._core.codec import decode_call
 from starburst_executor.store.local_server import LocalServer, read_credentials
 
 TIMEOUT = 240
@@ -61,16 +62,19 @@ def test_every_task_has_exactly_one_outcome_under_injected_faults(via_proxy, tmp
     assert sum(ran.values()) - 150 <= status.reexecuted
 
 
-def test_client_killed_mid_submit_leaves_a_consistent_session(prefix, tmp_path):
+def test_client_killed_mid_submit_loop_keeps_every_flushed_call(prefix, tmp_path):
+    """Submits are pipelined: SIGKILL loses at most the calls after the last flush,
+    and never leaves a half-written task."""
     script = textwrap.dedent(
         """
-        import sys, time
         from starburst_executor import DetachedExecutor
         ex = DetachedExecutor(max_workers=2)
         print(ex.session_id, flush=True)
-        for i in range(10_000):
-            f = ex.submit(pow, i, 2)
-            print(f.task_id, flush=True)
+        for i in range(100_000):
+            ex.submit(pow, i, 2)
+            if i % 50 == 49:
+                ex.flush()
+                print(i + 1, flush=True)  # calls 0..i are durable
         """
     )
     proc = subprocess.Popen(
@@ -78,17 +82,53 @@ def test_client_killed_mid_submit_leaves_a_consistent_session(prefix, tmp_path):
     )
     assert proc.stdout is not None
     sid = proc.stdout.readline().strip()
-    returned = [proc.stdout.readline().strip() for _ in range(60)]
+    for _ in range(4):
+        proc.stdout.readline()
     proc.kill()  # SIGKILL in the middle of the submit loop
     proc.wait()
+    flushed = [int(line) for line in proc.stdout.read().split()] or [200]
+    last_flush = flushed[-1]
     ex = DetachedExecutor.attach(sid)
     try:
-        ids = [f.task_id for f in ex.futures]
-        assert set(returned) <= set(ids)  # every submit that returned is there
-        assert ids == sorted(ids) and len(ids) in (len(returned), len(returned) + 1)
+        indices = [int(f.task_id[1:]) for f in ex.futures]
+        assert set(range(last_flush)) <= set(indices)  # every flushed call is there
+        # Lost: only calls after the last flush (one more flush may have ended unprinted).
+        assert max(indices) < last_flush + 100
+        for future, index in zip(ex.futures, indices, strict=True):
+            key = ex._session.layout.key("tasks", future.task_id)
+            body = ex._runtime.loop.run(ex._session.store.get(key)).body
+            fn, args, kwargs = decode_call(body, key=key)  # whole, never half-written
+            assert (fn, args, kwargs) == (pow, (index, 2), {})
         results = [f.result(timeout=TIMEOUT) for f in ex.futures]
-        assert results == [i * i for i in range(len(ids))]
-        assert ex.status().completed == len(ids)
+        assert results == [i * i for i in indices]
+        assert ex.status().completed == len(indices)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_interpreter_exit_makes_every_submitted_call_durable(prefix):
+    script = textwrap.dedent(
+        """
+        from starburst_executor import DetachedExecutor
+        ex = DetachedExecutor(max_workers=1, min_workers=0)
+        print(ex.session_id, flush=True)
+        for i in range(300):
+            ex.submit(pow, i, 2)
+        # no flush, no with block: the interpreter's exit stores the calls
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=TIMEOUT,
+        check=True,
+    )
+    sid = out.stdout.split()[0]
+    ex = DetachedExecutor.attach(sid, launch_workers=False)
+    try:
+        assert [f.task_id for f in ex.futures] == [f"t{i:09d}" for i in range(300)]
     finally:
         ex.cleanup(force=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -183,6 +184,35 @@ def test_a_forked_child_exits_while_the_parents_executor_is_open(prefix, kind):
         ex.shutdown()
         if child.is_alive():
             child.kill()
+
+
+def test_a_forked_child_exits_at_once_while_submitted_calls_are_in_flight(prefix):
+    """A child forked while the parent's pipelined submits are in flight ends its
+    interpreter as usual (atexit, finalizers): it must not wait to make the parent's
+    calls durable on a loop thread it does not have (it hung for the 300 s flush bound)."""
+    result = run_script(
+        """
+        import os, time
+        from starburst_executor import DetachedExecutor
+        ex = DetachedExecutor(1)
+        for i in range(500):
+            ex.submit(abs, i)
+        in_flight = ex._pipeline.not_durable()
+        pid = os.fork()
+        if pid:
+            started = time.monotonic()
+            os.waitpid(pid, 0)
+            took = time.monotonic() - started
+            print(f"in flight {in_flight}; the child exited after {took:.1f}s", flush=True)
+            ex.cleanup(force=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    found = re.search(r"in flight (\d+); the child exited after ([\d.]+)s", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert int(found[1]) > 0, "no call was in flight at the fork: the test proves nothing"
+    assert float(found[2]) < 60
 
 
 @pytest.mark.parametrize("kind", EXECUTORS)

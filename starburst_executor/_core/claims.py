@@ -14,7 +14,7 @@
        │
        ├──create claims/<t> {"state": "cancelled"} (client cancel) ──▶ outcome cancelled
        │
-       └── hand-back (SIGTERM, Spot notice): PUT claims/~released/<t>.<etag>, DELETE claim
+       └── hand-back (SIGTERM, Spot notice): PUT tasks/~released/<t>.<etag>, DELETE claim
            IfMatch=<etag> ──▶ pending; the next claimer deletes the marker
 
 A 412 on any of these PUTs means "lost the race": the caller moves on. (S3's 409
@@ -150,9 +150,10 @@ async def hand_back(store: ObjectStore, layout: SessionLayout, claim: Claim) -> 
     """Release a claim we still hold (conditional on its ETag), so the task is pending
     again at once instead of after the lease. False when it was no longer ours.
 
-    The released marker is written first: every worker's next claims listing sees it,
-    even one whose low-water mark passed the task long ago. Should we die between the
-    two requests, the claim's lease expires as usual and the marker is dropped as stale.
+    The released marker is written first: every worker's next listing of new task keys
+    sees it (it sorts after every task id), even one whose view passed the task long
+    ago. Should we die between the two requests, the claim's lease expires as usual and
+    the marker is dropped as stale.
     """
     marker = layout.released(claim.task_id, claim.etag)
     await store.put(marker, b"")

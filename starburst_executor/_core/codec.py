@@ -1,10 +1,15 @@
 """Encoding of task payloads and outcomes, and the environment fingerprint.
 
-A payload is ``MAGIC_PAYLOAD + nonce (16 bytes) + length (2 bytes) + comma-separated
-code bundle digests (often none) + cloudpickle((fn, args, kwargs))``: the nonce makes
-every payload unique, and the worker reads the digests without unpickling, so it can
-fetch the user's code first. ``MAGIC_PAYLOAD_V1 + cloudpickle(...)`` (no nonce, no
-code) is still read. An outcome is
+A payload is ``MAGIC_PAYLOAD + nonce (16 bytes) + length (2 bytes) + header +
+cloudpickle((fn, args, kwargs))``, the header being the comma-separated code bundle
+digests (often none), then, when the call has big pieces, ``|`` and their digests.
+The nonce makes every payload unique, and the worker reads the digests without
+unpickling, so it can fetch the user's code first. A piece is the function, an
+argument or a keyword argument whose pickle is over ``BLOB_THRESHOLD`` (1 MiB: a
+big closure, an array): it is stored apart, once per session and content
+(``blobs/<sha256>``), and the payload's pickle refers to it by a persistent id,
+so 50 calls closing over 20 MB store the 20 MB once.
+``MAGIC_PAYLOAD_V1 + cloudpickle(...)`` (no nonce, no code) is still read. An outcome is
 ``MAGIC_OUTCOME + pickle(dict)`` whose value and exception are pickled apart, so
 a result the client cannot unpickle still arrives as an error that names it,
 and a remote exception whose class is missing here arrives as ``RemoteError``
@@ -25,6 +30,7 @@ rebuilt by pickle's default (``cls(*args)``); the worker then ships it as
 
 from __future__ import annotations
 
+import hashlib
 import io
 import linecache
 import pickle
@@ -34,7 +40,7 @@ import secrets
 import traceback
 import types
 from collections import ChainMap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 # The standard library's class of a worker's traceback (private there, stable since 3.3).
 from concurrent.futures.process import _RemoteTraceback as _StdRemoteTraceback
@@ -52,6 +58,8 @@ MAGIC_PAYLOAD_V1 = b"SBP1"  # read only: payloads of sessions from before the no
 MAGIC_PAYLOAD = b"SBP2"
 NONCE_BYTES = 16
 MAGIC_OUTCOME = b"SBO1"
+BLOBS_SEPARATOR = "|"
+BLOB_THRESHOLD = 1 << 20  # pickled pieces over 1 MiB are stored once, by content
 
 OutcomeKind = Literal["ok", "error", "cancelled"]
 
@@ -125,10 +133,14 @@ class _CallPickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
 
-def dumps_call(obj: Any) -> bytes:
-    """Pickle a call (function, arguments) for a worker."""
+def dumps_call(obj: Any, pieces: dict[int, str] | None = None) -> bytes:
+    """Pickle a call (function, arguments) for a worker; the objects in ``pieces`` (by
+    id) are pickled as a reference to their digest."""
     buffer = io.BytesIO()
-    _CallPickler(buffer, protocol=5).dump(obj)
+    pickler = _CallPickler(buffer, protocol=5)
+    if pieces:
+        pickler.persistent_id = lambda o: pieces.get(id(o))
+    pickler.dump(obj)
     return buffer.getvalue()
 
 
@@ -147,17 +159,61 @@ def _culprit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 def encode_call(
     fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, code: tuple[str, ...] = ()
 ) -> bytes:
-    """Pickle a call, or raise ``PicklingError`` naming the part that cannot travel.
+    """Pickle a call whole, or raise ``PicklingError`` naming the part that cannot travel.
 
     ``code`` names the code bundles (digests) the worker must import from first.
     """
+    return _payload(code, (), _check_size(fn, _pickle_call(fn, args, kwargs)))
+
+
+def encode_call_pieces(
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    code: tuple[str, ...] = (),
+    parts: Sequence[Any] | None = None,
+    threshold: int = BLOB_THRESHOLD,
+) -> tuple[bytes, dict[str, bytes]]:
+    """Pickle a call; each of ``parts`` (default: the function, every argument and
+    keyword argument) whose pickle is over ``threshold`` bytes is left out as a piece
+    named by its SHA-256.
+
+    Returns the payload, which refers to the pieces, and the pieces by digest: the
+    client stores each piece once per session, the worker fetches it once.
+    """
+    blob = _pickle_call(fn, args, kwargs)
+    if len(blob) <= threshold:
+        return _payload(code, (), _check_size(fn, blob)), {}
+    if parts is None:
+        parts = [fn, *args, *kwargs.values()]
+    pieces: dict[int, str] = {}
+    stored: dict[str, bytes] = {}
+    for part in parts:
+        if id(part) in pieces:
+            continue
+        data = dumps_call(part)
+        if len(data) > threshold:
+            digest = hashlib.sha256(_check_size(fn, data)).hexdigest()
+            pieces[id(part)] = digest
+            stored[digest] = data
+    if not stored:  # many small parts: one payload is all there is to it
+        return _payload(code, (), _check_size(fn, blob)), {}
+    rest = _check_size(fn, dumps_call((fn, args, kwargs), pieces))
+    return _payload(code, tuple(stored), rest), stored
+
+
+def _pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
-        blob = dumps_call((fn, args, kwargs))
+        return dumps_call((fn, args, kwargs))
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
             "(locks, sockets, generators and open connections cannot be sent to a worker)"
         ) from err
+
+
+def _check_size(fn: Any, blob: bytes) -> bytes:
     limit = max_object_bytes()
     if len(blob) > limit:
         raise PayloadTooLarge(
@@ -165,23 +221,30 @@ def encode_call(
             f"over the {limit:,}-byte limit of one stored object; put large inputs in S3 "
             "yourself and pass their keys"
         )
+    return blob
+
+
+def _payload(code: tuple[str, ...], blobs: tuple[str, ...], blob: bytes) -> bytes:
     # A nonce makes every payload unique, so the read-back that recognises our own
     # retried write can never mistake another client's identical call for ours.
-    header = ",".join(code).encode("ascii")
+    header = ",".join(code)
+    if blobs:
+        header += BLOBS_SEPARATOR + ",".join(blobs)
+    encoded = header.encode("ascii")
     return (
         MAGIC_PAYLOAD
         + secrets.token_bytes(NONCE_BYTES)
-        + len(header).to_bytes(2, "big")
-        + header
+        + len(encoded).to_bytes(2, "big")
+        + encoded
         + blob
     )
 
 
-def _split_payload(data: bytes, key: str) -> tuple[tuple[str, ...], memoryview]:
-    """The code digests a payload names, and its pickle."""
+def _split_payload(data: bytes, key: str) -> tuple[tuple[str, ...], tuple[str, ...], memoryview]:
+    """The code digests and piece digests a payload names, and its pickle."""
     view = memoryview(data)
     if data.startswith(MAGIC_PAYLOAD_V1):
-        return (), view[len(MAGIC_PAYLOAD_V1) :]
+        return (), (), view[len(MAGIC_PAYLOAD_V1) :]
     start = len(MAGIC_PAYLOAD) + NONCE_BYTES
     if data.startswith(MAGIC_PAYLOAD) and len(data) >= start + 2:
         size = int.from_bytes(data[start : start + 2], "big")
@@ -189,9 +252,11 @@ def _split_payload(data: bytes, key: str) -> tuple[tuple[str, ...], memoryview]:
             header = bytes(view[start + 2 : start + 2 + size]).decode("ascii")
         except UnicodeDecodeError:
             header = "\0"
-        digests = tuple(header.split(",")) if header else ()
-        if len(data) >= start + 2 + size and all(CODE_DIGEST_RE.match(d) for d in digests):
-            return digests, view[start + 2 + size :]
+        code_part, _, blob_part = header.partition(BLOBS_SEPARATOR)
+        digests = tuple(code_part.split(",")) if code_part else ()
+        blobs = tuple(blob_part.split(",")) if blob_part else ()
+        if len(data) >= start + 2 + size and all(CODE_DIGEST_RE.match(d) for d in digests + blobs):
+            return digests, blobs, view[start + 2 + size :]
     raise CorruptObject(f"payload {key} is not a starburst payload (bad header); resubmit the task")
 
 
@@ -200,10 +265,34 @@ def payload_code(data: bytes, *, key: str) -> tuple[str, ...]:
     return _split_payload(data, key)[0]
 
 
-def decode_call(data: bytes, *, key: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    _, blob = _split_payload(data, key)
+def payload_blobs(data: bytes, *, key: str) -> tuple[str, ...]:
+    """The digests of the pieces (big closures or arguments) a payload refers to."""
+    return _split_payload(data, key)[1]
+
+
+class _PieceUnpickler(pickle.Unpickler):
+    def __init__(self, data: memoryview, pieces: Mapping[str, bytes]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._pieces = pieces
+        self._loaded: dict[str, Any] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid not in self._loaded:
+            try:
+                piece = self._pieces[pid]
+            except KeyError:
+                raise pickle.UnpicklingError(f"piece {pid} was not fetched") from None
+            self._loaded[pid] = pickle.loads(piece)
+        return self._loaded[pid]
+
+
+def decode_call(
+    data: bytes, *, key: str, pieces: Mapping[str, bytes] | None = None
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Unpickle a call; ``pieces`` holds the bytes of every piece it refers to."""
+    _, _, blob = _split_payload(data, key)
     try:
-        fn, args, kwargs = pickle.loads(blob)
+        fn, args, kwargs = _PieceUnpickler(blob, pieces or {}).load()
     except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "

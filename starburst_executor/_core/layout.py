@@ -6,24 +6,28 @@
         manifest.json            settings, deadline, fingerprint    client: create; extend: IfMatch
         tasks/t000000000         payload (cloudpickle)              client: create-only
         tasks/t000000001         ...task ids sort in submission order
+        tasks/~released/t000000000.<etag>                           hand-back: create, then
+                                 empty: the claim with <etag> was   delete the claim; the
+                                 released; sorts after every task   next claimer deletes it
         tasks/~stop              stop marker: sorts after every id  cleanup: create
         claims/t000000000        lease JSON                         worker: create-only,
                                                                     renew/take over with IfMatch
-        claims/~released/t000000000.<etag>                          hand-back: create, then
-                                 empty: the claim with <etag> was   delete the claim; the
-                                 released; sorts after every claim  next claimer deletes it
         results/t000000000       the one outcome (ok/error/cancel)  create-only, first writer wins
         failed/t000000000        empty index marker: outcome failed
         cancelled/t000000000     empty index marker: outcome cancelled
         reexecuted/t000000000    empty marker: a worker took the task over (lease expired)
         workers/<worker_id>.json worker registry: pid, host, counters
+        blobs/<sha256>           a pickled piece over 1 MiB (a big   client: PUT once per
+                                 closure or argument), named by its  content; workers fetch
+                                 hash; payloads refer to it          it once and cache it
     <prefix>/code/<sha256>.zip   the user's own modules, zipped     client: create-only,
                                  (shared by sessions: same code,    once per content; the
                                  same key, uploaded once)           worker checks the hash
 
-A released marker sorts after every claim id, so the claims listing each worker
-makes from its low-water mark sees it: a handed-back task is claimable by every
-live worker on its next poll, however far its view has moved on.
+The markers (``~released/...``, ``~stop``) sort after every task id, so the one
+listing of task keys each worker polls with (from ``SUBMIT_WINDOW`` below the
+highest task id it has seen) shows them at no extra cost: a handed-back task is
+claimable by every live worker on its next poll, however far its view has moved on.
 
 Reading state needs only listings: a task is pending when it has no claim,
 running when it has a claim and no result, finished when it has a result; the
@@ -147,6 +151,12 @@ class SessionLayout:
     def stop_marker(self) -> str:
         return self.dir("tasks") + STOP_MARKER
 
+    def blob(self, digest: str) -> str:
+        """A content-addressed piece of the session's payloads (see ``codec``)."""
+        if not CODE_DIGEST_RE.match(digest):
+            raise CorruptObject(f"invalid blob digest {digest!r}: expected 64 hex digits")
+        return f"{self.root}blobs/{digest}"
+
     def worker(self, worker_id: str) -> str:
         return self.dir("workers") + check_worker_id(worker_id) + ".json"
 
@@ -154,11 +164,11 @@ class SessionLayout:
         """The marker saying the claim of ``tid`` with ``etag`` was handed back."""
         if not ETAG_RE.match(etag):
             raise ValueError(f"unexpected ETag {etag!r} for the released marker of {tid}")
-        return f"{self.dir('claims')}{RELEASED_DIR}{check_task_id(tid)}.{etag}"
+        return f"{self.dir('tasks')}{RELEASED_DIR}{check_task_id(tid)}.{etag}"
 
     def released_of(self, key: str) -> tuple[str, str] | None:
         """``(task id, released ETag)`` of a released marker key, else None."""
-        head = self.dir("claims") + RELEASED_DIR
+        head = self.dir("tasks") + RELEASED_DIR
         if not key.startswith(head):
             return None
         tid, _, etag = key[len(head) :].partition(".")

@@ -34,6 +34,12 @@ class Manifest:
     def backend(self) -> str:
         return self.launch.backend
 
+    @property
+    def task_slots(self) -> int:
+        """Tasks one worker runs at once: ``slots``, else its whole vCPUs (at least 1)."""
+        slots = self.settings.slots
+        return slots if slots is not None else max(1, int(self.launch.cpu))
+
     def to_json(self, nonce: str = "") -> bytes:
         data = {
             "schema_version": self.schema_version,

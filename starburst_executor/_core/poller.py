@@ -2,7 +2,9 @@
 
 A poll round costs one LIST request per 1,000 keys of ``results/`` from the
 lowest unresolved task on (``StartAfter``), plus one GET per result not seen
-before, fetched concurrently. Rounds back off from ``min_delay`` to
+before, fetched concurrently. With at most ``DIRECT_MAX`` futures pending, a round
+GETs their result keys directly instead (one round trip, not two); a store that
+answers 403 for missing keys turns that off for good. Rounds back off from ``min_delay`` to
 ``max_delay`` while nothing changes, and sleep entirely while nothing is
 pending. Futures are resolved on the poller's own thread, so done-callbacks may
 call back into the executor.
@@ -16,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import CorruptObject, StarburstError
+from ..errors import AccessDenied, CorruptObject, StarburstError
 from .codec import Outcome
 from .futures import TaskFuture
 from .layout import task_id, task_index
@@ -26,7 +28,10 @@ from .session import SessionStore
 log = logging.getLogger("starburst_executor")
 
 BATCH_TARGET = 8
-TRICKLE_MAX_DELAY = 0.1
+TRICKLE_MAX_DELAY = 0.5  # results of a stream gather this long at most per LIST
+DIRECT_MAX = 8  # at most this many pending: GET their result keys, no LIST
+HOT_SECONDS = 1.0
+HOT_PERIOD = 0.02
 
 
 class ResultPoller:
@@ -50,9 +55,13 @@ class ResultPoller:
         self._maintain = maintain
         self._lock = threading.Lock()
         self._pending: dict[str, TaskFuture] = {}
+        self._tracked = 0  # futures tracked so far: still moving means a stream of submits
         self._wake = threading.Event()
         self._deep_sleep = True
         self._stop = threading.Event()
+        self._direct = True  # GET known result keys while few are pending
+        self._rtt: float | None = None  # a poll round's duration, smoothed
+        self._tracked_at = -1e9
         self._thread = threading.Thread(
             target=self._run, name=f"starburst-poller-{session.session_id}", daemon=True
         )
@@ -62,9 +71,12 @@ class ResultPoller:
         """Start watching ``future``'s task."""
         with self._lock:
             self._pending[future.task_id] = future
-        # A long wait is cut short; so is any wait while few futures are pending (one
-        # call at a time should not wait out a backoff). Bulk submits never force LISTs.
-        if self._deep_sleep or len(self._pending) <= BATCH_TARGET:
+            self._tracked += 1
+        self._tracked_at = time.monotonic()
+        # A long wait is cut short (nothing was pending, or the backoff passed the
+        # trickle delay), and so is any wait for a call submitted alone (one call at a
+        # time never waits out a backoff); a stream of submits is no LIST per submit.
+        if self._deep_sleep or len(self._pending) <= 1:
             self._wake.set()
 
     def pending_count(self) -> int:
@@ -92,6 +104,7 @@ class ResultPoller:
     def _run(self) -> None:
         delay = self._min_delay
         last_maintain = 0.0
+        tracked = 0
         while not self._stop.is_set():
             pending = self._snapshot()
             if not pending:
@@ -116,7 +129,8 @@ class ResultPoller:
                     "polling session %s failed, retrying: %s", self._session.session_id, err
                 )
                 resolved = 0
-            delay = self._next_delay(delay, resolved, len(pending) - resolved)
+            streaming, tracked = self._tracked != tracked, self._tracked
+            delay = self._next_delay(delay, resolved, len(pending) - resolved, streaming)
             self._wake.clear()
             self._deep_sleep = delay > TRICKLE_MAX_DELAY
             if self._wake.wait(delay):
@@ -125,19 +139,73 @@ class ResultPoller:
                 delay = self._min_delay
                 self._stop.wait(delay)
 
-    def _next_delay(self, delay: float, resolved: int, still_pending: int) -> float:
-        """Back off while nothing changes; while many results trickle in, let a few
-        gather per LIST (a round costs the same for one result as for a page of them);
-        with few futures left, look again at once."""
+    def _next_delay(
+        self, delay: float, resolved: int, still_pending: int, streaming: bool = False
+    ) -> float:
+        """Back off while nothing changes; while results trickle in, let a few gather per
+        LIST (a round costs the same for one result as for a page of them), also while
+        the client keeps submitting; with the last few futures left, look again at once.
+
+        With few futures pending, for ``HOT_SECONDS`` after a call became durable a round
+        starts every ``HOT_PERIOD`` or back to back when a round takes longer (a slow
+        store): the result of a short call comes a few round trips after its submit, and
+        such a round costs at most ``DIRECT_MAX`` GETs."""
         if resolved == 0:
-            return min(delay * 2, self._max_delay)
-        if still_pending <= BATCH_TARGET:
+            hot = time.monotonic() - self._tracked_at < HOT_SECONDS
+            if hot and self._direct and still_pending <= DIRECT_MAX:
+                return max(0.0, HOT_PERIOD - (self._rtt or 0.0))
+            return min(max(delay, self._min_delay) * 2, self._max_delay)
+        if still_pending <= BATCH_TARGET and not streaming:
             return self._min_delay
         if resolved < BATCH_TARGET:
-            return min(delay * 1.25, TRICKLE_MAX_DELAY)
+            # At the rate they came, about BATCH_TARGET results by the next round.
+            return min(max(delay, self._min_delay) * BATCH_TARGET / resolved, TRICKLE_MAX_DELAY)
         return max(delay / 2, self._min_delay)
 
     def _round(self, pending: dict[str, TaskFuture]) -> int:
+        started = time.monotonic()
+        try:
+            if len(pending) <= DIRECT_MAX and self._direct:
+                resolved = self._direct_round(pending)
+                if resolved is not None:
+                    return resolved
+            return self._listing_round(pending)
+        finally:
+            took = time.monotonic() - started
+            self._rtt = took if self._rtt is None else 0.8 * self._rtt + 0.2 * took
+
+    def _direct_round(self, pending: dict[str, TaskFuture]) -> int | None:
+        """GET each pending result key, concurrently: one round trip instead of a LIST
+        and then a GET. None when the store answers 403 for missing keys (no ListBucket
+        grant on object requests): listings serve this client from then on."""
+        store = self._session.store
+        layout = self._session.layout
+
+        async def fetch() -> list[tuple[str, Outcome | StarburstError]]:
+            async def one(tid: str) -> tuple[str, Outcome | StarburstError] | None:
+                key = layout.key("results", tid)
+                blob = await store.get_if_exists(key)
+                if blob is None:
+                    return None
+                try:
+                    outcome = Outcome.decode(blob.body, key=key)
+                except StarburstError as err:
+                    return tid, err
+                if outcome.kind != "ok":
+                    await self._session.write_marker(outcome)
+                return tid, outcome
+
+            found = await asyncio.gather(*(one(t) for t in pending))
+            return [f for f in found if f is not None]
+
+        try:
+            outcomes = self._loop.run(fetch())
+        except AccessDenied:
+            self._direct = False
+            return None
+        return self._apply(pending, outcomes)
+
+    def _listing_round(self, pending: dict[str, TaskFuture]) -> int:
         layout = self._session.layout
         lowest = min(task_index(t) for t in pending)
         start = layout.after("results", task_id(lowest - 1)) if lowest else None
@@ -146,7 +214,13 @@ class ResultPoller:
         ready = [t for o in listing.objects if (t := layout.tid_of(o.key)) in pending]
         if not ready:
             return 0
-        outcomes = self._loop.run(self._fetch(ready))
+        return self._apply(pending, self._loop.run(self._fetch(ready)))
+
+    def _apply(
+        self,
+        pending: dict[str, TaskFuture],
+        outcomes: list[tuple[str, Outcome | StarburstError]],
+    ) -> int:
         for tid, outcome in outcomes:
             future = pending[tid]
             try:

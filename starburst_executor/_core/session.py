@@ -127,6 +127,11 @@ class SessionStore:
                 "one client at a time (attach again to see the other client's tasks)"
             ) from None
 
+    async def put_blob(self, digest: str, data: bytes) -> None:
+        """Store a content-addressed piece of payloads (unconditional: same name, same
+        bytes, so a second writer changes nothing)."""
+        await self.store.put(self.layout.blob(digest), data)
+
     async def task_ids(self) -> list[str]:
         listing = await self.store.list_objects(self.layout.dir("tasks"))
         return [t for o in listing.objects if (t := self.layout.tid_of(o.key))]

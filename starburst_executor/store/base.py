@@ -11,6 +11,8 @@ Contract every implementation keeps:
 * ETags are returned without quotes.
 * ``list`` is paginated underneath and returns every key, in key order, after
   ``start_after``, plus the server's clock at the time of the listing.
+* ``get_if_exists`` answers None for a missing key (404) and raises ``AccessDenied``
+  on a 403, which its caller may read as "missing, or not allowed: list instead".
 * ``get`` and ``exists`` report a missing key as missing (``ObjectNotFound``/False)
   even where the provider answers 403 for it (S3 without a ListBucket grant that
   applies to object requests).
@@ -94,6 +96,10 @@ class ObjectStore(Protocol):
     ) -> PutResult: ...
 
     async def get(self, key: str) -> Blob: ...
+
+    async def get_if_exists(self, key: str) -> Blob | None:
+        """None for a missing key; a provider's 403 for one raises ``AccessDenied``."""
+        ...
 
     async def exists(self, key: str) -> bool: ...
 

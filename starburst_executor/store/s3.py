@@ -4,6 +4,8 @@ Every request passes through ``_call``, which counts it, lets botocore retry it
 (standard mode: bounded attempts, exponential backoff with jitter) and turns
 provider error codes into the library's own exceptions, naming the key.
 
+Uploads go without ``Expect: 100-continue`` (one round trip, not two).
+
 Two answers of real S3 that the local server never gives are handled here:
 
 * **409 ConditionalRequestConflict**: conditional writes to one key overlapped and
@@ -165,6 +167,17 @@ def translate_error(
     )
 
 
+def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """Send bodies at once: botocore asks for ``Expect: 100-continue`` on uploads, so
+    every PUT waits a round trip for the server's 100 before its body (about 49 ms
+    instead of 27 ms at 20 ms per request). Our bodies are small or already in memory;
+    a refusal costs at most the body sent in vain. Registered after botocore's own
+    handler, so it runs after it."""
+    headers = params.get("headers")
+    if headers is not None:
+        headers.pop("Expect", None)
+
+
 _prewarmed_session: Any = None  # set in worker template processes only (prewarm)
 
 
@@ -238,6 +251,7 @@ class S3Store:
                         session.create_client("s3", **kwargs)
                     )
                     client.meta.events.register("before-send.s3", self._count)
+                    client.meta.events.register("before-call.s3", _no_expect_continue)
                     self._client = client
         return self._client
 
@@ -332,6 +346,27 @@ class S3Store:
         if blob is None:
             raise await self._missing_or_denied("GetObject", key, denied[0]) from denied[0]
         return blob
+
+    async def get_if_exists(self, key: str) -> Blob | None:
+        """The object, or None when it is missing (404). A 403 raises ``AccessDenied``
+        at once, without the one-key LIST ``get`` makes: the caller that polls many keys
+        is better served by its own listing then."""
+
+        async def call(client: Any) -> Blob | None:
+            try:
+                resp = await client.get_object(
+                    Bucket=self.bucket, Key=key, **self.location.owner_extra()
+                )
+            except ClientError as err:
+                code, status = _error_code(err)
+                if code in _MISSING_CODES or (status == "404" and code != "NoSuchBucket"):
+                    return None
+                raise
+            async with resp["Body"] as stream:
+                body = await stream.read()
+            return Blob(body, strip_etag(resp["ETag"]), resp["LastModified"])
+
+        return await self._call("GetObject", key, call)
 
     async def exists(self, key: str) -> bool:
         denied: list[ClientError] = []

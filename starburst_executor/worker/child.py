@@ -110,6 +110,10 @@ class TaskProcess:
             os.close(res_w)
         self._to_child, self._from_child = req_w, res_r
 
+    def fileno(self) -> int:
+        """The pipe the answer comes on (for ``select`` over several task processes)."""
+        return self._from_child
+
     def send(self, request: dict[str, Any]) -> None:
         """Hand the child one task. Raises ``ChildExited`` if it is gone."""
         self.start()
@@ -180,6 +184,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+_PIECES: dict[str, bytes] = {}  # this process's last pieces: the next task often shares them
+PIECES_KEPT = 4
+
+
+def _load_pieces(paths: dict[str, str]) -> dict[str, bytes]:
+    """A payload's big pieces, read from the worker's files once per process."""
+    for digest, path in paths.items():
+        if digest not in _PIECES:
+            if len(_PIECES) >= PIECES_KEPT:
+                del _PIECES[next(iter(_PIECES))]
+            with open(path, "rb") as f:
+                _PIECES[digest] = f.read()
+    return {d: _PIECES[d] for d in paths}
+
+
 def serve(request_fd: int, result_fd: int) -> int:
     """The child's loop: one request in, one outcome out, until the pipe closes."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -203,6 +222,7 @@ def serve(request_fd: int, result_fd: int) -> int:
             key=request["key"],
             seed=request["seed"],
             meta=request["meta"],
+            pieces=_load_pieces(request.get("pieces", {})),
         )
         _send(result_fd, outcome.encode())
 

@@ -22,11 +22,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .._core.codec import payload_code
+from .._core.codec import payload_blobs, payload_code
 from .._core.layout import code_key
 from ..errors import ConfigError, CorruptObject, ObjectNotFound
 
 COMPLETE = ".complete"
+BlobKey = Callable[[str], str]
 
 
 def default_cache_dir() -> Path:
@@ -102,3 +103,29 @@ def prepare_user_code(
         folders.append(folder)
     importlib.invalidate_caches()
     return folders
+
+
+def prepare_pieces(
+    payload: bytes, *, key: str, folder: Path, fetch: Callable[[str], bytes], blob_key: BlobKey
+) -> dict[str, str]:
+    """The files holding the pieces (big closures or arguments) a payload refers to:
+    each fetched once into ``folder`` (hash checked, written whole), then reused."""
+    out: dict[str, str] = {}
+    for digest in payload_blobs(payload, key=key):
+        path = folder / digest
+        if not path.exists():
+            source = blob_key(digest)
+            try:
+                data = fetch(source)
+            except ObjectNotFound:
+                raise CorruptObject(
+                    f"payload {key} refers to {source}, which is missing (deleted with "
+                    "cleanup(force=True)?); resubmit the task"
+                ) from None
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise CorruptObject(f"{source} does not hash to its name; resubmit the task")
+            staging = path.with_name(f".{digest}.{os.getpid()}")
+            staging.write_bytes(data)
+            os.replace(staging, path)
+        out[digest] = str(path)
+    return out

@@ -13,7 +13,7 @@ import io
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from .._core.codec import Outcome, decode_call
@@ -57,12 +57,19 @@ def _captured(tid: str) -> Iterator[tuple[_Tee, _Tee]]:
 
 
 def run_call(
-    tid: str, payload: bytes, *, key: str, seed: int | None, meta: dict[str, Any]
+    tid: str,
+    payload: bytes,
+    *,
+    key: str,
+    seed: int | None,
+    meta: dict[str, Any],
+    pieces: Mapping[str, bytes] | None = None,
 ) -> Outcome:
-    """Run the call stored in ``payload`` and return its outcome; never raises."""
+    """Run the call stored in ``payload`` (its big ``pieces`` by digest) and return its
+    outcome; never raises."""
     started = time.time()
     try:
-        fn, args, kwargs = decode_call(payload, key=key)
+        fn, args, kwargs = decode_call(payload, key=key, pieces=pieces)
     except BaseException as err:
         outcome = Outcome.failure(tid, err, **meta)
     else:

@@ -2,23 +2,30 @@
 
 ::
 
-    environment ──▶ Worker ──LIST tasks/ (new keys only), LIST claims/ (from low-water mark)──▶ S3
+    environment ──▶ Worker ──LIST tasks/ (from SUBMIT_WINDOW below the highest id seen;
+                      │        the markers sort after every id)──▶ S3
                       │ stopped or past the deadline (server clock)? exit before claiming
-                      │ a released marker (claims/~released/...)? claim that task first
-                      │ pick a random pending task among the first few (rare races)
-                      │ PUT claims/<t> IfNoneMatch=*     (lost? pick another)
-                      │ GET tasks/<t>, run it in the task process, renewing the lease
+                      │ a released marker (tasks/~released/...)? claim that task first
+                      │ a pending task of its own shard (index % max_workers)? claim it
+                      │   (no claims LIST); else steal one that waited too long for its
+                      │   owner (a claims LIST first, backing off while there is none)
+                      │ PUT claims/<t> IfNoneMatch=*     (lost? another worker has it)
+                      │ GET tasks/<t> (and its big pieces, once per worker), run it in a
+                      │   free task process (up to ``slots`` at once), renewing each lease;
+                      │   while a slot is free, the next poll goes out
                       │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
                       ▼
-                    idle: 10 ms polls for 0.25 s after a task, then doubling to 30 s;
-                    exit after ``session_timeout``
-                    idle, at the deadline, on the stop marker, or on SIGTERM
+                    next poll when its shard's next task is due at the observed submit
+                    rate; idle: doubling to 30 s (10 ms for 0.25 s after a task when the
+                    next task id is its own); exit after ``session_timeout`` idle, at
+                    the deadline, on the stop marker, or on SIGTERM
 
-A detached worker runs each task in a child interpreter (``worker.child``): the
-lease is renewed here, whatever the task does to its own interpreter (holding the
-GIL, crashing, calling ``os._exit``), and a task that kills its process fails with
-``WorkerDied`` at once instead of after a lease. A worker started for one task
-(``StarburstExecutor``) runs it in its own interpreter, renewing from a thread.
+A detached worker runs each task in a child interpreter (``worker.child``), one per
+slot: the leases are renewed here, whatever a task does to its own interpreter
+(holding the GIL, crashing, calling ``os._exit``), and a task that kills its process
+fails with ``WorkerDied`` at once instead of after a lease; the other slots run on. A
+worker started for one task (``StarburstExecutor``) runs it in its own interpreter,
+renewing from a thread.
 The S3 traffic runs on an event-loop thread. Configuration comes only from
 environment variables, the same ones the ECS launcher passes as container overrides.
 """
@@ -30,13 +37,18 @@ import json
 import logging
 import os
 import random
+import select
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .._core import claims
@@ -52,13 +64,13 @@ from .._core.layout import (
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
+from .._core.submits import SUBMIT_WINDOW
 from ..config import SessionSettings, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
-from ..store.base import ObjectInfo
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
-from .code import prepare_user_code
+from .code import prepare_pieces, prepare_user_code
 from .ecs_meta import own_task_arn
 from .execute import run_call
 from .spot import IMDS, SpotWatch
@@ -67,11 +79,20 @@ log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
 IDLE_MIN_DELAY = 0.01
-HOT_SECONDS = 0.25  # polls stay at IDLE_MIN_DELAY this long after a task: warm calls are fast
-FOREIGN_AFTER = 0.05  # another residue's task is taken once it has waited this long
+HOT_SECONDS = 0.25  # after a task, the owner of the next task id polls at IDLE_MIN_DELAY
+FOREIGN_AFTER = 0.05  # another shard's task is stolen once it has waited at least this
+STEAL_AFTER_MAX = 3.0  # ... and at most this (its owner is busy, or there is none)
+STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to this
+RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
+BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
+DUE_MAX = 3.0  # a worker sleeps at most this long for its shard's next expected task
+# Shards past this many stretch STEAL_CHECK_MAX and DUE_MAX in proportion, so the fleet's
+# rate of steal checks and of capped polls stays that of this many workers.
+FLEET_UNIT = 16
 IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
+FIRST_SHARD_TRIES = 10
 FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (deleted results)
 
 
@@ -79,22 +100,42 @@ FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (delet
 class _View:
     """What this worker last saw of the session, refreshed by listings."""
 
-    tasks: list[str] = field(default_factory=list)  # known ids at or above claimed_below
-    tasks_cursor: str | None = None
-    claimed_below: int = 0  # every task below this index has a claim
-    claims: dict[str, ObjectInfo] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)
+    # Task ids not known to be claimed, in order: every task below the first (or up to
+    # ``top``) had a claim, or was not written yet, when this worker last looked.
+    tasks: list[str] = field(default_factory=list)
+    top: int = -1  # the highest task index seen
+    seen: set[str] = field(default_factory=set)  # ids listed above top - SUBMIT_WINDOW
     first_seen: dict[str, float] = field(default_factory=dict)  # pending since (monotonic)
+    # (previous poll, new tasks this poll showed): what arrived between two polls
+    arrivals: deque[tuple[float, int]] = field(default_factory=deque)
+    first_poll: float | None = None
+    last_arrival: float = -1e9
+    saw_new: bool = False  # the last poll showed new tasks
     server_time: datetime | None = None
     refreshed: float = 0.0
     stop_seen: bool = False
     expired: bool = False
     released: list[str] = field(default_factory=list)  # released marker keys
     released_tried: dict[str, float] = field(default_factory=dict)  # marker -> monotonic
+    steal_checked: float = -1e9
+    steal_wait: float = FOREIGN_AFTER
     done_below: int = 0  # every task below this index has an outcome
     scanned: float = 0.0
     full_scanned: float = -1e9
     nothing_running: bool = False  # the last expiry scan found every claim finished
+
+    @property
+    def claimed_below(self) -> int:
+        """Every task below this index had a claim (or was not written yet: submits
+        overlap) when this worker last looked."""
+        return task_index(self.tasks[0]) if self.tasks else self.top + 1
+
+    def drop(self, tids: set[str]) -> None:
+        """Forget tasks now known to be claimed."""
+        if tids:
+            self.tasks = [t for t in self.tasks if t not in tids]
+            for t in tids:
+                self.first_seen.pop(t, None)
 
 
 @dataclass
@@ -119,6 +160,8 @@ class Worker:
         self.worker_id = env.worker_id or (
             ecs_worker_id(self.task_arn) if self.task_arn else new_worker_id()
         )
+        # So the client registered this id (the launcher's entry for the worker or task).
+        self._named = bool(env.worker_id or self.task_arn)
         self._started = time.time()
         self.task_id = check_task_id(env.task_id) if env.task_id else None
         self._takeover = env.takeover
@@ -149,9 +192,13 @@ class Worker:
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
         self._rng = random.Random()
-        self._slot = 0
-        # Polling workers run tasks in a child interpreter; a one-task worker in itself.
-        self._child = TaskProcess() if self.task_id is None else None
+        self._shard = 0  # the shard it owns: task indexes equal to it modulo max_workers
+        self._collisions = 0  # own fresh tasks lost in a row
+        # Polling workers run each task in a task process (one per slot, reused); a
+        # one-task worker runs its task in itself.
+        self._idle_processes: list[TaskProcess] = []
+        self._running: dict[str, _Running] = {}  # by task id
+        self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -181,9 +228,11 @@ class Worker:
             if self.task_id is not None:
                 reason = self._serve_one(self.task_id)
             else:
-                assert self._child is not None
-                self._child.start()  # imports while the first polls go out
-                self._slot = self._rng.randrange(manifest.settings.max_workers)
+                for _ in range(manifest.task_slots):
+                    process = TaskProcess()
+                    process.start()  # imports while the first polls go out
+                    self._idle_processes.append(process)
+                self._shard = self._first_shard(manifest.settings.max_workers)
                 self._register("running")
                 reason = self._serve()
                 self._register("exited", reason=reason)
@@ -193,11 +242,35 @@ class Worker:
             log.error("worker %s of session %s: %s", self.worker_id, self.session_id, err)
             return 2
         finally:
-            if self._child is not None:
-                self._child.stop()
+            # No task process outlives its worker.
+            running = [job.process for job in self._running.values() if job.process]
+            for process in [*self._idle_processes, *running]:
+                process.stop()
+            if self._pieces is not None:
+                shutil.rmtree(self._pieces, ignore_errors=True)
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
+
+    def _first_shard(self, width: int) -> int:
+        """Workers launched together start on distinct shards: this worker's rank among
+        the registered worker ids. The client registers a batch of workers at once,
+        after launching them all, so a worker that starts first waits a little for its
+        entry (a LIST every half second, 5 s at most); a random shard if it never comes,
+        or when it was not launched under a name the client knows (ECS names its workers
+        after their task ARN)."""
+        mine = self.layout.worker(self.worker_id)
+        for attempt in range(FIRST_SHARD_TRIES if self._named else 0):
+            try:
+                listing = self.loop.run(self.store.list_objects(self.layout.dir("workers")))
+            except StarburstError:
+                break
+            keys = sorted(o.key for o in listing.objects)
+            if mine in keys:
+                return keys.index(mine) % width
+            if attempt + 1 < FIRST_SHARD_TRIES:
+                self._terminating.wait(0.5)
+        return self._rng.randrange(width)
 
     def _register(self, state: str, **extra: Any) -> None:
         body = {
@@ -225,44 +298,72 @@ class Worker:
         return self._manifest.settings
 
     def _serve(self) -> str:
+        """Keep up to ``task_slots`` tasks running, each in its own task process; poll
+        for work while a slot is free, renew every running task's lease."""
         view = _View()
         delay = IDLE_MIN_DELAY
         idle_since = time.monotonic()
+        next_poll = 0.0
+        assert self._manifest is not None
+        slots = self._manifest.task_slots
+        running = self._running
+        handed: list[str] = []
         while True:
-            if self._terminating.is_set():
-                return "terminated by signal"
-            try:
-                picked = self._next_task(view)
-            except StarburstError as err:
-                # The store may be restarting: ride through it with the idle backoff.
-                log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
-                picked = None
-            if picked is None:
-                if view.stop_seen:
-                    return "session stopped"
-                if view.expired:
-                    return "session deadline reached"
-            if picked is None and view.pending:
-                # Work exists but belongs to busy peers for now: look again soon.
-                self._terminating.wait(FOREIGN_AFTER)
+            terminating = self._terminating.is_set()
+            if terminating and not running:
+                return f"terminated; {'; '.join(handed)}" if handed else "terminated by signal"
+            now = time.monotonic()
+            if not terminating and len(running) < slots and now >= next_poll:
+                try:
+                    picked = self._next_task(view)
+                except StarburstError as err:
+                    # The store may be restarting: ride through it with the idle backoff.
+                    log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
+                    picked = None
+                if picked is not None:
+                    job = self._launch(*picked)
+                    if job is not None:
+                        running[job.tid] = job
+                    delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
+                    next_poll = self._after_task(view)  # another slot may be free
+                    continue
+                if not running:
+                    if view.stop_seen:
+                        return "session stopped"
+                    if view.expired:
+                        return "session deadline reached"
+                    if now - idle_since > self.settings.session_timeout:
+                        return f"idle for {self.settings.session_timeout:g}s"
+                hot = now - idle_since <= HOT_SECONDS and self._next_is_ours(view)
+                delay = IDLE_MIN_DELAY if view.saw_new or hot else min(delay * 2, IDLE_MAX_DELAY)
+                pause = self._pause(view, delay, hot=hot)
+                if not running:
+                    log.debug(
+                        "idle poll: next in %.3fs, %d requests so far",
+                        pause,
+                        self.store.counter.total,
+                    )
+                next_poll = now + pause
+            wait = max(0.0, next_poll - time.monotonic())
+            if not running:
+                self._terminating.wait(wait)
                 continue
-            if picked is None:
-                if time.monotonic() - idle_since > self.settings.session_timeout:
-                    return f"idle for {self.settings.session_timeout:g}s"
-                log.debug(
-                    "idle poll: next in %.3fs, %d requests so far", delay, self.store.counter.total
-                )
-                self._terminating.wait(delay)
-                if time.monotonic() - idle_since > HOT_SECONDS:
-                    delay = min(delay * 2, IDLE_MAX_DELAY)
-                continue
-            tid, claim, previous = picked
-            try:
-                self._handle(tid, claim, previous)
-            except _HandedBack as back:
-                return f"terminated; {back}"
-            delay = IDLE_MIN_DELAY
-            idle_since = time.monotonic()
+            full = len(running) >= slots
+            if terminating or full:
+                wait = RENEW_TICK
+            if self._wait(running, min(wait, RENEW_TICK), handed):
+                delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
+                # A poll planned while every slot was busy is stale: plan it from now.
+                after = self._after_task(view)
+                next_poll = after if full else min(next_poll, after)
+
+    def _after_task(self, view: _View) -> float:
+        """When to poll next (monotonic) once a task started or ended: at once while
+        this worker's shard has work, else when it can have work, not at once."""
+        if self._own_pending(view):
+            return 0.0
+        pause = self._pause(view, 0.0, hot=self._next_is_ours(view), after_task=True)
+        return time.monotonic() + pause
 
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
@@ -298,63 +399,165 @@ class Worker:
         return view.expired
 
     # -- choosing work -------------------------------------------------------------
+    #
+    # The session's task ids are dealt into ``max_workers`` shards by index modulo
+    # ``max_workers``. A worker owns one shard (at start, its rank among the workers the
+    # client registered, so a fleet launched together starts on distinct shards) and
+    # claims its tasks directly, with no claims listing: a lost race on a task just
+    # published means another worker owns the same shard, and the loser moves on to the
+    # next shard, so owners settle on distinct shards. A worker whose shard is empty steals another
+    # shard's task once it has waited longer than its owner would take (its owner is
+    # busy, or there is none): a claims LIST first, backing off while such checks find
+    # nothing to take. Polls are timed by the arrival rate every worker sees in the same
+    # listings: a worker sleeps until its shard's next task is due, so the fleet polls
+    # about once per task, whatever its size.
+
+    @property
+    def _fleet_factor(self) -> float:
+        width: int = self.settings.max_workers
+        return max(1.0, width / FLEET_UNIT)
+
+    def _own(self, tid: str) -> bool:
+        return bool(task_index(tid) % self.settings.max_workers == self._shard)
+
+    def _next_is_ours(self, view: _View) -> bool:
+        """The next task id is in this worker's shard and nothing else is pending: one
+        call at a time, whose client may be waiting for the last result to submit it."""
+        return not view.tasks and (view.top + 1) % self.settings.max_workers == self._shard
+
+    def _own_pending(self, view: _View) -> list[str]:
+        return [t for t in view.tasks if self._own(t)]
+
+    def _rate(self, view: _View, now: float) -> float:
+        """Tasks per second submitted lately (every shard), as this worker saw them."""
+        while view.arrivals and view.arrivals[0][0] < now - RATE_WINDOW:
+            view.arrivals.popleft()
+        if not view.arrivals:
+            return 0.0
+        # Counted from the poll before the first counted one: tasks it showed arrived
+        # in that interval, not before (a rate biased high makes polls come too early).
+        return sum(n for _, n in view.arrivals) / max(now - view.arrivals[0][0], 0.1)
+
+    def _own_due(self, view: _View, now: float) -> float | None:
+        """When the next task of this worker's shard is expected (monotonic): it is
+        the j-th task after the highest seen, and tasks arrive at the observed rate."""
+        rate = self._rate(view, now)
+        if rate <= 0:
+            return None
+        width: int = self.settings.max_workers
+        j = (self._shard - (view.top + 1)) % width + 1
+        # Fast streams: wait for as many of its tasks as arrive within BATCH_WAIT, so
+        # one LIST finds several.
+        j += (max(1, int(BATCH_WAIT * rate / width)) - 1) * width
+        # Two submits late on average: a poll that comes too early is a wasted LIST.
+        return view.last_arrival + (j + 2) / rate
+
+    def _steal_after(self, view: _View, now: float) -> float:
+        """How long a task waits for its shard's owner, who polls about once per
+        ``max_workers / rate`` seconds, before another worker may take it."""
+        rate = self._rate(view, now)
+        if rate <= 0:
+            return FOREIGN_AFTER
+        width: int = self.settings.max_workers
+        return min(max(FOREIGN_AFTER, 2 * width / rate), STEAL_AFTER_MAX)
+
+    def _steal_ready(self, view: _View, now: float) -> float | None:
+        """When a steal could next be tried (monotonic), or None with nothing to steal."""
+        foreign = [view.first_seen.get(t, now) for t in view.tasks if not self._own(t)]
+        if not foreign:
+            return None
+        after = self._steal_after(view, now)
+        return max(min(foreign) + after, view.steal_checked + max(view.steal_wait, after))
+
+    def _pause(self, view: _View, delay: float, *, hot: bool, after_task: bool = False) -> float:
+        """How long to sleep before the next poll.
+
+        ``delay`` is the idle backoff. While tasks arrive, a worker sleeps until its
+        shard's next task is due. Right after a task, with nothing else pending and the
+        next task id in its shard (one call at a time: the client may be waiting for that
+        result to submit the next), it polls at once and every ``IDLE_MIN_DELAY``.
+        """
+        now = time.monotonic()
+        pause = delay
+        due = self._own_due(view, now)
+        if due is not None and not hot:
+            # Past due and not seen yet: look again after about half the time between
+            # two submits, not at once (each poll of each worker is a LIST).
+            gap = 0.0 if after_task else 0.5 / self._rate(view, now)
+            pause = max(pause, min(max(due - now, gap), DUE_MAX * self._fleet_factor))
+        ready = self._steal_ready(view, now)
+        if ready is not None:
+            pause = min(pause, max(ready - now, 0.0 if after_task else IDLE_MIN_DELAY))
+        return min(pause, IDLE_MAX_DELAY)
 
     def _refresh(self, view: _View) -> None:
-        """Two LISTs: new task keys only, and claims from the claimed low-water mark
-        (which also shows every released marker: they sort after every claim)."""
-        layout, store = self.layout, self.store
-        tasks = self.loop.run(
-            store.list_objects(layout.dir("tasks"), start_after=view.tasks_cursor)
-        )
-        for o in tasks.objects:
+        """One LIST of the task keys from ``SUBMIT_WINDOW`` below the highest id seen:
+        submits overlap, so a task can appear up to that far below it, never further
+        (``_core.submits``). The markers sort after every task id, so the same page
+        shows every released marker and the stop marker; its ``Date`` is the server's
+        clock."""
+        layout = self.layout
+        # Started from a task id, not from the last key: a junk key sorting after the
+        # next task ids (``tasks/t00000000x``) cannot hide them.
+        back = view.top - SUBMIT_WINDOW
+        start = layout.after("tasks", task_id(back)) if back >= 0 else None
+        listing = self.loop.run(self.store.list_objects(layout.dir("tasks"), start_after=start))
+        now = time.monotonic()
+        new = []
+        released = []
+        for o in listing.objects:
             tid = layout.tid_of(o.key)
             if tid:
-                view.tasks.append(tid)
-                # Only a task key moves the cursor: a junk key sorting after the next
-                # task ids (``tasks/t00000000x``) must not hide them.
-                view.tasks_cursor = o.key
+                if tid not in view.seen:
+                    view.seen.add(tid)
+                    new.append(tid)
             elif o.key == layout.stop_marker:
                 view.stop_seen = True
-        start = (
-            layout.after("claims", task_id(view.claimed_below - 1)) if view.claimed_below else None
-        )
-        listing = self.loop.run(store.list_objects(layout.dir("claims"), start_after=start))
-        view.claims = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
-        view.released = [o.key for o in listing.objects if layout.released_of(o.key)]
+            elif layout.released_of(o.key):
+                released.append(o.key)
+        if new:
+            view.tasks.extend(new)
+            view.tasks.sort()  # ids sort in index order; a late one lands in its place
+            for tid in new:
+                view.first_seen[tid] = now
+            view.top = max(view.top, task_index(new[-1]))
+            floor = view.top - SUBMIT_WINDOW  # the listing never shows these again
+            view.seen = {t for t in view.seen if task_index(t) > floor}
+        view.released = released
         view.server_time = listing.server_time
-        if view.claims or view.released:
+        if view.first_poll is None:
+            view.first_poll = now  # what the first poll finds is a backlog, not a rate
+        elif new:
+            view.arrivals.append((view.refreshed, len(new)))
+        if new:
+            view.last_arrival = now
+        view.saw_new = bool(new)
+        if new or released:
             view.nothing_running = False
-        skip = 0
-        while skip < len(view.tasks) and view.tasks[skip] in view.claims:
-            skip += 1
-        if skip:
-            view.claimed_below = task_index(view.tasks[skip - 1]) + 1
-            del view.tasks[:skip]
-        view.pending = [t for t in view.tasks if t not in view.claims]
-        now = time.monotonic()
-        view.first_seen = {t: view.first_seen.get(t, now) for t in view.pending}
-        view.refreshed = time.monotonic()
+        view.refreshed = now
+
+    def _list_claims(self, view: _View) -> None:
+        """One LIST of the claims from the claimed low-water mark: forget the tasks it
+        shows claimed."""
+        below = view.claimed_below
+        start = self.layout.after("claims", task_id(below - 1)) if below else None
+        listing = self.loop.run(
+            self.store.list_objects(self.layout.dir("claims"), start_after=start)
+        )
+        view.drop({t for o in listing.objects if (t := self.layout.tid_of(o.key))})
 
     def _next_task(self, view: _View) -> tuple[str, claims.Claim, claims.Claim | None] | None:
-        for _ in range(2):
-            if not view.pending or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
-                self._refresh(view)
-            if self._closed_for_work(view):
-                return None
-            released = self._claim_released(view)
-            if released is not None:
-                return released[0], released[1], None
-            tid = self._choose(view) if view.pending else None
-            if tid is None:
-                break
-            view.pending.remove(tid)
-            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
-            if claim is not None:
-                return tid, claim, None
-            # Lost a race: our view is stale, and our residue may be another worker's.
-            self.stats.lost_races += 1
-            self._slot = (self._slot + 1) % self.settings.max_workers
-            view.refreshed = 0.0
+        if not self._own_pending(view) or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
+            self._refresh(view)
+        if self._closed_for_work(view):
+            return None
+        released = self._claim_released(view)
+        if released is not None:
+            return released[0], released[1], None
+        picked = self._claim_own(view) or self._steal(view)
+        if picked is not None:
+            view.nothing_running = False
+            return picked[0], picked[1], None
         return self._take_over_expired(view)
 
     def _claim_released(self, view: _View) -> tuple[str, claims.Claim] | None:
@@ -372,22 +575,59 @@ class Worker:
                 return claim.task_id, claim
         return None
 
-    def _choose(self, view: _View) -> str | None:
-        """Prefer tasks whose index falls in this worker's residue class.
-
-        Workers start on random residues and step to the next one after a lost race,
-        so they settle on distinct classes and rarely race for one key. A task of
-        another class is taken, oldest first, once it has waited ``FOREIGN_AFTER``
-        (its class may have no live worker, or its worker is busy).
-        """
-        width = self.settings.max_workers
-        for tid in view.pending:
-            if task_index(tid) % width == self._slot:
-                return tid
+    def _claim_own(self, view: _View) -> tuple[str, claims.Claim] | None:
+        """Claim the lowest pending task of this worker's shard, without listing claims."""
         now = time.monotonic()
-        stale = [t for t in view.pending if now - view.first_seen.get(t, now) >= FOREIGN_AFTER]
-        # Among the oldest few, each worker prefers a different one (a hash of its id).
-        return min(stale[:width], key=lambda t: hash((self.worker_id, t)), default=None)
+        after = self._steal_after(view, now)
+        width = self.settings.max_workers
+        for tid in self._own_pending(view)[:2]:
+            seen = view.first_seen.get(tid, now)
+            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+            view.drop({tid})  # claimed, by us or another (kept when the store failed)
+            if claim is not None:
+                self._collisions = 0
+                return tid, claim
+            self.stats.lost_races += 1
+            # Nobody steals a task this fresh: another worker owns this shard too. (Once
+            # could be a steal from a late owner; twice running is not.)
+            self._collisions = self._collisions + 1 if now - seen < after else 0
+            if self._collisions >= 2:
+                self._shard, self._collisions = (self._shard + 1) % width, 0
+        return None
+
+    def _steal(self, view: _View) -> tuple[str, claims.Claim] | None:
+        """Take another shard's task that waited too long for its owner. A claims LIST
+        first says which are still pending; while these checks find nothing to take,
+        they back off (the owners keep up)."""
+        now = time.monotonic()
+        after = self._steal_after(view, now)
+
+        def stale() -> list[str]:
+            return [
+                t
+                for t in view.tasks
+                if not self._own(t) and now - view.first_seen.get(t, now) >= after
+            ]
+
+        if not stale() or now - view.steal_checked < max(view.steal_wait, after):
+            return None
+        view.steal_checked = now
+        self._list_claims(view)
+        candidates = stale()
+        if not candidates:
+            cap = STEAL_CHECK_MAX * self._fleet_factor
+            view.steal_wait = min(max(view.steal_wait, after) * 2, cap)
+            return None
+        width = self.settings.max_workers
+        # Among the oldest few, each stealer prefers a different one (a hash of its id).
+        tid = min(candidates[:width], key=lambda t: hash((self.worker_id, t)))
+        claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+        view.drop({tid})
+        if claim is None:
+            self.stats.lost_races += 1
+            return None
+        view.steal_wait = after  # there was work to take: look again as soon as allowed
+        return tid, claim
 
     def _take_over_expired(
         self, view: _View
@@ -395,15 +635,18 @@ class Worker:
         """Find claims whose lease expired (server clock) and take one over.
 
         Costs two LISTs, so it runs at most every quarter lease, and not at all
-        while the last scan found every claim finished and no claim appeared since.
-        Every ``FULL_SCAN_LEASES`` leases a scan starts from the first task instead of the
-        finished low-water mark, so a result deleted behind the session's back (its
-        claim then has no outcome and no renewal) is run again too.
+        while the last scan found every claim finished and no claim appeared since. The
+        fleet shares the watch: with more than 8 shards each worker scans that much less
+        often (every quarter lease times shards / 8), so the fleet's scans per second
+        stay those of 8 workers. Every ``FULL_SCAN_LEASES`` leases a scan starts from the
+        first task instead of the finished low-water mark, so a result deleted behind the
+        session's back (its claim then has no outcome and no renewal) is run again too.
         """
         lease = self.settings.lease_seconds
+        every = lease / 4 * max(1.0, self.settings.max_workers / 8)
         now = time.monotonic()
         full = now - view.full_scanned >= lease * FULL_SCAN_LEASES
-        if not full and (view.nothing_running or now - view.scanned < lease / 4):
+        if not full and (view.nothing_running or now - view.scanned < every):
             return None
         view.scanned = now
         if full:
@@ -416,10 +659,11 @@ class Worker:
         listing = self.loop.run(self.store.list_objects(layout.dir("claims"), start_after=start))
         held = {t: o for o in listing.objects if (t := layout.tid_of(o.key))}
         running = [(t, o) for t, o in held.items() if t not in done]
-        low = view.done_below
+        low, below = view.done_below, view.claimed_below
+        view.drop(set(held))
         while task_id(view.done_below) in done:
             view.done_below += 1
-        view.nothing_running = not running and view.done_below >= view.claimed_below
+        view.nothing_running = not running and view.done_below >= below
         for tid, info in running:
             if not claims.lease_expired(info, listing.server_time, lease):
                 continue
@@ -433,13 +677,13 @@ class Worker:
                 return tid, claim, previous
         # Below the claimed low-water mark every task had a claim: one with neither a
         # claim nor an outcome now lost its claim without a released marker.
-        for index in range(low, view.claimed_below):
+        for index in range(low, below):
             tid = task_id(index)
             if tid in done or tid in held:
                 continue
-            view.nothing_running = False
             if not self.loop.run(self.store.exists(layout.key("tasks", tid))):
-                continue
+                continue  # still in flight from the client (or its write failed)
+            view.nothing_running = False
             fresh = self.loop.run(claims.try_claim(self.store, layout, tid, self.worker_id))
             if fresh is not None:
                 log.warning(
@@ -451,12 +695,34 @@ class Worker:
     # -- running work --------------------------------------------------------------
 
     def _handle(self, tid: str, claim: claims.Claim, previous: claims.Claim | None) -> None:
+        """One-task mode: run the task in this interpreter, renewing from a thread."""
+        job = self._begin(tid, claim, previous)
+        if isinstance(job, _Running):
+            loaded = {d: Path(p).read_bytes() for d, p in job.request["pieces"].items()}
+            with job.lease.renewing_on_a_thread():
+                request = job.request
+                job = run_call(
+                    tid,
+                    request["payload"],
+                    key=request["key"],
+                    seed=request["seed"],
+                    meta=request["meta"],
+                    pieces=loaded,
+                )
+        if job is not None:
+            self._finish(job)
+
+    def _begin(
+        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> _Running | Outcome | None:
+        """Everything before the call runs: its outcome when it cannot run, None when
+        nothing is left to do, else the request for a task process."""
         if previous is not None and previous.state == "cancelled":
             now = time.time()
             self.loop.run(
                 self.session.write_outcome(Outcome(tid, "cancelled", started=now, finished=now))
             )
-            return
+            return None
         meta = {"worker_id": self.worker_id, "attempt": claim.attempt}
         if claim.attempt > self.settings.max_retries + 1:
             lost = WorkerLost(
@@ -466,12 +732,11 @@ class Worker:
                 f"max_retries={self.settings.max_retries}. Check the worker logs "
                 f"(`starburst logs {self.session_id} --task {tid}`)"
             )
-            outcome = Outcome.failure(tid, lost, **meta)
-        else:
-            executed = self._execute(tid, claim, meta)
-            if executed is None:
-                return
-            outcome = executed
+            return Outcome.failure(tid, lost, **meta)
+        return self._prepare(tid, claim, meta)
+
+    def _finish(self, outcome: Outcome) -> None:
+        tid = outcome.task_id
         if outcome.kind == "error":  # the log shows each failure whole, as a local run would
             log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
         written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
@@ -479,6 +744,71 @@ class Worker:
             self.stats.duplicates_dropped += 1
             log.warning("task %s already had an outcome; this late one was dropped", tid)
         self.stats.tasks_run += 1
+
+    def _launch(
+        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
+    ) -> _Running | None:
+        """Start a claimed task in a free task process; a task that cannot run gets its
+        outcome here."""
+        job = self._begin(tid, claim, previous)
+        if not isinstance(job, _Running):
+            if job is not None:
+                self._finish(job)
+            return None
+        process = self._idle_processes.pop() if self._idle_processes else TaskProcess()
+        job.process = process
+        try:
+            process.send(job.request)
+        except ChildExited as exited:
+            self._idle_processes.append(process)  # send() starts a fresh one next time
+            self._finish(self._died(job, exited))
+            return None
+        return job
+
+    def _wait(self, running: dict[str, _Running], timeout: float, handed: list[str]) -> bool:
+        """Wait up to ``timeout`` for any running task to answer; write the outcomes of
+        those that did, renew the others' leases. True when a task ended."""
+        by_fd = {job.process.fileno(): job for job in running.values() if job.process}
+        ready, _, _ = select.select(list(by_fd), [], [], timeout)
+        for fd in ready:
+            job = by_fd[fd]
+            assert job.process is not None
+            del running[job.tid]
+            try:
+                answer = job.process.wait(0)
+                if answer is None:  # woken without a whole answer: not ended after all
+                    running[job.tid] = job
+                    continue
+                outcome = Outcome.decode(answer, key=f"the answer of task process for {job.tid}")
+            except ChildExited as exited:
+                # A crash fails this task at once; the other slots run on.
+                outcome = self._died(job, exited)
+            self._idle_processes.append(job.process)
+            self._finish(outcome)
+        for tid, job in list(running.items()):
+            try:
+                job.lease.tick()
+            except _HandedBack as back:
+                if job.process is not None:
+                    job.process.kill()
+                    self._idle_processes.append(job.process)
+                del running[tid]
+                handed.append(str(back))
+        return len(running) < len(by_fd)
+
+    def _died(self, job: _Running, exited: ChildExited) -> Outcome:
+        died = WorkerDied(
+            f"task {job.tid} of session {self.session_id}: the process running it "
+            f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
+            f"fault, excessive memory use, os._exit or a kill. Logs: "
+            f"{self._log_location or 'the worker output'}",
+            task_id=job.tid,
+            exit_status=exited.returncode,
+            logs=self._log_location,
+        )
+        return Outcome.failure(
+            job.tid, died, started=job.started, finished=time.time(), **job.request["meta"]
+        )
 
     def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
         """Retry a store call through an outage (server restart, throttling) for as long
@@ -498,7 +828,11 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
-    def _execute(self, tid: str, claim: claims.Claim, meta: dict[str, Any]) -> Outcome | None:
+    def _prepare(
+        self, tid: str, claim: claims.Claim, meta: dict[str, Any]
+    ) -> _Running | Outcome | None:
+        """Fetch the payload, the user's code and the call's pieces: the request for a
+        task process, a failure outcome, or None when the claim was handed back."""
         started = time.time()
         lease = _Lease(self, claim)
         key = self.layout.key("tasks", tid)
@@ -508,51 +842,39 @@ class Worker:
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
             blob = self._durably(lambda: self.store.get(key), f"payload {key}")
-            if blob is not None:
-                # The user's own modules the call needs: fetched once, cached on disk.
-                code = prepare_user_code(
-                    blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
-                )
+            if blob is None:  # the store stayed away: let another worker try later
+                with contextlib.suppress(StarburstError):
+                    self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
+                return None
+            # The user's own modules the call needs: fetched once, cached on disk.
+            code = prepare_user_code(
+                blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
+            )
+            # Big closures and arguments: fetched once per worker, then from disk.
+            pieces = prepare_pieces(
+                blob.body,
+                key=key,
+                folder=self._pieces_dir(),
+                fetch=self._fetch,
+                blob_key=self.layout.blob,
+            )
         except StarburstError as err:
             return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
-        if blob is None:  # the store stayed away: let another worker try later
-            with contextlib.suppress(StarburstError):
-                self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
-            return None
-        seed = self.settings.seed
-        if self._child is None:
-            # One worker per task: the client watches this process, so run in it.
-            with lease.renewing_on_a_thread():
-                return run_call(tid, blob.body, key=key, seed=seed, meta=meta)
         request = {
             "task_id": tid,
             "payload": blob.body,
             "key": key,
-            "seed": seed,
+            "seed": self.settings.seed,
             "meta": meta,
             "paths": [str(folder) for folder in code],
+            "pieces": pieces,
         }
-        try:
-            self._child.send(request)
-            while True:
-                answer = self._child.wait(RENEW_TICK)
-                if answer is not None:
-                    return Outcome.decode(answer, key=f"the answer of task process for {tid}")
-                lease.tick()
-        except ChildExited as exited:
-            died = WorkerDied(
-                f"task {tid} of session {self.session_id}: the process running it "
-                f"{exited} (worker {self.worker_id}); this can be caused by a segmentation "
-                f"fault, excessive memory use, os._exit or a kill. Logs: "
-                f"{self._log_location or 'the worker output'}",
-                task_id=tid,
-                exit_status=exited.returncode,
-                logs=self._log_location,
-            )
-            return Outcome.failure(tid, died, started=started, finished=time.time(), **meta)
-        except _HandedBack:
-            self._child.kill()
-            raise
+        return _Running(tid, lease, request, started)
+
+    def _pieces_dir(self) -> Path:
+        if self._pieces is None:
+            self._pieces = Path(tempfile.mkdtemp(prefix=f"starburst-pieces-{self.worker_id}-"))
+        return self._pieces
 
     def _fetch(self, key: str) -> bytes:
         return self.loop.run(self.store.get(key)).body
@@ -573,6 +895,17 @@ class Worker:
         with contextlib.suppress(Exception):
             self._register("exited", reason=f"terminated; {what}")
         return what
+
+
+@dataclass
+class _Running:
+    """A claimed task: its lease, its request and (once started) its task process."""
+
+    tid: str
+    lease: _Lease
+    request: dict[str, Any]
+    started: float
+    process: TaskProcess | None = None
 
 
 class _HandedBack(Exception):

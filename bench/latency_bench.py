@@ -1,0 +1,433 @@
+"""``make bench``, second part: every figure at 0 ms and at 20 ms per request, one run.
+
+The 20 ms column puts ``latency_proxy.LatencyProxy`` between the local S3 server and
+everything that talks to it (the client and its workers, which get the proxy as their
+endpoint), so every request takes 20 ms more, as on AWS. The 0 ms column talks to the
+server directly. Both columns run in the same process, one after the other, on the
+same loaded machine. Writes bench/latency_results.json and the "At real S3 latency"
+section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from latency_proxy import LatencyProxy
+
+from starburst_executor import DetachedExecutor
+from starburst_executor._core.codec import encode_call_pieces
+from starburst_executor._core.loop import LoopThread
+from starburst_executor.config import LOCAL_BUCKET
+from starburst_executor.store import s3 as s3_module
+from starburst_executor.store.local_server import LocalServer, read_credentials
+from starburst_executor.store.s3 import S3Store
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
+
+Where = dict[str, Any]
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def sleep_half(_: int) -> float:
+    time.sleep(0.5)
+    return 0.5
+
+
+def _drain_worker_counters(ex: DetachedExecutor) -> Counter[str]:
+    """Stop the session's workers and sum the request counters they report on exit."""
+    ex._runtime.loop.run(ex._session.request_stop())
+    deadline = time.monotonic() + 60
+    while True:
+        registry = ex._runtime.loop.run(ex._session.workers())
+        if all(w.get("state") == "exited" for w in registry) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    total: Counter[str] = Counter()
+    for w in registry:
+        total.update(w.get("requests", {}))
+    return total
+
+
+def warm(where: Where, workers: int, **settings: Any) -> DetachedExecutor:
+    ex = DetachedExecutor(max_workers=workers, **settings, **where)
+    ex.scale(workers)
+    assert list(ex.map(trivial, range(workers * 2), chunksize=1)) == [
+        i + 1 for i in range(workers * 2)
+    ]
+    return ex
+
+
+def warm_call(where: Where, calls: int) -> dict[str, float]:
+    ex = warm(where, 1)
+    samples = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        assert ex.submit(trivial, i).result() == i + 1
+        samples.append(time.perf_counter() - t0)
+    ex.cleanup(force=True)
+    ordered = sorted(samples)
+    return {
+        "p50_ms": statistics.median(samples) * 1000,
+        "p95_ms": ordered[round(0.95 * (len(ordered) - 1))] * 1000,
+    }
+
+
+def submits(where: Where, n: int) -> dict[str, float]:
+    """One ``submit`` per call, no workers: until ``submit`` returns, and until durable."""
+    ex = DetachedExecutor(max_workers=1, **where)
+    sid = ex.detach()
+    client = DetachedExecutor.attach(sid, launch_workers=False, **where)
+    t0 = time.perf_counter()
+    for i in range(n):
+        client.submit(trivial, i)
+    returned = time.perf_counter() - t0
+    client.flush()
+    durable = time.perf_counter() - t0
+    assert client.status().total == n
+    client.cleanup(force=True)
+    return {"submit_s": returned, "durable_s": durable, "submits_per_s": n / durable}
+
+
+def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, float]:
+    ex = warm(where, workers)
+    before = Counter(ex._runtime.store.counter.snapshot())
+    t0 = time.perf_counter()
+    if use_map:
+        assert list(ex.map(trivial, range(n))) == [i + 1 for i in range(n)]
+    else:
+        futures = [ex.submit(trivial, i) for i in range(n)]
+        assert [f.result() for f in futures] == [i + 1 for i in range(n)]
+    wall = time.perf_counter() - t0
+    client = Counter(ex._runtime.store.counter.snapshot())
+    client.subtract(before)
+    by_op = client + _drain_worker_counters(ex)  # worker counters include their warm-up
+    ex.cleanup(force=True)
+    out = {"tasks_per_s": n / wall, "wall_s": wall, "requests_per_task": sum(by_op.values()) / n}
+    out.update({f"req_{op}": count / n for op, count in by_op.items()})
+    return out
+
+
+def efficiency(where: Where, n: int, workers: int) -> dict[str, float]:
+    ex = warm(where, workers)
+    t0 = time.perf_counter()
+    concurrent.futures.wait([ex.submit(sleep_half, i) for i in range(n)])
+    wall = time.perf_counter() - t0
+    ex.cleanup(force=True)
+    return {"efficiency": (n * 0.5 / workers) / wall, "wall_s": wall}
+
+
+def closure(where: Where, n: int, megabytes: int, workers: int) -> dict[str, float]:
+    """``n`` calls of a function closing over ``megabytes`` MB, against a small closure."""
+    out: dict[str, float] = {}
+    for label, size in (("small", 16), ("big", megabytes * 1024 * 1024)):
+        data = os.urandom(size)
+
+        def size_plus(i: int, data: bytes = data) -> int:
+            return len(data) + i
+
+        ex = warm(where, workers)
+        t0 = time.perf_counter()
+        futures = [ex.submit(size_plus, i) for i in range(n)]
+        assert [f.result() for f in futures] == [size + i for i in range(n)]
+        out[f"{label}_s"] = time.perf_counter() - t0
+        listing = ex._runtime.loop.run(ex._runtime.store.list_objects(ex._session.layout.root))
+        out[f"{label}_stored_mb"] = sum(o.size for o in listing.objects) / 1e6
+        ex.cleanup(force=True)
+    out["ratio"] = out["big_s"] / out["small_s"]
+    return out
+
+
+def put_latency(endpoint: str, credentials: tuple[str, str], expect: bool) -> dict[str, float]:
+    """p50 of a 10 kB PUT, with or without ``Expect: 100-continue``."""
+    loop = LoopThread("bench-put")
+    location = _location(endpoint)
+    store = S3Store(location, credentials=credentials)
+    try:
+        client = loop.run(store._ensure())
+        if expect:
+            client.meta.events.unregister("before-call.s3", s3_module._no_expect_continue)
+        samples = []
+        for i in range(40):
+            t0 = time.perf_counter()
+            loop.run(store.put(f"bench-latency/put-{i}", b"x" * 10_000))
+            samples.append(time.perf_counter() - t0)
+        loop.run(store.delete_prefix("bench-latency/"))
+        return {"p50_ms": statistics.median(samples[5:]) * 1000}
+    finally:
+        loop.run(store.close())
+        loop.close()
+
+
+def _location(endpoint: str) -> Any:
+    from starburst_executor.config import StoreLocation
+
+    return StoreLocation(bucket=LOCAL_BUCKET, prefix="bench-latency", endpoint_url=endpoint)
+
+
+def put_rate(endpoint: str, credentials: tuple[str, str], n: int = 1000) -> dict[str, float]:
+    """The ceiling of this client stack here: small PUTs per second, 64 in flight."""
+    loop = LoopThread("bench-rate")
+    store = S3Store(_location(endpoint), credentials=credentials)
+
+    async def burst() -> None:
+        gate = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await store.put(f"bench-latency/rate-{i}", b"x" * 300, if_none_match=True)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    try:
+        loop.run(store.put("bench-latency/rate-warm", b"x"))
+        t0 = time.perf_counter()
+        loop.run(burst())
+        rate = n / (time.perf_counter() - t0)
+        loop.run(store.delete_prefix("bench-latency/"))
+        return {"puts_per_s": rate}
+    finally:
+        loop.run(store.close())
+        loop.close()
+
+
+def encode_cost(megabytes: int) -> dict[str, float]:
+    """Client CPU to pickle (and hash) one call closing over ``megabytes`` MB."""
+    data = os.urandom(megabytes * 1024 * 1024)
+
+    def size_plus(i: int, data: bytes = data) -> int:
+        return len(data) + i
+
+    samples = []
+    for i in range(5):
+        t0 = time.perf_counter()
+        encode_call_pieces(size_plus, (i,), {})
+        samples.append(time.perf_counter() - t0)
+    return {"ms_per_call": statistics.median(samples) * 1000}
+
+
+def columns(
+    zero: Where, slow: Where, credentials: tuple[str, str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Each measure at 0 ms and then at the delay, back to back, so both columns see
+    the same load on this shared machine."""
+    w = args.workers
+    steps: list[tuple[str, Callable[[Where], dict[str, float]]]] = [
+        ("warm_call", lambda where: warm_call(where, args.calls)),
+        ("submits", lambda where: submits(where, args.submits)),
+        ("put_rate", lambda where: put_rate(where["endpoint_url"], credentials)),
+        ("submit_tasks", lambda where: throughput(where, args.tasks, w, use_map=False)),
+        ("map", lambda where: throughput(where, args.map_items, w, use_map=True)),
+        ("efficiency", lambda where: efficiency(where, 40, w)),
+        ("closure", lambda where: closure(where, 50, args.closure_mb, w)),
+        (
+            "put_expect",
+            lambda where: put_latency(where["endpoint_url"], credentials, expect=True),
+        ),
+        (
+            "put_no_expect",
+            lambda where: put_latency(where["endpoint_url"], credentials, expect=False),
+        ),
+    ]
+    out: dict[str, Any] = {"0": {}, "delay": {}}
+    for name, step in steps:
+        for column, where in (("0", zero), ("delay", slow)):
+            t0 = time.perf_counter()
+            out[column][name] = step(where)
+            took = time.perf_counter() - t0
+            print(f"  {name} [{column}]: {took:.1f} s {out[column][name]}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--submits", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--map-items", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--closure-mb", type=int, default=20)
+    args = parser.parse_args()
+    info = LocalServer().ensure_running()
+    credentials = read_credentials(info.home)
+    # Workers find the store by endpoint (the proxy's) and these loopback-only keys.
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = credentials
+    os.environ.setdefault("STARBURST_PREFIX", "bench-latency")
+    results: dict[str, Any] = {"delay_ms": args.delay_ms, "args": vars(args)}
+    started = time.perf_counter()
+    results["encode"] = encode_cost(args.closure_mb)
+    with LatencyProxy(info.endpoint_url, args.delay_ms / 1000) as proxy:
+        zero = {"endpoint_url": info.endpoint_url, "bucket": LOCAL_BUCKET}
+        slow = {"endpoint_url": proxy.url, "bucket": LOCAL_BUCKET}
+        results.update(columns(zero, slow, credentials, args))
+    results["elapsed_s"] = time.perf_counter() - started
+    results["load"] = os.getloadavg()[0]
+    (HERE / "latency_results.json").write_text(json.dumps(results, indent=2))
+    section = report(results)
+    write_section(section)
+    print(section)
+
+
+def report(res: dict[str, Any]) -> str:
+    zero, slow, d = res["0"], res["delay"], res["delay_ms"]
+    a = res["args"]
+
+    def pair(fn: Callable[[dict[str, Any]], str]) -> tuple[str, str]:
+        return fn(slow), fn(zero)
+
+    def row(name: str, fn: Callable[[dict[str, Any]], str], goal: str, ok: bool | None) -> str:
+        at_d, at_0 = pair(fn)
+        mark = "n/a" if ok is None else ("met" if ok else "**missed**")
+        return f"| {name} | {at_d} | {at_0} | {goal} | {mark} |"
+
+    c_slow = slow["closure"]
+    rows = [
+        row(
+            "Warm single call, p50",
+            lambda c: f"{c['warm_call']['p50_ms']:.0f} ms",
+            "<= 150 ms",
+            slow["warm_call"]["p50_ms"] <= 150,
+        ),
+        row(
+            "One `submit` per call: submits/s until durable (flush)",
+            lambda c: f"{c['submits']['submits_per_s']:.0f}/s",
+            ">= 500/s",
+            slow["submits"]["submits_per_s"] >= 500,
+        ),
+        row(
+            f"{a['submits']:,} submits, until durable",
+            lambda c: f"{c['submits']['durable_s']:.1f} s",
+            "<= 20 s",
+            slow["submits"]["durable_s"] <= 20,
+        ),
+        row(
+            f"{a['tasks']:,} trivial tasks on {a['workers']} workers, first submit to last result",
+            lambda c: f"{c['submit_tasks']['tasks_per_s']:.0f} tasks/s",
+            ">= 200 tasks/s",
+            slow["submit_tasks"]["tasks_per_s"] >= 200,
+        ),
+        row(
+            f"Parallel efficiency, 40 x 0.5 s on {a['workers']} workers",
+            lambda c: f"{c['efficiency']['efficiency']:.2f}",
+            ">= 0.95",
+            slow["efficiency"]["efficiency"] >= 0.95,
+        ),
+        row(
+            "S3 requests per task, one `submit` per task",
+            lambda c: f"{c['submit_tasks']['requests_per_task']:.2f}",
+            "<= 7",
+            max(c["submit_tasks"]["requests_per_task"] for c in (zero, slow)) <= 7,
+        ),
+        row(
+            f"S3 requests per item, `map` of {a['map_items']:,} items",
+            lambda c: f"{c['map']['requests_per_task']:.3f}",
+            "<= 1",
+            max(c["map"]["requests_per_task"] for c in (zero, slow)) <= 1,
+        ),
+        row(
+            f"`map` of {a['map_items']:,} trivial items",
+            lambda c: f"{c['map']['wall_s']:.2f} s",
+            "(no target)",
+            None,
+        ),
+        row(
+            f"50 tasks closing over {a['closure_mb']} MB: stored",
+            lambda c: f"{c['closure']['big_stored_mb']:.1f} MB",
+            f"{a['closure_mb']} MB once",
+            c_slow["big_stored_mb"] < a["closure_mb"] * 1.05 * 1.048576 + 1,
+        ),
+        row(
+            f"50 tasks closing over {a['closure_mb']} MB vs a small closure",
+            lambda c: (
+                f"{c['closure']['big_s']:.1f} s vs {c['closure']['small_s']:.1f} s "
+                f"= {c['closure']['ratio']:.1f}x"
+            ),
+            "<= 2x",
+            c_slow["ratio"] <= 2,
+        ),
+        row(
+            "10 kB PUT p50 with `Expect: 100-continue` -> without",
+            lambda c: "",
+            "one round trip",
+            None,
+        ),
+    ]
+    rows[-1] = (
+        f"| 10 kB PUT p50, with `Expect: 100-continue` -> without (this change) | "
+        f"{slow['put_expect']['p50_ms']:.1f} -> {slow['put_no_expect']['p50_ms']:.1f} ms | "
+        f"{zero['put_expect']['p50_ms']:.1f} -> {zero['put_no_expect']['p50_ms']:.1f} ms | "
+        f"one round trip | n/a |"
+    )
+    rows.append(
+        row(
+            "Ceiling here: small PUTs/s through this client stack, 64 in flight",
+            lambda c: f"{c['put_rate']['puts_per_s']:.0f}/s",
+            "(explains submits/s)",
+            None,
+        )
+    )
+    rows.append(
+        f"| Client CPU to pickle and hash one call closing over {a['closure_mb']} MB | "
+        f"{res['encode']['ms_per_call']:.0f} ms | (same) | (explains the closure ratio) | n/a |"
+    )
+    ops = sorted(k for k in slow["submit_tasks"] if k.startswith("req_"))
+    per_op = ", ".join(
+        f"{k[4:]} {slow['submit_tasks'][k]:.2f} ({zero['submit_tasks'].get(k, 0):.2f})" for k in ops
+    )
+    return "\n".join(
+        [
+            BEGIN,
+            f"## At real S3 latency ({d:g} ms per request) and at 0 ms",
+            "",
+            f"Generated by bench/latency_bench.py in one run ({res['elapsed_s']:.0f} s): the "
+            f"{d:g} ms column puts a TCP proxy that delays every request {d:g} ms (so an "
+            "upload waiting for `Expect: 100-continue` pays it twice) between the local "
+            "server and both the client and its workers; the 0 ms column talks to the server "
+            "directly. Each measure runs at 0 ms and then at the delay, back to back, once; "
+            "the machine's 2 cores are shared by the server, the proxy, the client, the "
+            "workers and whatever else runs there (its load average is printed below). "
+            "Requests per task count the client's and the workers' requests (workers' warm-up "
+            "included).",
+            "",
+            f"| measure | at {d:g} ms | at 0 ms | target (at {d:g} ms unless said) | |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Requests per task by operation at {d:g} ms (0 ms): {per_op}.",
+            "",
+            f"Load average (1 min) at the end of the run: {res['load']:.1f} on "
+            f"{os.cpu_count()} cores.",
+            END,
+        ]
+    )
+
+
+def write_section(section: str) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

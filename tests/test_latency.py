@@ -1,0 +1,204 @@
+"""Fast at real S3 latency: pipelined submits, direct result reads, pieces stored once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import pytest
+import tasks
+from fault_proxy import FaultProxy
+from helpers import wait_until
+
+from starburst_executor import DetachedExecutor
+from starburst_executor._core.codec import (
+    decode_call,
+    encode_call,
+    encode_call_pieces,
+    payload_blobs,
+)
+from starburst_executor._core.layout import task_id
+from starburst_executor._core.loop import LoopThread
+from starburst_executor.errors import CorruptObject, ObjectNotFound, WorkerDied
+from starburst_executor.store.local_server import LocalServer, read_credentials
+from starburst_executor.store.s3 import S3Store, _no_expect_continue
+
+
+def test_uploads_are_sent_without_expect_100_continue(store):
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append({k.lower(): v for k, v in request.headers.items()})
+
+    client = store.run(store._ensure())
+    client.meta.events.register("before-send.s3.PutObject", capture)
+    store.run(store.put("probe/expect", b"x" * 10_000))
+    store.run(store.put("probe/expect-cond", b"y", if_none_match=True))
+    assert len(sent) == 2
+    assert all("expect" not in headers for headers in sent), sent
+    # The handler is what removes it: botocore alone asks for a 100 first.
+    client.meta.events.unregister("before-call.s3", _no_expect_continue)
+    store.run(store.put("probe/expect", b"x" * 10_000))
+    assert sent[-1].get("expect") == b"100-continue"
+
+
+TIMEOUT = 240
+
+
+def _lists(ex: DetachedExecutor) -> int:
+    return ex._runtime.store.counter.by_operation.get("ListObjectsV2", 0)
+
+
+def test_few_pending_futures_read_their_result_keys_without_listing(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        assert ex.submit(tasks.square, 2).result(timeout=TIMEOUT) == 4  # warm worker
+        before = _lists(ex)
+        for i in range(5):
+            assert ex.submit(tasks.square, i).result(timeout=TIMEOUT) == i * i
+        # The old poller listed results/ at least once per call.
+        assert _lists(ex) - before == 0
+        assert ex._poller._direct
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_a_store_answering_403_for_missing_keys_is_polled_by_listing(
+    starburst_home, prefix, monkeypatch
+):
+    info = LocalServer(starburst_home).ensure_running()
+    access, secret = read_credentials(starburst_home)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    with FaultProxy(info.endpoint_url, 0.0, missing_as_403=True) as proxy:
+        monkeypatch.setenv("STARBURST_S3_ENDPOINT", proxy.url)
+        monkeypatch.setenv("STARBURST_BUCKET", "starburst")
+        ex = DetachedExecutor(max_workers=1)
+        try:
+            futures = [ex.submit(tasks.square, i) for i in range(3)]
+            assert [f.result(timeout=TIMEOUT) for f in futures] == [0, 1, 4]
+            assert not ex._poller._direct  # a 403 is not read as "no result yet" forever
+            assert proxy.injected["missing403"] >= 1
+        finally:
+            ex.cleanup(force=True)
+
+
+def _blob_keys(ex: DetachedExecutor) -> list[str]:
+    root = ex._session.layout.root + "blobs/"
+    listing = ex._runtime.loop.run(ex._runtime.store.list_objects(root))
+    return [o.key for o in listing.objects]
+
+
+def test_a_big_closure_is_stored_once_and_deleted_with_the_session(prefix):
+    big = os.urandom(3 * 1024 * 1024)
+
+    def size_plus(i: int) -> int:
+        return len(big) + i
+
+    ex = DetachedExecutor(max_workers=2)
+    sid = ex.session_id
+    try:
+        futures = [ex.submit(size_plus, i) for i in range(12)]
+        ex.flush()
+        keys = _blob_keys(ex)
+        assert len(keys) == 1  # 12 calls, one 3 MiB piece
+        task_sizes = ex._runtime.loop.run(
+            ex._runtime.store.list_objects(ex._session.layout.dir("tasks"))
+        )
+        assert max(o.size for o in task_sizes.objects) < 64 * 1024
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [len(big) + i for i in range(12)]
+        ex.detach()
+        again = DetachedExecutor.attach(sid)  # a new client reads the same pieces
+        assert [f.result(timeout=TIMEOUT) for f in again.futures] == [
+            len(big) + i for i in range(12)
+        ]
+        extra = again.submit(size_plus, 100)  # and stores none twice
+        assert extra.result(timeout=TIMEOUT) == len(big) + 100
+        assert len(_blob_keys(again)) == 1
+        again.cleanup(force=True)
+        loop = LoopThread("check")
+        old = again._runtime.store
+        fresh = S3Store(old.location, credentials=old._credentials)
+        try:
+            assert loop.run(fresh.list_objects(again._session.layout.root)).objects == []
+        finally:
+            loop.run(fresh.close())
+            loop.close()
+    finally:
+        with contextlib.suppress(Exception):
+            ex.cleanup(force=True)
+
+
+def test_with_an_initializer_a_big_argument_is_still_stored_once(prefix):
+    """The initializer wraps each call (``initialized_call``), whose arguments hold the
+    call's own: the big argument, not the wrapper's tuple around it (different for each
+    call), is the piece, stored once for every call."""
+    big = os.urandom(3 * 1024 * 1024)
+
+    def size_plus(data: bytes, i: int) -> int:
+        return len(data) + i
+
+    ex = DetachedExecutor(max_workers=1, initializer=len, initargs=((),))
+    try:
+        futures = [ex.submit(size_plus, big, i) for i in range(6)]
+        ex.flush()
+        assert len(_blob_keys(ex)) == 1
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [len(big) + i for i in range(6)]
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_a_big_argument_is_a_piece_too_and_the_payload_checks_its_hash():
+    arg = b"a" * (2 * 1024 * 1024)
+    payload, pieces = encode_call_pieces(len, (arg,), {}, threshold=1024 * 1024)
+    assert len(pieces) == 1 and len(payload) < 1024
+    digest = next(iter(pieces))
+    assert payload_blobs(payload, key="k") == (digest,)
+    fn, args, kwargs = decode_call(payload, key="k", pieces=pieces)
+    assert fn(*args, **kwargs) == len(arg)
+    small, none = encode_call_pieces(len, (b"abc",), {})
+    assert none == {} and payload_blobs(small, key="k") == ()
+    with pytest.raises(CorruptObject, match="was not fetched"):
+        decode_call(payload, key="k", pieces={})
+
+
+def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefix):
+    # A long lease: the expiry scan (which would find a skipped task) waits 150 s.
+    ex = DetachedExecutor(max_workers=1, lease_seconds=600)
+    session, loop = ex._session, ex._runtime.loop
+    try:
+        ex.scale(1)
+        for index in range(1, 4):  # written before task 0, as overlapping submits may be
+            loop.run(session.put_task(task_id(index), encode_call(tasks.square, (index,), {})))
+
+        def outcome(index: int) -> object:
+            try:
+                return loop.run(session.read_outcome(task_id(index))).result()
+            except ObjectNotFound:
+                return None
+
+        wait_until(lambda: all(outcome(i) is not None for i in range(1, 4)), "tasks 1-3", 120)
+        loop.run(session.put_task(task_id(0), encode_call(tasks.square, (7,), {})))
+        wait_until(lambda: outcome(0) == 49, "the late task 0", 60)
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_a_segfault_in_one_slot_fails_alone_and_at_once_while_the_other_completes(prefix, tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    # One worker with cpu=2 runs 2 tasks at once; a lease wait would be 120 s.
+    ex = DetachedExecutor(max_workers=1, cpu=2, lease_seconds=120)
+    try:
+        slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        wait_until(started.exists, "the first task to start", 120)
+        crash = ex.submit(tasks.segfault)
+        with pytest.raises(WorkerDied, match="SIGSEGV") as died:
+            crash.result(timeout=60)
+        assert not slow.done()  # the other slot's task runs on, in the same worker
+        release.write_text("go")
+        assert slow.result(timeout=TIMEOUT) == int(started.read_text())
+        assert slow.worker_id is not None and slow.worker_id in str(died.value)
+        assert ex.status().completed == 1 and ex.status().failed == 1
+    finally:
+        ex.cleanup(force=True)

@@ -162,6 +162,69 @@ def test_setup_is_idempotent_and_teardown_leaves_nothing(aws_env):
     assert _inventory(aws_env) == before
 
 
+def test_setup_brings_roles_of_an_earlier_setup_up_to_date(aws_env):
+    """Roles an earlier release made (a trust policy without aws:SourceAccount, a wider
+    data policy, a managed policy missing) are updated in place; a user's own
+    attachments stay."""
+    assert starburst("setup", "--json").returncode == 0
+    iam = boto3.client("iam", endpoint_url=aws_env, region_name="us-east-1")
+    wanted_trust = iam.get_role(RoleName="starburst-task")["Role"]["AssumeRolePolicyDocument"]
+    data_policy = {"RoleName": "starburst-task", "PolicyName": "starburst-session-data"}
+    wanted_data = iam.get_role_policy(**data_policy)
+    old_trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    iam.update_assume_role_policy(RoleName="starburst-task", PolicyDocument=json.dumps(old_trust))
+    wide = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
+    iam.put_role_policy(
+        RoleName="starburst-task",
+        PolicyName="starburst-session-data",
+        PolicyDocument=json.dumps(wide),
+    )
+    managed = iam.list_attached_role_policies(RoleName="starburst-task-execution")
+    arn = managed["AttachedPolicies"][0]["PolicyArn"]
+    iam.detach_role_policy(RoleName="starburst-task-execution", PolicyArn=arn)
+    users = iam.create_policy(PolicyName="users-own", PolicyDocument=json.dumps(wide))
+    iam.attach_role_policy(RoleName="starburst-task", PolicyArn=users["Policy"]["Arn"])
+
+    plan = {
+        s["name"]: s for s in json.loads(starburst("setup", "--dry-run", "--json").stdout)["steps"]
+    }
+    assert plan["starburst-task"]["action"] == "update"
+    assert plan["starburst-task-execution"]["action"] == "update"
+    assert "sts:AssumeRole" not in json.dumps(plan)  # a plan names what changes, briefly
+    done = starburst("setup", "--json")
+    assert done.returncode == 0, done.stderr
+    steps = {s["name"]: s for s in json.loads(done.stdout)["steps"]}
+    assert steps["starburst-task"]["action"] == "updated"
+    assert "trust policy" in steps["starburst-task"]["detail"]
+    assert "starburst-session-data" in steps["starburst-task"]["detail"]
+    assert steps["starburst-task-execution"]["action"] == "updated"
+    role = iam.get_role(RoleName="starburst-task")["Role"]
+    assert role["AssumeRolePolicyDocument"] == wanted_trust
+    data = iam.get_role_policy(**data_policy)
+    assert data["PolicyDocument"] == wanted_data["PolicyDocument"]
+    attached = iam.list_attached_role_policies(RoleName="starburst-task-execution")
+    assert arn in [p["PolicyArn"] for p in attached["AttachedPolicies"]]
+    kept = iam.list_attached_role_policies(RoleName="starburst-task")["AttachedPolicies"]
+    assert users["Policy"]["Arn"] in [p["PolicyArn"] for p in kept]  # the user's stays
+    again = json.loads(starburst("setup", "--json").stdout)["steps"]
+    assert all(s["action"] == "exists" for s in again)
+    iam.detach_role_policy(RoleName="starburst-task", PolicyArn=users["Policy"]["Arn"])
+    iam.delete_policy(PolicyArn=users["Policy"]["Arn"])
+    assert starburst("teardown", "--delete-data").returncode == 0
+
+
 def test_setup_adds_the_expiry_rule_to_an_existing_bucket_and_teardown_removes_it(aws_env):
     """The lifecycle rule is the backstop of session retention, also on a bucket of the
     user's; teardown takes our rule away and leaves the bucket and its other rules."""

@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from ..errors import ConfigError, StarburstError
@@ -61,7 +62,7 @@ class Step:
 
     kind: str
     name: str
-    action: str  # "exists", "create", "created", "delete", "deleted", "kept"
+    action: str  # "exists", "create", "created", "update", "updated", "delete", "deleted", "kept"
     detail: str = ""
 
     def __str__(self) -> str:
@@ -109,6 +110,22 @@ def user_data(cluster: str) -> str:
         "echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config",
     ]
     return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
+
+
+INLINE_POLICY = "starburst-session-data"
+
+
+def _policy(document: object) -> object:
+    """A policy document in one form for comparing: IAM returns it parsed (or URL-encoded
+    JSON from some SDKs), setup holds it as a dict."""
+    if isinstance(document, str):
+        from urllib.parse import unquote
+
+        try:
+            document = json.loads(unquote(document))
+        except ValueError:
+            return document
+    return json.loads(json.dumps(document, sort_keys=True))
 
 
 class Setup:
@@ -288,12 +305,75 @@ class Setup:
             if inline is not None:
                 iam.put_role_policy(
                     RoleName=name,
-                    PolicyName="starburst-session-data",
+                    PolicyName=INLINE_POLICY,
                     PolicyDocument=json.dumps(inline),
                 )
 
-        self._step("iam-role", name, exists, create)
+        if exists:
+            self._update_role(name, trust, managed, inline)
+        else:
+            self._step("iam-role", name, exists, create)
         return arn
+
+    def _update_role(
+        self,
+        name: str,
+        trust: dict[str, Any],
+        managed: Sequence[str],
+        inline: dict[str, Any] | None,
+    ) -> None:
+        """Bring a role an earlier setup made up to what this release grants (a trust
+        condition, a KMS key, a narrower data policy); policies a user attached stay."""
+        iam = self.c("iam")
+        changes: list[Callable[[], Any]] = []
+        what: list[str] = []
+        try:
+            current = iam.get_role(RoleName=name)["Role"].get("AssumeRolePolicyDocument")
+            if _policy(current) != _policy(trust):
+                what.append("trust policy")
+                changes.append(
+                    lambda: iam.update_assume_role_policy(
+                        RoleName=name, PolicyDocument=json.dumps(trust)
+                    )
+                )
+            pages = iam.get_paginator("list_attached_role_policies").paginate(RoleName=name)
+            attached = {p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]}
+            for policy in managed:
+                if policy not in attached:
+                    what.append(policy.rsplit("/", 1)[-1])
+                    changes.append(partial(iam.attach_role_policy, RoleName=name, PolicyArn=policy))
+            if inline is not None:
+                try:
+                    document = iam.get_role_policy(RoleName=name, PolicyName=INLINE_POLICY)[
+                        "PolicyDocument"
+                    ]
+                except iam.exceptions.NoSuchEntityException:
+                    document = None
+                if _policy(document) != _policy(inline):
+                    what.append(INLINE_POLICY)
+                    changes.append(
+                        lambda: iam.put_role_policy(
+                            RoleName=name,
+                            PolicyName=INLINE_POLICY,
+                            PolicyDocument=json.dumps(inline),
+                        )
+                    )
+        except StarburstError:
+            raise
+        except Exception as err:
+            raise translate(err, "reading iam-role", name) from err
+        if not changes:
+            self.steps.append(Step("iam-role", name, "exists"))
+            return
+        if self.dry_run:
+            self.steps.append(Step("iam-role", name, "update", ", ".join(what)))
+            return
+        try:
+            for change in changes:
+                change()
+        except Exception as err:
+            raise translate(err, "updating iam-role", name) from err
+        self.steps.append(Step("iam-role", name, "updated", ", ".join(what)))
 
     def check_routes(self, subnets: Sequence[str]) -> None:
         """Subnets given with --subnets must let workers out: S3, ECR and CloudWatch

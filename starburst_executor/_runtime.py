@@ -28,6 +28,7 @@ from .config import (
     backend_from_env,
     encryption_from_env,
     parse_memory_mb,
+    resolve_region,
     starburst_home,
     user_location_overrides,
 )
@@ -91,29 +92,33 @@ def resolve_location(
     backend: str = "local",
 ) -> tuple[StoreLocation, tuple[str, str] | None]:
     """The store location and, for the embedded server, its generated credentials."""
-    env_endpoint, env_bucket, env_prefix, env_region = user_location_overrides()
+    env_endpoint, env_bucket, env_prefix = user_location_overrides()
     endpoint = endpoint_url or env_endpoint
     chosen_bucket = bucket or env_bucket
     chosen_prefix = prefix or env_prefix
-    chosen_region = region or env_region
-    if endpoint is None and chosen_bucket is None and backend == "ecs":
-        from .aws.settings import AwsConfig, load_config
+    saved = None
+    if backend == "ecs":
+        from .aws.settings import load_config
 
-        saved = load_config() or AwsConfig(region=chosen_region or DEFAULT_REGION)
+        saved = load_config()
+    chosen_region = resolve_region(region, saved.region if saved else None) or DEFAULT_REGION
+    if endpoint is None and chosen_bucket is None and backend == "ecs":
+        from .aws.settings import AwsConfig
+
+        saved = saved or AwsConfig(region=chosen_region)
         saved.require("bucket")
         sse, kms_key = encryption_from_env()
         # One precedence for every field: argument, then environment, then saved setup.
         location = StoreLocation(
             bucket=saved.bucket,
             prefix=chosen_prefix or saved.prefix,
-            region=chosen_region or saved.region,
+            region=chosen_region,
             expected_bucket_owner=saved.account_id or None,
             sse=sse,
             sse_kms_key_id=kms_key,
         )
         return location, None
     chosen_prefix = chosen_prefix or DEFAULT_PREFIX
-    chosen_region = chosen_region or DEFAULT_REGION
     if endpoint is None and chosen_bucket is None:
         info = LocalServer().ensure_running()
         location = StoreLocation(
@@ -135,23 +140,27 @@ def resolve_location(
     return location, None
 
 
-def launch_spec(
-    backend: Backend, location: StoreLocation, options: Mapping[str, Any]
-) -> LaunchSpec:
-    """The spec a new session's options give: each field from its argument, else the
-    environment (the region, through ``location``), else ``LaunchSpec``'s default.
+def launch_spec(backend: Backend, options: Mapping[str, Any], region: str) -> LaunchSpec:
+    """The spec a new session's options give: each field from its argument, else
+    ``LaunchSpec``'s default; ``region`` is the store location's (one precedence).
 
     Placement left empty (image, cluster, networking) is what ``starburst setup``
     saved; ``make_launcher`` fills it in, and the manifest records the result.
     """
     given = {k: v for k, v in options.items() if v is not None}
-    values: dict[str, Any] = {k: v for k, v in given.items() if k in ECS_ONLY or k == "cpu"}
+    ecs_only = [name for name in ECS_ONLY if name in given]
+    if backend == "local" and ecs_only:
+        raise ConfigError(
+            f"{', '.join(ecs_only)} apply to the ECS backend; pass backend='ecs' "
+            "or set STARBURST_BACKEND=ecs"
+        )
+    values: dict[str, Any] = {k: given[k] for k in (*ecs_only, "cpu") if k in given}
     for name in ("subnets", "security_groups"):
         if name in values:
             values[name] = tuple(values[name])
     if "memory" in given:
         values["memory_mb"] = parse_memory_mb(given["memory"])
-    return LaunchSpec(backend=backend, region=location.region, **values)
+    return LaunchSpec(backend=backend, region=region, **values)
 
 
 def make_launcher(spec: LaunchSpec, location: StoreLocation) -> Launcher:
@@ -164,7 +173,16 @@ def make_launcher(spec: LaunchSpec, location: StoreLocation) -> Launcher:
     from .aws.settings import AwsConfig, load_config
     from .launch.ecs import EcsLauncher
 
-    saved = load_config() or AwsConfig(region=spec.region)
+    stored = load_config()
+    placed = spec.cluster and spec.subnets and spec.security_groups and spec.image
+    if stored is not None and stored.region != spec.region and not placed:
+        # The saved cluster, networking and image exist in the saved region only.
+        raise ConfigError(
+            f"workers would launch in {spec.region}, but `starburst setup` was run for "
+            f"{stored.region}: pass region={stored.region!r}, or run `starburst setup "
+            f"--region {spec.region}` first"
+        )
+    saved = stored or AwsConfig(region=spec.region)
     config = saved.with_overrides(
         region=spec.region,
         cluster=spec.cluster or None,
@@ -213,6 +231,8 @@ def open_store(
 def open_runtime(options: Mapping[str, Any]) -> Runtime:
     """Store and launcher for a new session with the executor's ``options``."""
     backend = choose_backend(options.get("backend"))
+    # Every option is checked before the store is opened (or the local server started).
+    spec = launch_spec(backend, options, DEFAULT_REGION)
     runtime = open_store(
         backend=backend,
         endpoint_url=options.get("endpoint_url"),
@@ -221,7 +241,7 @@ def open_runtime(options: Mapping[str, Any]) -> Runtime:
         region=options.get("region"),
     )
     try:
-        runtime.start_launcher(launch_spec(backend, runtime.location, options))
+        runtime.start_launcher(replace(spec, region=runtime.location.region))
     except BaseException:
         runtime.close()
         raise

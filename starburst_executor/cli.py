@@ -66,7 +66,7 @@ def _stopped_local_server() -> Path | None:
     from .config import backend_from_env, user_location_overrides
     from .store.local_server import LocalServer
 
-    endpoint, bucket, _, _ = user_location_overrides()
+    endpoint, bucket, _ = user_location_overrides()
     if endpoint or bucket or (backend_from_env() or "local") != "local":
         return None
     server = LocalServer()
@@ -374,7 +374,10 @@ def _region(args: argparse.Namespace) -> str:
     from .config import resolve_region
 
     saved = load_config()
-    return resolve_region(args.region, saved.region if saved else None)
+    region = resolve_region(args.region, saved.region if saved else None)
+    if not region:
+        raise ConfigError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+    return region
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:

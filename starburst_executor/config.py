@@ -8,7 +8,7 @@ named by one constant below:
 ``STARBURST_S3_ENDPOINT``      an S3-compatible endpoint to use instead of it
 ``STARBURST_BUCKET``           the bucket on that endpoint
 ``STARBURST_PREFIX``           key prefix for sessions (default ``starburst``)
-``STARBURST_REGION``           region (then ``AWS_REGION``, ``AWS_DEFAULT_REGION``)
+``STARBURST_REGION``           region (``resolve_region`` gives the precedence)
 ``STARBURST_BACKEND``          ``local`` (default) or ``ecs``
 ``STARBURST_SSE``              ``AES256`` (default on AWS) or ``aws:kms``
 ``STARBURST_SSE_KMS_KEY_ID``   the KMS key for ``aws:kms``
@@ -56,6 +56,7 @@ ENV_WORKER = "STARBURST_WORKER_ID"
 ENV_TASK = "STARBURST_TASK_ID"
 ENV_TAKEOVER = "STARBURST_TAKEOVER"  # ephemeral retry: take over the dead worker's claim
 ENV_WORKER_LOG = "STARBURST_WORKER_LOG"
+TASK_ID_FIELD = "{task}"  # in an ECS worker's log location: its task id, filled in by it
 ENV_TERM_GRACE = "STARBURST_TERM_GRACE"
 ENV_LOG_LEVEL = "STARBURST_LOG_LEVEL"
 ENV_BACKEND = "STARBURST_BACKEND"
@@ -199,29 +200,29 @@ def encryption_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, 
 
 def user_location_overrides(
     environ: Mapping[str, str] | None = None,
-) -> tuple[str | None, str | None, str | None, str | None]:
-    """``(endpoint, bucket, prefix, region)`` the user's environment sets (None: unset,
-    so a saved setup or the default applies)."""
+) -> tuple[str | None, str | None, str | None]:
+    """``(endpoint, bucket, prefix)`` the user's environment sets (None: unset, so a
+    saved setup or the default applies); the region is ``resolve_region``'s."""
+    env = os.environ if environ is None else environ
+    return (env.get(ENV_ENDPOINT) or None, env.get(ENV_BUCKET) or None, env.get(ENV_PREFIX) or None)
+
+
+def resolve_region(
+    argument: str | None, saved: str | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The one region precedence: the argument, then ``STARBURST_REGION``, then the
+    region ``starburst setup`` saved, then the AWS SDK's ``AWS_REGION`` and
+    ``AWS_DEFAULT_REGION`` (shell-wide defaults rank below a setup made for this
+    library); None when nothing names one (callers use ``DEFAULT_REGION`` or ask)."""
     env = os.environ if environ is None else environ
     return (
-        env.get(ENV_ENDPOINT) or None,
-        env.get(ENV_BUCKET) or None,
-        env.get(ENV_PREFIX) or None,
-        region_from_env(env),
+        argument
+        or env.get(ENV_REGION)
+        or saved
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+        or None
     )
-
-
-def region_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The region the environment names: ``STARBURST_REGION``, then the AWS SDK's own
-    ``AWS_REGION`` and ``AWS_DEFAULT_REGION`` (None: unset)."""
-    env = os.environ if environ is None else environ
-    return env.get(ENV_REGION) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
-
-
-def resolve_region(argument: str | None, saved: str | None = None) -> str:
-    """The one region precedence: argument, then environment, then saved setup, then
-    ``us-east-1``."""
-    return argument or region_from_env() or saved or DEFAULT_REGION
 
 
 def config_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -329,9 +330,7 @@ def parse_memory_mb(memory: int | str) -> int:
         number = float(match.group(1))
         unit = (match.group(2) or "MB").upper()
         value = int(number * 1024) if unit.startswith("G") else int(number)
-    if value < 128:
-        raise ConfigError(f"memory {memory!r} is below 128 MiB")
-    return value
+    return value  # the launch spec checks the size
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,13 +65,7 @@ class LaunchSpec:
         if self.memory_mb < 128:
             raise ConfigError(f"memory {self.memory_mb} MiB is below 128 MiB")
         if self.backend == "local":
-            given = [name for name in ECS_ONLY if getattr(self, name) != _DEFAULTS[name]]
-            if given:
-                raise ConfigError(
-                    f"{', '.join(given)} apply to the ECS backend; pass backend='ecs' "
-                    "or set STARBURST_BACKEND=ecs"
-                )
-            return
+            return  # ECS options given for local workers: refused by _runtime.launch_spec
         if self.launch_type not in LAUNCH_TYPES:
             raise ConfigError(f"launch_type must be 'FARGATE' or 'EC2', not {self.launch_type!r}")
         if self.launch_type == "FARGATE":
@@ -79,8 +73,8 @@ class LaunchSpec:
         if self.launch_type == "EC2" and not self.instance_type:
             raise ConfigError("launch_type='EC2' needs instance_type, e.g. 'c7i.xlarge'")
         architecture_for(self.instance_type)  # an unknown instance type fails here, early
-        if self.max_hourly_cost is not None and not self.max_hourly_cost > 0:
-            raise ConfigError(f"max_hourly_cost must be > 0 USD, got {self.max_hourly_cost}")
+        if self.max_hourly_cost is not None and self.max_hourly_cost < 0:
+            raise ConfigError(f"max_hourly_cost must be >= 0 USD, got {self.max_hourly_cost}")
 
     @property
     def cpu_units(self) -> int:

@@ -54,7 +54,7 @@ def _ecs_launcher(options, **location):  # type: ignore[no-untyped-def]
     from starburst_executor._runtime import launch_spec, make_launcher
 
     loc, _ = resolve_location(backend="ecs", **location)
-    return make_launcher(launch_spec("ecs", loc, options), loc)
+    return make_launcher(launch_spec("ecs", options, loc.region), loc)
 
 
 @pytest.fixture
@@ -90,8 +90,33 @@ def test_the_spec_takes_each_field_from_its_argument_else_the_saved_setup(saved_
     )
 
 
-def test_an_explicit_region_beats_the_saved_one_for_the_launcher_too(saved_placement):
-    launcher = _ecs_launcher({}, region="ap-south-1")
+def test_a_region_other_than_the_saved_setups_is_refused_naming_both(saved_placement):
+    from starburst_executor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"launch in ap-south-1.*run for eu-west-1"):
+        _ecs_launcher({}, region="ap-south-1")
+
+
+def test_the_saved_region_beats_the_aws_sdks_shell_default(saved_placement, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    launcher = _ecs_launcher({})
+    assert launcher.spec.region == "eu-west-1"
+    assert launcher.clients.region == "eu-west-1"  # type: ignore[attr-defined]
+    # Also with a bucket of the user's own: the saved setup still says where ECS is.
+    location, _ = resolve_location(backend="ecs", bucket="users-bucket")
+    assert location.region == "eu-west-1"
+    monkeypatch.setenv("STARBURST_REGION", "eu-west-1")  # ours ranks above the saved setup
+    assert _ecs_launcher({}).spec.region == "eu-west-1"
+
+
+def test_an_explicit_region_reaches_the_launcher(saved_placement, monkeypatch):
+    """With placement for that region given, an explicit region is used as is (before,
+    the saved setup's region silently won)."""
+    launcher = _ecs_launcher(
+        {"cluster": "c", "subnets": ["s"], "security_groups": ["g"], "image": "i:1"},
+        region="ap-south-1",
+    )
     assert launcher.spec.region == "ap-south-1"
     assert launcher.clients.region == "ap-south-1"  # type: ignore[attr-defined]
 
@@ -167,3 +192,31 @@ def test_ecs_options_on_local_workers_are_named(starburst_home):
 
     with pytest.raises(ConfigError, match="use_spot, cluster apply to the ECS backend"):
         DetachedExecutor(use_spot=True, cluster="c")
+
+
+def test_a_bad_option_is_refused_before_the_local_server_starts(tmp_path, monkeypatch):
+    from starburst_executor import DetachedExecutor
+    from starburst_executor.errors import ConfigError
+
+    home = tmp_path / "untouched-home"
+    monkeypatch.setenv("STARBURST_HOME", str(home))
+    with pytest.raises(ConfigError, match="invalid memory 'lots'"):
+        DetachedExecutor(memory="lots")
+    with pytest.raises(ConfigError, match="cpu must be > 0"):
+        DetachedExecutor(cpu=0)
+    with pytest.raises(ConfigError, match="launch_type, use_spot apply to the ECS backend"):
+        DetachedExecutor(launch_type="FARGATE", use_spot=False)  # given, even as defaults
+    assert not home.exists()  # no server was started, nothing was written
+
+
+def test_every_keyword_the_executors_took_before_is_still_taken():
+    from starburst_executor.config import DetachedOptions, SessionOptions
+
+    shared = {
+        "cpu", "memory", "absolute_timeout", "seed", "launch_type", "instance_type",
+        "use_spot", "image", "cluster", "subnets", "security_groups", "max_hourly_cost",
+        "backend", "endpoint_url", "bucket", "prefix", "region", "ship_code",
+    }  # fmt: skip
+    detached = shared | {"min_workers", "session_timeout", "lease_seconds", "max_retries"}
+    assert SessionOptions.__optional_keys__ == shared
+    assert detached <= DetachedOptions.__optional_keys__

@@ -562,6 +562,9 @@ def test_cost_keeps_counting_workers_that_ecs_has_forgotten(ecs_session):
         # Each worker registered under its own task (from the task metadata endpoint).
         assert {w["task_arn"] for w in mine} == set(h.procs)
         assert all(w["state"] == "exited" and w["started"] <= w["updated"] for w in mine)
+        # ... and kept the CloudWatch stream of its task for `starburst logs`.
+        streams = {ex._runtime.launcher.log_stream(w["task_arn"]) for w in mine}  # type: ignore[attr-defined]
+        assert {w["logs"] for w in mine} == streams == set(ex.worker_logs())
         ecs = ex._runtime.launcher.clients("ecs")  # type: ignore[attr-defined]
         play_times(ecs, h)
         listed = ex.cost()["actual_to_date"]

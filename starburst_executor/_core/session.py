@@ -240,13 +240,16 @@ class SessionStore:
             await self.store.put(self.layout.stop_marker, b"", if_none_match=True)
 
     async def register_workers(self, entries: list[dict[str, object]]) -> None:
-        """Record launched workers (the worker overwrites its entry when it starts)."""
-        await asyncio.gather(
-            *(
-                self.store.put(self.layout.worker(str(e["worker_id"])), json.dumps(e).encode())
-                for e in entries
-            )
-        )
+        """Record launched workers, create-only: a worker that started first (an ECS
+        task can, while later batches launch) keeps its own entry, whose start time and
+        task are the session's record of it."""
+
+        async def create(entry: dict[str, object]) -> None:
+            key = self.layout.worker(str(entry["worker_id"]))
+            with contextlib.suppress(PreconditionFailed):
+                await self.store.put(key, json.dumps(entry).encode(), if_none_match=True)
+
+        await asyncio.gather(*(create(e) for e in entries))
 
     async def workers(self) -> list[dict[str, object]]:
         listing = await self.store.list_objects(self.layout.dir("workers"))

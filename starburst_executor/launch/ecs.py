@@ -34,7 +34,7 @@ from ..aws.clients import AwsClients, translate
 from ..aws.cost import Rate, actual_cost, ec2_rate, fargate_rate, recorded_tasks
 from ..aws.logs import read_events
 from ..aws.settings import AwsConfig
-from ..config import ENV_SESSION, ENV_SPOT_WATCH, ENV_TASK
+from ..config import ENV_SESSION, ENV_SPOT_WATCH, ENV_TASK, ENV_WORKER_LOG, TASK_ID_FIELD
 from ..errors import (
     ConfigError,
     CostLimitExceeded,
@@ -285,9 +285,13 @@ class EcsLauncher:
     # -- launching ------------------------------------------------------------------
 
     def _extra_env(self) -> dict[str, str]:
-        """On EC2 the worker watches the instance's Spot notice itself (harmless on an
-        On-Demand instance, whose notice never comes)."""
-        return {ENV_SPOT_WATCH: "1"} if self.spec.launch_type == "EC2" else {}
+        """Where the worker's log goes (its task id filled in by the worker, which
+        registers it), and, on EC2, that the worker watches the instance's Spot notice
+        itself (harmless on an On-Demand instance, whose notice never comes)."""
+        env = {ENV_WORKER_LOG: self.log_stream(TASK_ID_FIELD)}
+        if self.spec.launch_type == "EC2":
+            env[ENV_SPOT_WATCH] = "1"
+        return env
 
     def _run_params(self, session_id: str, count: int, env: Mapping[str, str]) -> dict[str, Any]:
         spec, cfg = self.spec, self.config

@@ -29,7 +29,7 @@ from typing import Any
 
 from .._core.layout import new_worker_id
 from .._procs import pid_alive
-from ..config import ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
+from ..config import ENV_ECS_METADATA, ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
 from ..errors import StarburstError
 from ..launch_spec import LaunchSpec
 from .base import ExitStatus, TaskWorker
@@ -160,6 +160,8 @@ class LocalLauncher:
 
     def _base_env(self) -> dict[str, str]:
         base = dict(os.environ if self._environ is None else self._environ)
+        # A client that itself runs in an ECS task: its task is not the local workers'.
+        base.pop(ENV_ECS_METADATA, None)
         if self._strip_aws_env:
             # The embedded server has its own generated keys; never hand workers the user's.
             base = {k: v for k, v in base.items() if not k.startswith("AWS_")}

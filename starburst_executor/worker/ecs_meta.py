@@ -9,6 +9,7 @@ after ECS has forgotten a stopped task, about an hour later).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import urllib.request
@@ -26,7 +27,7 @@ def own_task_arn(metadata_uri: str | None, attempts: int = 3) -> str | None:
             with urllib.request.urlopen(f"{metadata_uri.rstrip('/')}/task", timeout=2) as r:
                 arn = json.loads(r.read()).get("TaskARN")
             return str(arn) if arn else None
-        except (OSError, ValueError, AttributeError) as err:
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as err:
             error = err
     log.info("task metadata unreadable (%s); registering under a fresh id", error)
     return None

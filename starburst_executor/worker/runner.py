@@ -65,7 +65,7 @@ from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
 from .._core.submits import SUBMIT_WINDOW
-from ..config import SessionSettings, WorkerEnv
+from ..config import TASK_ID_FIELD, SessionSettings, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
@@ -75,6 +75,9 @@ from .ecs_meta import own_task_arn
 from .execute import run_call
 from .spot import IMDS, SpotWatch
 
+# How often a serving worker rewrites its registry entry: the session's record of its
+# time (the cost of a worker killed outright is counted up to its last entry).
+REGISTRY_REFRESH = 600.0
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
@@ -163,9 +166,13 @@ class Worker:
         # So the client registered this id (the launcher's entry for the worker or task).
         self._named = bool(env.worker_id or self.task_arn)
         self._started = time.time()
+        self._registered = time.monotonic()
         self.task_id = check_task_id(env.task_id) if env.task_id else None
         self._takeover = env.takeover
         self._log_location = env.log_location
+        if TASK_ID_FIELD in self._log_location:  # an ECS worker's CloudWatch stream
+            task = self.task_arn.rsplit("/", 1)[-1] if self.task_arn else ""
+            self._log_location = self._log_location.replace(TASK_ID_FIELD, task) if task else ""
         # SIGTERM (a Spot notice gives 120 s): finish within this grace or hand back.
         self._term_grace = env.term_grace
         # An EC2 Spot notice is handled as the SIGTERM that ECS sends when it drains.
@@ -273,6 +280,7 @@ class Worker:
         return self._rng.randrange(width)
 
     def _register(self, state: str, **extra: Any) -> None:
+        self._registered = time.monotonic()
         body = {
             "worker_id": self.worker_id,
             "session_id": self.session_id,
@@ -313,6 +321,8 @@ class Worker:
             if terminating and not running:
                 return f"terminated; {'; '.join(handed)}" if handed else "terminated by signal"
             now = time.monotonic()
+            if now - self._registered >= REGISTRY_REFRESH:
+                self._register("running")  # a worker killed outright is still counted
             if not terminating and len(running) < slots and now >= next_poll:
                 try:
                     picked = self._next_task(view)

@@ -11,6 +11,7 @@ library only, polls every 5 seconds as AWS advises, and calls ``on_notice`` once
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -66,7 +67,8 @@ class SpotWatch:
         self._token = self._request(request).decode()
 
     def check(self) -> dict[str, str] | None:
-        """The notice, when there is one (raises ``OSError`` when IMDS cannot be reached)."""
+        """The notice, when there is one (raises ``OSError`` or ``HTTPException`` when
+        IMDS cannot be reached or answers garbage)."""
         if not self._token:
             self._refresh_token()
         request = urllib.request.Request(
@@ -94,7 +96,7 @@ class SpotWatch:
             delay = self._interval
             try:
                 notice = self.check()
-            except OSError as err:
+            except (OSError, http.client.HTTPException) as err:
                 failures += 1
                 if failures >= MAX_FAILURES:
                     log.info("instance metadata unreachable (%s); not watching for Spot", err)

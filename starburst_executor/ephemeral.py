@@ -103,8 +103,13 @@ class StarburstExecutor(SessionExecutor):
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture:
         """Store the call in S3 and queue it for a worker of its own."""
         future = self._store_call(fn, args, kwargs, self._cancel_queued)
-        # A worker of its own is started for the call: it must be in S3 first.
-        self._pipeline.flush()
+        # A worker of its own is started for the call: it must be in S3 first. Each
+        # call's store error is on its own future: another thread's is not this call's.
+        with contextlib.suppress(StarburstError):
+            self._pipeline.flush()
+        error = future.exception(0) if future.done() and not future.cancelled() else None
+        if error is not None:
+            raise error
         with self._cv:
             self._queue.append(future)
             self._cv.notify_all()

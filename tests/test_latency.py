@@ -149,6 +149,25 @@ def test_with_an_initializer_a_big_argument_is_still_stored_once(prefix):
         ex.cleanup(force=True)
 
 
+def test_calls_with_more_big_pieces_than_a_task_process_keeps_run(prefix):
+    """A task process keeps earlier tasks' pieces for the next one; a call of many big
+    pieces, some shared with the call before, must never find one of its own evicted."""
+    model = os.urandom(2 * 1024 * 1024)
+    parts = [os.urandom(2 * 1024 * 1024) for _ in range(6)]
+
+    def sizes(shared: bytes, *rest: bytes) -> list[int]:
+        return [len(shared), *(len(r) for r in rest)]
+
+    ex = DetachedExecutor(max_workers=1, slots=1)
+    try:
+        first = ex.submit(sizes, model, *parts[:3])
+        second = ex.submit(sizes, model, *parts)  # seven pieces, four seen before
+        assert first.result(timeout=TIMEOUT) == [len(model)] + [len(p) for p in parts[:3]]
+        assert second.result(timeout=TIMEOUT) == [len(model)] + [len(p) for p in parts]
+    finally:
+        ex.cleanup(force=True)
+
+
 def test_a_big_argument_is_a_piece_too_and_the_payload_checks_its_hash():
     arg = b"a" * (2 * 1024 * 1024)
     payload, pieces = encode_call_pieces(len, (arg,), {}, threshold=1024 * 1024)

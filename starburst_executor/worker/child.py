@@ -185,18 +185,26 @@ def _die_with_parent() -> None:
 
 
 _PIECES: dict[str, bytes] = {}  # this process's last pieces: the next task often shares them
-PIECES_KEPT = 4
+PIECES_KEPT_BYTES = 256 * 1024**2  # kept between tasks at most (one task's own are never evicted)
 
 
 def _load_pieces(paths: dict[str, str]) -> dict[str, bytes]:
-    """A payload's big pieces, read from the worker's files once per process."""
+    """A payload's big pieces, read from the worker's files once per process; pieces
+    of earlier tasks are kept, oldest out first, while they fit in PIECES_KEPT_BYTES."""
+    wanted: dict[str, bytes] = {}
     for digest, path in paths.items():
-        if digest not in _PIECES:
-            if len(_PIECES) >= PIECES_KEPT:
-                del _PIECES[next(iter(_PIECES))]
+        data = _PIECES.pop(digest, None)
+        if data is None:
             with open(path, "rb") as f:
-                _PIECES[digest] = f.read()
-    return {d: _PIECES[d] for d in paths}
+                data = f.read()
+        wanted[digest] = data
+    kept = sum(len(d) for d in wanted.values())
+    for digest in list(_PIECES):  # oldest first: evict until this task's pieces fit too
+        if kept + sum(len(d) for d in _PIECES.values()) <= PIECES_KEPT_BYTES:
+            break
+        del _PIECES[digest]
+    _PIECES.update(wanted)  # newest last
+    return wanted
 
 
 def serve(request_fd: int, result_fd: int) -> int:

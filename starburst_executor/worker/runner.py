@@ -673,7 +673,9 @@ class Worker:
         view.drop(set(held))
         while task_id(view.done_below) in done:
             view.done_below += 1
-        view.nothing_running = not running and view.done_below >= below
+        # Quiet only once every task this worker has seen has an outcome: a task still
+        # unclaimed may be claimed next by a worker that then dies.
+        view.nothing_running = not running and view.done_below > view.top
         for tid, info in running:
             if not claims.lease_expired(info, listing.server_time, lease):
                 continue
@@ -870,6 +872,13 @@ class Worker:
             )
         except StarburstError as err:
             return Outcome.failure(tid, err, started=started, finished=time.time(), **meta)
+        except OSError as err:  # the worker's own disk (full, read-only): fail the task, not us
+            failure = StarburstError(
+                f"task {tid} of session {self.session_id}: worker {self.worker_id} could "
+                f"not store the call's code or pieces on its disk ({err}); give workers "
+                "more ephemeral storage, or pass smaller arguments"
+            )
+            return Outcome.failure(tid, failure, started=started, finished=time.time(), **meta)
         request = {
             "task_id": tid,
             "payload": blob.body,
@@ -894,7 +903,7 @@ class Worker:
         now. A result this process might still have written would be a late duplicate
         anyway (outcomes are create-only)."""
         released = False
-        with contextlib.suppress(StarburstError):
+        with contextlib.suppress(StarburstError, TimeoutError):  # the store is not answering
             released = self.loop.run(claims.hand_back(self.store, self.layout, claim), timeout=10)
         what = (
             f"handed back {claim.task_id}"

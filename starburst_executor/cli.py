@@ -370,13 +370,17 @@ def _why_not_cancelled(ex: Any, future: Any) -> str:
 
 
 def _region(args: argparse.Namespace) -> str:
+    from .aws.clients import sdk_region
     from .aws.settings import load_config
     from .config import resolve_region
 
     saved = load_config()
-    region = resolve_region(args.region, saved.region if saved else None)
+    region = resolve_region(args.region, saved.region if saved else None) or sdk_region()
     if not region:
-        raise ConfigError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+        raise ConfigError(
+            "no AWS region: pass --region, set AWS_DEFAULT_REGION or run "
+            "`aws configure set region <region>`"
+        )
     return region
 
 

@@ -220,3 +220,25 @@ def test_every_keyword_the_executors_took_before_is_still_taken():
     detached = shared | {"min_workers", "session_timeout", "lease_seconds", "max_retries"}
     assert SessionOptions.__optional_keys__ == shared
     assert detached <= DetachedOptions.__optional_keys__
+
+
+def test_the_cli_takes_the_region_aws_configure_saved_when_nothing_else_names_one(
+    tmp_path, monkeypatch
+):
+    import argparse
+    import os
+
+    from starburst_executor.cli import _region
+    from starburst_executor.errors import ConfigError
+
+    for name in ("STARBURST_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STARBURST_CONFIG_DIR", str(tmp_path / "no-setup"))
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nregion = eu-north-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    assert _region(argparse.Namespace(region=None)) == "eu-north-1"
+    assert _region(argparse.Namespace(region="sa-east-1")) == "sa-east-1"
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    with pytest.raises(ConfigError, match="no AWS region: pass --region"):
+        _region(argparse.Namespace(region=None))

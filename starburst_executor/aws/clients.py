@@ -66,3 +66,12 @@ def translate(err: Exception, action: str, what: str) -> StarburstError:
             )
         return StarburstError(f"{action} on {what} failed: {code}: {err}")
     return StarburstError(f"{action} on {what} failed: {err}")
+
+
+def sdk_region() -> str | None:
+    """The region the AWS SDK's own configuration names (``aws configure``'s config
+    file or profile), for the CLI when nothing of ours does."""
+    import boto3
+
+    region = boto3.session.Session().region_name
+    return str(region) if region else None

@@ -89,6 +89,11 @@ def max_object_bytes(environ: Mapping[str, str] | None = None) -> int:
         raise ConfigError(f"{ENV_MAX_OBJECT_BYTES} must be a number of bytes") from None
 
 
+def json_fields(obj: Any) -> dict[str, Any]:
+    """A frozen settings dataclass as JSON-ready fields (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}
+
+
 def ship_code_enabled(ship_code: bool | None, environ: Mapping[str, str] | None = None) -> bool:
     """Whether sessions ship the user's own modules: the argument, else
     ``STARBURST_SHIP_CODE`` (``0``/``false``/``no`` turn it off), else on."""

@@ -9,11 +9,11 @@ manifest as is, and rebuilt from it on ``attach``. ``make_launcher`` in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from .aws.sizes import FARGATE_CPU_UNITS, architecture_for, check_fargate_size
-from .config import DEFAULT_CPU, DEFAULT_MEMORY_MB, DEFAULT_REGION
+from .config import DEFAULT_CPU, DEFAULT_MEMORY_MB, DEFAULT_REGION, json_fields
 from .errors import ConfigError
 
 Backend = Literal["local", "ecs"]
@@ -85,10 +85,7 @@ class LaunchSpec:
         return architecture_for(self.instance_type)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["subnets"] = list(self.subnets)
-        data["security_groups"] = list(self.security_groups)
-        return data
+        return json_fields(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LaunchSpec:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import config_dir
+from ..config import config_dir, json_fields
 from ..errors import ConfigError
 
 
@@ -53,10 +53,7 @@ class AwsConfig:
         return replace(self, **given)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["subnets"] = list(self.subnets)
-        data["security_groups"] = list(self.security_groups)
-        return data
+        return json_fields(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AwsConfig:

@@ -648,14 +648,16 @@ class Worker:
         while the last scan found every claim finished and no claim appeared since. The
         fleet shares the watch: with more than 8 shards each worker scans that much less
         often (every quarter lease times shards / 8), so the fleet's scans per second
-        stay those of 8 workers. Every ``FULL_SCAN_LEASES`` leases a scan starts from the
-        first task instead of the finished low-water mark, so a result deleted behind the
-        session's back (its claim then has no outcome and no renewal) is run again too.
+        stay those of 8 workers. Every ``FULL_SCAN_LEASES`` leases (stretched the same
+        way) a scan starts from the first task instead of the finished low-water mark, so
+        a result deleted behind the session's back (its claim then has no outcome and no
+        renewal) is run again too.
         """
         lease = self.settings.lease_seconds
-        every = lease / 4 * max(1.0, self.settings.max_workers / 8)
+        share = max(1.0, self.settings.max_workers / 8)  # the fleet shares the watch
+        every = lease / 4 * share
         now = time.monotonic()
-        full = now - view.full_scanned >= lease * FULL_SCAN_LEASES
+        full = now - view.full_scanned >= lease * FULL_SCAN_LEASES * share
         if not full and (view.nothing_running or now - view.scanned < every):
             return None
         view.scanned = now

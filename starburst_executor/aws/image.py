@@ -242,7 +242,7 @@ def require_image(config: AwsConfig, clients: AwsClients) -> str:
             )
         return config.image
     if not (config.account_id and config.ecr_repository):
-        return ""  # EcsSpec says what to do: run setup, or pass image=
+        return ""  # make_launcher says what to do: run setup, or pass image=
     plan = plan_image()
     if ecr_has_tag(config, clients, plan.tag):
         return f"{repository_uri(config)}:{plan.tag}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from latency_proxy import LatencyProxy
+from scale import drain_worker_counters
 
 from starburst_executor import DetachedExecutor
 from starburst_executor._core.codec import encode_call_pieces
@@ -46,21 +47,6 @@ def trivial(x: int) -> int:
 def sleep_half(_: int) -> float:
     time.sleep(0.5)
     return 0.5
-
-
-def _drain_worker_counters(ex: DetachedExecutor) -> Counter[str]:
-    """Stop the session's workers and sum the request counters they report on exit."""
-    ex._runtime.loop.run(ex._session.request_stop())
-    deadline = time.monotonic() + 60
-    while True:
-        registry = ex._runtime.loop.run(ex._session.workers())
-        if all(w.get("state") == "exited" for w in registry) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    total: Counter[str] = Counter()
-    for w in registry:
-        total.update(w.get("requests", {}))
-    return total
 
 
 def warm(where: Where, workers: int, **settings: Any) -> DetachedExecutor:
@@ -115,7 +101,7 @@ def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, f
     wall = time.perf_counter() - t0
     client = Counter(ex._runtime.store.counter.snapshot())
     client.subtract(before)
-    by_op = client + _drain_worker_counters(ex)  # worker counters include their warm-up
+    by_op = client + drain_worker_counters(ex)  # worker counters include their warm-up
     ex.cleanup(force=True)
     out = {"tasks_per_s": n / wall, "wall_s": wall, "requests_per_task": sum(by_op.values()) / n}
     out.update({f"req_{op}": count / n for op, count in by_op.items()})

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import scale
+from scale import drain_worker_counters
 
 from starburst_executor import DetachedExecutor, StarburstExecutor, __version__
 
@@ -51,21 +52,6 @@ def repeat(times: int, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     return {k: median([r[k] for r in runs]) for k in runs[0]}
 
 
-def _drain_worker_counters(ex: DetachedExecutor) -> Counter[str]:
-    """Stop the session's workers and sum the request counters they report on exit."""
-    ex._runtime.loop.run(ex._session.request_stop())
-    deadline = time.monotonic() + 60
-    while True:
-        registry = ex._runtime.loop.run(ex._session.workers())
-        if all(w.get("state") == "exited" for w in registry) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    total: Counter[str] = Counter()
-    for w in registry:
-        total.update(w.get("requests", {}))
-    return total
-
-
 def warm_detached(workers: int) -> DetachedExecutor:
     ex = DetachedExecutor(max_workers=workers)
     ex.scale(workers)
@@ -89,7 +75,7 @@ def detached_throughput(n: int, workers: int, use_map: bool) -> dict[str, float]
     wall = time.perf_counter() - t0
     client = Counter(ex._runtime.store.counter.snapshot())
     client.subtract(before_client)
-    workers_counts = _drain_worker_counters(ex)
+    workers_counts = drain_worker_counters(ex)
     ex.cleanup(force=True)
     # Worker counters include their warm-up: charged to the measured tasks, honestly high.
     by_op = client + workers_counts

@@ -70,6 +70,21 @@ def _wait_registered(ex: DetachedExecutor, workers: int, timeout: float = 300) -
     raise TimeoutError(f"{workers} workers did not start within {timeout:g}s")
 
 
+def drain_worker_counters(ex: DetachedExecutor) -> Counter[str]:
+    """Stop the session's workers and sum the request counters they report on exit."""
+    ex._runtime.loop.run(ex._session.request_stop())
+    deadline = time.monotonic() + 60
+    while True:
+        registry = ex._runtime.loop.run(ex._session.workers())
+        if all(w.get("state") == "exited" for w in registry) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    total: Counter[str] = Counter()
+    for w in registry:
+        total.update(w.get("requests", {}))
+    return total
+
+
 def scale_row(workers: int, tasks: int, *, use_map: bool = False) -> dict[str, Any]:
     """One session: ``workers`` warm workers, ``tasks`` trivial tasks, one submit each
     (or one ``map`` with default chunking), counted by the server."""

@@ -85,24 +85,34 @@ def prepare_user_code(
         folder = cache / digest
         if not (folder / COMPLETE).exists():
             bundle_key = code_key(prefix, digest)
-            try:
-                data = fetch(bundle_key)
-            except ObjectNotFound:
-                raise CorruptObject(
-                    f"payload {key} needs the code bundle {bundle_key}, which is missing; "
-                    "submit the task again from the client (it uploads its code again)"
-                ) from None
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise CorruptObject(
-                    f"code bundle {bundle_key} does not match its digest; delete it and "
-                    "submit again from the client"
-                )
+            data = _fetch_verified(
+                fetch,
+                bundle_key,
+                digest,
+                missing=f"payload {key} needs the code bundle {bundle_key}, which is missing; "
+                "submit the task again from the client (it uploads its code again)",
+                mismatch=f"code bundle {bundle_key} does not match its digest; delete it and "
+                "submit again from the client",
+            )
             _unpack(data, folder)
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
         folders.append(folder)
     importlib.invalidate_caches()
     return folders
+
+
+def _fetch_verified(
+    fetch: Callable[[str], bytes], key: str, digest: str, *, missing: str, mismatch: str
+) -> bytes:
+    """A content-addressed object, checked against its name (``CorruptObject`` if not)."""
+    try:
+        data = fetch(key)
+    except ObjectNotFound:
+        raise CorruptObject(missing) from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CorruptObject(mismatch)
+    return data
 
 
 def prepare_pieces(
@@ -115,15 +125,14 @@ def prepare_pieces(
         path = folder / digest
         if not path.exists():
             source = blob_key(digest)
-            try:
-                data = fetch(source)
-            except ObjectNotFound:
-                raise CorruptObject(
-                    f"payload {key} refers to {source}, which is missing (deleted with "
-                    "cleanup(force=True)?); resubmit the task"
-                ) from None
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise CorruptObject(f"{source} does not hash to its name; resubmit the task")
+            data = _fetch_verified(
+                fetch,
+                source,
+                digest,
+                missing=f"payload {key} refers to {source}, which is missing (deleted with "
+                "cleanup(force=True)?); resubmit the task",
+                mismatch=f"{source} does not hash to its name; resubmit the task",
+            )
             staging = path.with_name(f".{digest}.{os.getpid()}")
             staging.write_bytes(data)
             os.replace(staging, path)

@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -49,8 +50,11 @@ def _python_exit() -> None:
     with _live_lock:
         _global_shutdown = True
         executors = list(_live_executors)
+    # The interpreter sets ``sys.last_value`` when an uncaught exception ends the
+    # script: a Ctrl-C outside any ``with`` block stops the work as it does inside one.
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for executor in executors:
-        executor._at_exit()
+        executor._at_exit(interrupted)
 
 
 def _forget_in_child() -> None:
@@ -296,8 +300,9 @@ class SessionExecutor(concurrent.futures.Executor):
 
     # -- executor-only -------------------------------------------------------------
 
-    def _at_exit(self) -> None:
-        """Called once at interpreter exit while the executor is still referenced."""
+    def _at_exit(self, interrupted: bool) -> None:
+        """Called once at interpreter exit while the executor is still referenced;
+        ``interrupted`` when a Ctrl-C (``KeyboardInterrupt``) ended the script."""
         raise NotImplementedError
 
     def _watch_initializer(self, future: concurrent.futures.Future[Any]) -> None:

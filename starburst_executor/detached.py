@@ -286,16 +286,19 @@ class DetachedExecutor(SessionExecutor):
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C leaves the work running: the session is the point of this executor.
-            sid = self.detach()
-            print(
-                f"starburst: interrupted; session {sid} keeps running. Attach with "
-                f"DetachedExecutor.attach({sid!r}), watch it with `starburst status {sid} "
-                f"--watch`, stop it with `starburst cleanup {sid}`",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._detach_interrupted()
             return
         self.shutdown(wait=True)
+
+    def _detach_interrupted(self) -> None:
+        sid = self.detach()
+        print(
+            f"starburst: interrupted; session {sid} keeps running. Attach with "
+            f"DetachedExecutor.attach({sid!r}), watch it with `starburst status {sid} "
+            f"--watch`, stop it with `starburst cleanup {sid}`",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def detach(self) -> str:
         """Make every submitted call durable, then let go of the session: workers keep
@@ -330,11 +333,16 @@ class DetachedExecutor(SessionExecutor):
 
     # -- executor-only (exit and a broken initializer) ------------------------------
 
-    def _at_exit(self) -> None:
+    def _at_exit(self, interrupted: bool) -> None:
         # Every submitted call is made durable, then the session is left to its workers.
         with self._lock:
             finished = self._detached or self._stopped
-        if not finished:
+        if not finished and interrupted:
+            try:
+                self._detach_interrupted()
+            except StarburstError as err:
+                log.error("session %s: %s", self.session_id, err)
+        elif not finished:
             log.info(
                 "interpreter exit: session %s keeps running; "
                 "DetachedExecutor.attach(%r) collects its results",

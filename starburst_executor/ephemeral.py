@@ -188,9 +188,16 @@ class StarburstExecutor(SessionExecutor):
 
     # -- executor-only -------------------------------------------------------------
 
-    def _at_exit(self) -> None:
-        # As ProcessPoolExecutor at exit: run what was submitted, then stop.
-        self.shutdown(wait=True)
+    def _at_exit(self, interrupted: bool) -> None:
+        if interrupted:
+            self._interrupt()
+            return
+        # As ProcessPoolExecutor at exit: run what was submitted, then stop; a Ctrl-C
+        # while exit waits stops the rest instead.
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self._interrupt()
 
     def _fail_queued(self, message: str) -> None:
         with self._cv:

@@ -1,4 +1,5 @@
-"""Ctrl-C inside ``with``: a real SIGINT sent to a script, as a terminal sends it."""
+"""Ctrl-C: a real SIGINT sent to a script, as a terminal sends it, inside a ``with``
+block and in a script that never closes its executor."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from starburst_executor import DetachedExecutor
 
@@ -36,6 +39,21 @@ with DetachedExecutor(max_workers=1) as ex:
 """
 
 
+def _without_with(script: str) -> str:
+    """The same script with the executor left open: the interrupt reaches the exit hook."""
+    head, body = script.split("as ex:\n")
+    opened = head.replace("with ", "ex = ", 1).rstrip() + "\n"
+    lines = [ln.removeprefix("    ") for ln in body.splitlines()]
+    return opened + "\n".join(lines) + "\n"
+
+
+SCRIPT_FORMS = pytest.mark.parametrize("form", ["with", "no-with"])
+
+
+def _script(script: str, form: str) -> str:
+    return script if form == "with" else _without_with(script)
+
+
 def _wait_for(paths: list[Path], proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not all(p.exists() for p in paths):
@@ -59,9 +77,10 @@ def _interrupt(proc: subprocess.Popen[str]) -> tuple[float, str]:
     return time.monotonic() - sent, err
 
 
-def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path):
+@SCRIPT_FORMS
+def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path, form):
     proc = subprocess.Popen(
-        [sys.executable, "-c", EPHEMERAL, str(tmp_path)],
+        [sys.executable, "-c", _script(EPHEMERAL, form), str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -85,9 +104,10 @@ def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path)
     assert not (tmp_path / "started-2").exists()  # no queued call ever started
 
 
-def test_ctrl_c_in_a_detached_executor_leaves_the_session_running(prefix, tmp_path):
+@SCRIPT_FORMS
+def test_ctrl_c_in_a_detached_executor_leaves_the_session_running(prefix, tmp_path, form):
     proc = subprocess.Popen(
-        [sys.executable, "-c", DETACHED, str(tmp_path)],
+        [sys.executable, "-c", _script(DETACHED, form), str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -24,3 +24,19 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+def writes_under(pid: int, folder: Path) -> bool:
+    """True while ``pid`` runs with its standard output in a file under ``folder``.
+
+    A local worker's output goes to ``<logs>/<session>/<worker>.log``, whether it was
+    started as a subprocess or forked from the worker template (whose ``/proc`` environ
+    is the template's): this tells a session's workers apart from a reused pid.
+    """
+    if not pid_alive(pid):
+        return False
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return False
+    return Path(target).parent == folder

@@ -1,13 +1,16 @@
-"""Per-call local workers are forked from a template that has imported everything."""
+"""Local workers (per call, and a detached session's pool) are forked from a template
+that has imported everything."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
 import tasks
+from helpers import parent_of, session_workers, wait_until
 
-from starburst_executor import StarburstExecutor
+from starburst_executor import DetachedExecutor, StarburstExecutor
 
 TIMEOUT = 120
 
@@ -33,3 +36,25 @@ def test_the_template_can_be_turned_off(prefix, monkeypatch):
     monkeypatch.setenv("STARBURST_FORKSERVER", "0")
     with StarburstExecutor(max_workers=1) as ex:
         assert ex.submit(os.getppid).result(timeout=TIMEOUT) == os.getpid()
+
+
+def test_a_detached_sessions_workers_are_forked_and_keep_their_logs(prefix):
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        # The task runs in the worker's task process; the worker is the template's child.
+        worker = ex.submit(os.getppid).result(timeout=TIMEOUT)
+        template = parent_of(worker)
+        cmdline = Path(f"/proc/{template}/cmdline").read_bytes().split(b"\0")
+        assert b"starburst_executor.worker.forkserver" in cmdline
+        assert worker in session_workers(ex.session_id)
+        failing = ex.submit(tasks.fail_if, 1, 1)
+        with pytest.raises(tasks.CustomError):
+            failing.result(timeout=TIMEOUT)
+        # The worker's output reaches its log file (not /dev/null), traceback included.
+        (log,) = ex.worker_logs()
+        wait_until(
+            lambda: "raise CustomError" in Path(log).read_text(), "the failure in the worker log"
+        )
+    finally:
+        ex.cleanup(force=True)
+    assert session_workers(ex.session_id) == []

@@ -21,14 +21,13 @@ import textwrap
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any
 
 import pytest
 import tasks
+from helpers import session_workers
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
-from starburst_executor.config import ENV_SESSION
 from starburst_executor.errors import (
     BrokenExecutor,
     CorruptObject,
@@ -46,23 +45,6 @@ def make(kind: type, max_workers: int = 2, **kwargs: Any) -> Any:
     if kind is DetachedExecutor:
         kwargs.setdefault("session_timeout", 20.0)
     return kind(max_workers, **kwargs)
-
-
-def session_workers(session_id: str) -> list[int]:
-    """Live (not zombie) local worker processes serving ``session_id``."""
-    marker = f"{ENV_SESSION}={session_id}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in environ and state != "Z":
-            pids.append(int(proc.name))
-    return pids
 
 
 def run_script(body: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,11 @@ Each worker is ``python -m starburst_executor.worker`` in its own process group
 variables the ECS launcher would pass. Its output goes to
 ``<STARBURST_HOME>/logs/<session>/<worker>.log``.
 
-Per-call workers (``StarburstExecutor``) are forked from a template process that has
-already imported the worker (``worker/forkserver.py``): a cold call then costs a
-fork, not an interpreter start and the SDK's imports. ``STARBURST_FORKSERVER=0``
-starts them as subprocesses instead.
+Workers (one per call for ``StarburstExecutor``, a session's pool for
+``DetachedExecutor``) are forked from a template process that has already imported the
+worker (``worker/forkserver.py``): a worker then costs a fork, not an interpreter start
+and the SDK's imports. ``STARBURST_FORKSERVER=0`` starts them as subprocesses instead.
+A worker is told apart from a reused pid by its output: the session's log folder.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._core.layout import new_worker_id
-from .._procs import pid_alive
+from .._procs import pid_alive, writes_under
 from ..config import ENV_ECS_METADATA, ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
 from ..errors import StarburstError
 from ..launch_spec import LaunchSpec
@@ -109,17 +110,6 @@ class ForkedWorker:
         return self._server.exit_code(self.pid)
 
 
-def _serves(pid: int, session_id: str) -> bool:
-    """True when ``pid`` is a live worker of ``session_id`` (guards against pid reuse)."""
-    if not pid_alive(pid):
-        return False
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"{ENV_SESSION}={session_id}".encode() in environ
-
-
 class LocalLauncher:
     """Runs workers as local subprocesses."""
 
@@ -147,6 +137,22 @@ class LocalLauncher:
         self._adopted: dict[str, set[int]] = {}
         self._fork_server: ForkServer | None = None
         self._fork_lock = threading.Lock()
+
+    def _serves(self, pid: int, session_id: str) -> bool:
+        """True when ``pid`` is a live worker of ``session_id`` (guards against pid reuse)."""
+        return writes_under(pid, self.logs_root / session_id)
+
+    def _can_fork(self) -> bool:
+        # The template is this interpreter with this environment: a launcher told to
+        # use another Python or a clean environment starts plain subprocesses.
+        return forkserver_enabled() and self._python == sys.executable and self._environ is None
+
+    def _start(self, session_id: str, env: Mapping[str, str]) -> tuple[str, Any, Path]:
+        """A worker forked from the template when possible, else a subprocess."""
+        if self._can_fork():
+            with contextlib.suppress(StarburstError, OSError):  # else: a plain subprocess
+                return self._fork(session_id, env)
+        return self._spawn(session_id, env)
 
     def log_path(self, session_id: str, worker_id: str) -> Path:
         return self.logs_root / session_id / f"{worker_id}.log"
@@ -226,7 +232,7 @@ class LocalLauncher:
     ) -> list[dict[str, object]]:
         entries: list[dict[str, object]] = []
         for _ in range(count):
-            worker_id, proc, path = self._spawn(session_id, env)
+            worker_id, proc, path = self._start(session_id, env)
             entries.append(
                 {
                     "worker_id": worker_id,
@@ -243,14 +249,7 @@ class LocalLauncher:
     def start_task_worker(
         self, session_id: str, task_id: str, env: Mapping[str, str]
     ) -> TaskWorker:
-        task_env = {**env, ENV_TASK: task_id}
-        # The template is this interpreter with this environment: a launcher told to
-        # use another Python or a clean environment starts plain subprocesses.
-        if forkserver_enabled() and self._python == sys.executable and self._environ is None:
-            with contextlib.suppress(StarburstError, OSError):  # else: a plain subprocess
-                worker_id, forked, path = self._fork(session_id, task_env)
-                return TaskWorker(session_id, task_id, worker_id, str(path), forked)
-        worker_id, proc, path = self._spawn(session_id, task_env)
+        worker_id, proc, path = self._start(session_id, {**env, ENV_TASK: task_id})
         return TaskWorker(session_id, task_id, worker_id, str(path), proc)
 
     def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
@@ -280,7 +279,7 @@ class LocalLauncher:
                 entry.get("host") == host
                 and entry.get("state") in {"starting", "running"}
                 and isinstance(pid, int)
-            ) and _serves(pid, session_id):
+            ) and self._serves(pid, session_id):
                 self._adopted.setdefault(session_id, set()).add(pid)
 
     def _pids(self, session_id: str) -> set[int]:
@@ -339,7 +338,7 @@ class LocalLauncher:
     ) -> int:
         self.adopt(session_id, registry)
         forked = self._forked_pids(session_id)
-        pids = {pid for pid in self._pids(session_id) if pid in forked or _serves(pid, session_id)}
+        pids = {p for p in self._pids(session_id) if p in forked or self._serves(p, session_id)}
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)

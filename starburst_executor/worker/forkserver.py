@@ -34,15 +34,15 @@ def _child(request: dict[str, Any], channel: tuple[int, int]) -> None:
     code = 1
     try:
         os.setsid()
-        for fd in channel:
-            os.close(fd)
+        # Opened before the template's channel is closed: were the request pipe (fd 0)
+        # closed first, the log would be opened as fd 0 and then replaced by /dev/null.
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        os.close(log)
-        os.close(null)
+        for fd in {log, null, *channel} - {0, 1, 2}:
+            os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
         from .runner import main

@@ -80,7 +80,7 @@ import multiprocessing as mp
 import pytest
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
-from starburst_executor.config import ENV_SESSION
+from helpers import session_workers
 
 
 # -- replacements for test.support ------------------------------------------------
@@ -255,23 +255,6 @@ def make_dummy_object(_):
     return MyObject()
 
 
-def _session_workers(session_id):
-    """Pids of live local worker processes serving ``session_id``."""
-    marker = f"{ENV_SESSION}={session_id}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        if marker in environ and stat.rsplit(")", 1)[1].split()[0] != "Z":
-            pids.append(int(proc.name))
-    return pids
-
-
 class BaseTestCase(unittest.TestCase):
     def setUp(self):
         pass
@@ -308,7 +291,7 @@ class ExecutorMixin:
         return self.executor_type(max_workers, **kwargs)
 
     def assert_no_leftover_workers(self, executor):
-        leftover = _session_workers(executor.session_id)
+        leftover = session_workers(executor.session_id)
         self.assertEqual(leftover, [], f"workers outlived shutdown(wait=True) of {executor}")
 
     def script_executor(self, max_workers):

@@ -24,8 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Most tests wait on workers and S3 rather than compute: a few pytest workers overlap them.
+TEST_WORKERS ?= 3
+
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 LITHOPS := bench/.venv-lithops/.installed
 

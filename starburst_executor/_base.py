@@ -73,14 +73,20 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 AUTO_CHUNKS_PER_WORKER = 4
+MIN_AUTO_CHUNK = 8
 FLUSH_AT_EXIT_SECONDS = 300.0
 
 log = logging.getLogger("starburst_executor")
 
 
 def auto_chunksize(items: int, workers: int) -> int:
-    """Items per remote task for ``map``: ~4 chunks per worker (1 for short maps)."""
-    return max(1, math.ceil(items / (AUTO_CHUNKS_PER_WORKER * max(1, workers))))
+    """Items per remote task for ``map``: about ``AUTO_CHUNKS_PER_WORKER`` chunks per
+    worker, and at least ``MIN_AUTO_CHUNK`` items per chunk while every worker still gets
+    one (a remote task costs about 7 S3 requests, so a large fleet's chunks stay below one
+    request per item)."""
+    workers = max(1, workers)
+    balanced = math.ceil(items / (AUTO_CHUNKS_PER_WORKER * workers))
+    return max(1, balanced, min(MIN_AUTO_CHUNK, items // workers))
 
 
 def clock_offset(server_now: float) -> float:
@@ -334,9 +340,10 @@ class SessionExecutor(concurrent.futures.Executor):
     ) -> Iterator[R]:
         """As ``ProcessPoolExecutor.map``: results in order; one chunk is one task.
 
-        ``chunksize=None`` (the default; the standard library's is 1) chooses one: about
-        ``AUTO_CHUNKS_PER_WORKER`` chunks per worker, so a long map costs a fraction of a
-        request per item while every worker stays busy. With ``progress=True`` a bar
+        ``chunksize=None`` (the default; the standard library's is 1) chooses one
+        (``auto_chunksize``): about ``AUTO_CHUNKS_PER_WORKER`` chunks per worker and at
+        least 8 items per chunk while every worker still gets one, so a long map costs a
+        fraction of a request per item while every worker stays busy. With ``progress=True`` a bar
         counts the results as they are consumed (tqdm when installed).
         """
         if chunksize is not None and chunksize < 1:

@@ -263,10 +263,8 @@ class DetachedExecutor(SessionExecutor):
                 return
         self._flush_logged()
         if cancel_futures:
-            # Newest first: workers claim from the oldest, so the two rarely race for a key.
-            for future in reversed(futures):
-                if not future.done():
-                    future.cancel()
+            for future in self._cancel_unclaimed(futures):
+                future._mark_cancelled()
         if wait:
             concurrent.futures.wait(futures)
             with self._lock:
@@ -356,9 +354,8 @@ class DetachedExecutor(SessionExecutor):
 
     def _fail_queued(self, message: str) -> None:
         # Unclaimed tasks are cancelled in S3 first, so no worker runs them.
-        for future in self.futures:
-            if not future.done() and self._cancel_task(future.task_id):
-                future._fail(BrokenExecutor(message))
+        for future in self._cancel_unclaimed(self.futures):
+            future._fail(BrokenExecutor(message))
 
     def _require_attached(self) -> None:
         if self._detached:
@@ -499,6 +496,20 @@ class DetachedExecutor(SessionExecutor):
             shutil.rmtree(launcher.logs_root / self.session_id, ignore_errors=True)
 
     # -- executor-only -------------------------------------------------------------
+
+    def _cancel_unclaimed(self, futures: list[TaskFuture]) -> list[TaskFuture]:
+        """Cancel in S3 every task of ``futures`` no worker has claimed, their requests
+        together; returns their futures (still to be resolved by the caller)."""
+        if self._detached:
+            return []  # the session is no longer this client's to change
+        # Newest first: workers claim from the oldest, so the two rarely race for a key.
+        wanted = {f.task_id: f for f in reversed(futures) if not f.done() and not f.running()}
+        try:
+            cancelled = self._runtime.loop.run(self._session.cancel_many(list(wanted)))
+        except StarburstError as err:
+            log.error("session %s: cancelling its queued tasks failed: %s", self.session_id, err)
+            return []
+        return [wanted[tid] for tid in cancelled]
 
     def _cancel_task(self, tid: str) -> bool:
         if self._detached:

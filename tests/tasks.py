@@ -41,6 +41,14 @@ def append_index(path: str, i: int) -> int:
     return i
 
 
+def write_whole(path: str | Path, text: str) -> None:
+    """Write ``text`` so that a test sees the file only once it is whole (a test waits
+    for the file to exist, then reads it)."""
+    part = Path(f"{path}.part")
+    part.write_text(text)
+    part.replace(path)
+
+
 def wait_for_file(path: str, timeout: float = 60.0) -> str:
     """Block until ``path`` exists: lets a test hold a worker busy deterministically."""
     deadline = time.monotonic() + timeout
@@ -52,7 +60,7 @@ def wait_for_file(path: str, timeout: float = 60.0) -> str:
 
 
 def touch_then_wait(started: str, release: str) -> int:
-    Path(started).write_text(str(os.getpid()))
+    write_whole(started, str(os.getpid()))
     wait_for_file(release)
     return os.getpid()
 
@@ -63,7 +71,7 @@ def kill_worker_first_time(marker: str) -> str:
     import signal
 
     if not Path(marker).exists():
-        Path(marker).write_text(str(os.getppid()))
+        write_whole(marker, str(os.getppid()))
         os.kill(os.getppid(), signal.SIGKILL)
     return "survived"
 
@@ -214,7 +222,7 @@ def raise_holding_lock() -> None:
 def barrier(folder: str, i: int, n: int, hold: float = 0.0, timeout: float = 60.0) -> int:
     """Returns ``hold`` seconds after ``n`` tasks reached it: they ran at once, on ``n``
     different workers."""
-    Path(folder, str(i)).write_text(str(os.getpid()))
+    write_whole(Path(folder, str(i)), str(os.getpid()))
     deadline = time.monotonic() + timeout
     while len(list(Path(folder).iterdir())) < n:
         if time.monotonic() > deadline:

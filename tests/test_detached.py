@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import tasks
+from helpers import wait_until
 
 from starburst_executor import DetachedExecutor, list_sessions
 from starburst_executor.errors import (
@@ -284,3 +285,24 @@ def test_detach_inside_a_with_block_does_not_wait(prefix):
         assert other.futures[0].result(timeout=TIMEOUT) == 0.5
     finally:
         other.cleanup(force=True)
+
+
+def test_shutdown_cancel_futures_cancels_a_long_queue_in_s3(prefix, tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        busy = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        wait_until(started.exists, "the worker to start the first task")
+        queued = [ex.submit(tasks.square, i) for i in range(300)]
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert all(f.cancelled() for f in queued)
+        release.write_text("go")
+        assert busy.result(timeout=TIMEOUT) > 0
+        attached = DetachedExecutor.attach(ex.session_id)  # the cancels are in S3
+        assert attached.status().cancelled == 300
+        concurrent.futures.wait(attached.futures, timeout=TIMEOUT)
+        assert all(f.cancelled() for f in attached.futures[1:])
+        attached.detach()
+    finally:
+        release.write_text("go")
+        ex.cleanup(force=True)

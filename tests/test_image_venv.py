@@ -26,6 +26,8 @@ from starburst_executor import DetachedExecutor
 from starburst_executor.aws.image import build_context, plan_image
 from starburst_executor.launch.local import LocalLauncher
 
+# The virtualenv is built once per module: its tests stay on one xdist worker.
+pytestmark = pytest.mark.xdist_group("image_venv")
 TIMEOUT = 180
 # What the worker needs (the package's own requirements come with it) plus one
 # third-party package of the test environment that the package does not need.

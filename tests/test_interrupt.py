@@ -54,9 +54,23 @@ def _script(script: str, form: str) -> str:
     return script if form == "with" else _without_with(script)
 
 
+def _start(script: str, marks: Path) -> subprocess.Popen[str]:
+    """The script as a terminal's shell starts it: with SIGINT's default handling (a
+    process pool's worker, xdist's included, may have it ignored, and children inherit
+    that)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(marks)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def _wait_for(paths: list[Path], proc: subprocess.Popen[str]) -> None:
+    """Until each file holds the pid its task writes into it."""
     deadline = time.monotonic() + TIMEOUT
-    while not all(p.exists() for p in paths):
+    while not all(p.exists() and p.read_text() for p in paths):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.05)
@@ -79,12 +93,7 @@ def _interrupt(proc: subprocess.Popen[str]) -> tuple[float, str]:
 
 @SCRIPT_FORMS
 def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path, form):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _script(EPHEMERAL, form), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(_script(EPHEMERAL, form), tmp_path)
     started = [tmp_path / "started-0", tmp_path / "started-1"]
     _wait_for(started, proc)
     pids = [int(p.read_text()) for p in started]
@@ -106,12 +115,7 @@ def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path,
 
 @SCRIPT_FORMS
 def test_ctrl_c_in_a_detached_executor_leaves_the_session_running(prefix, tmp_path, form):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _script(DETACHED, form), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(_script(DETACHED, form), tmp_path)
     assert proc.stdout is not None
     sid = proc.stdout.readline().strip()
     _wait_for([tmp_path / "started-0"], proc)

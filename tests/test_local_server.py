@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -135,3 +136,30 @@ def test_unwritable_state_directory_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(LocalServerError, match="STARBURST_HOME"):
         LocalServer(blocker / "home").ensure_running()
+
+
+def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monkeypatch):
+    """Two servers starting at once (two test runs, two users) can pick the same free
+    port; the one that loses the race starts again on others instead of failing."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    chosen: list[list[int]] = []
+    free_ports = local_server._free_ports
+
+    def first_choice_clashes(count: int) -> list[int]:
+        ports = free_ports(count)
+        if not chosen:
+            ports[0] = taken.getsockname()[1]  # the S3 port, taken meanwhile
+        chosen.append(ports)
+        return ports
+
+    monkeypatch.setattr(local_server, "_free_ports", first_choice_clashes)
+    server = LocalServer(tmp_path / "home")
+    try:
+        info = server.ensure_running(announce=False)
+        assert len(chosen) == 2
+        assert info.endpoint_url == f"http://127.0.0.1:{chosen[1][0]}"
+    finally:
+        server.stop()
+        taken.close()

@@ -173,6 +173,23 @@ class SessionStore:
         await self.write_outcome(Outcome(tid, "cancelled", started=now, finished=now))
         return True
 
+    async def cancel_many(self, tids: list[str], at_once: int = 64) -> list[str]:
+        """Cancel unclaimed tasks with ``at_once`` requests in flight, in the order given
+        (one round trip each, in turn, would let workers claim on while the cancels
+        crawl). Returns those cancelled: not a claimed task, nor one whose cancel met a
+        store error."""
+        gate = asyncio.Semaphore(at_once)
+
+        async def one(tid: str) -> str | None:
+            async with gate:
+                try:
+                    return tid if await self.cancel(tid) else None
+                except StarburstError:
+                    return None
+
+        done = await asyncio.gather(*(one(t) for t in tids))
+        return [t for t in done if t is not None]
+
     async def status(self) -> SessionStatus:
         kinds = ("tasks", "claims", "results", "failed", "cancelled", "reexecuted")
         listings = await asyncio.gather(

@@ -51,6 +51,7 @@ _PORT_NAMES = (
     "admin_grpc",
     "metrics",
 )
+START_ATTEMPTS = 3  # a port taken between choosing it and binding it: choose again
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 
@@ -103,6 +104,25 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _port_clash(home: Path, since: int) -> bool:
+    """Whether the server's log, from byte ``since`` on, says a port was taken."""
+    try:
+        with open(home / "server.log", "rb") as f:
+            f.seek(since)
+            text = f.read().lower()
+    except OSError:
+        return False
+    # weed mini checks its ports first ("is not available"); a bind can still lose.
+    return b"port allocation failed" in text or b"address already in use" in text
 
 
 def _port_free(port: int) -> bool:
@@ -255,7 +275,25 @@ class LocalServer:
         _write_private(self.home / "s3-identities.json", json.dumps(identities))
         data_dir = self.home / "data"
         data_dir.mkdir(exist_ok=True, mode=0o700)
-        ports = self._choose_ports(previous)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            log_start = _size(self.home / "server.log")
+            proc, info = self._launch(weed, data_dir, self._choose_ports(previous))
+            try:
+                self._wait_ready(proc, info, access, secret)
+                return info
+            except LocalServerError:
+                self._kill(proc.pid)
+                # Ports are chosen free, but another process (a second server starting
+                # at the same moment) can take one before the server binds it.
+                if attempt == START_ATTEMPTS or not _port_clash(self.home, log_start):
+                    raise
+                previous = None
+        raise AssertionError("unreachable")
+
+    def _launch(
+        self, weed: str, data_dir: Path, ports: dict[str, int]
+    ) -> tuple[subprocess.Popen[bytes], ServerInfo]:
+        """Start ``weed mini`` on ``ports`` and record it in the state file."""
         args = [
             weed,
             "mini",
@@ -309,9 +347,7 @@ class LocalServer:
             "started": time.time(),
         }
         _write_private(self._state_file, json.dumps(state, indent=2))
-        info = self._info(state)
-        self._wait_ready(proc, info, access, secret)
-        return info
+        return proc, self._info(state)
 
     def _wait_ready(
         self, proc: subprocess.Popen[bytes], info: ServerInfo, access: str, secret: str

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import big_session as huge_session
 import scale
 from scale import drain_worker_counters
 
@@ -247,6 +248,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--big", type=int, default=10_000)
+    parser.add_argument("--huge", type=int, default=100_000)
     parser.add_argument("--lithops-tasks", type=int, default=200)
     parser.add_argument("--scale-workers", type=int, nargs="*", default=[2, 4, 8, 16, 64])
     parser.add_argument("--scale-tasks", type=int, default=1000)
@@ -286,6 +288,8 @@ def main() -> None:
     results["latency_pool"] = repeat(r, lambda: pool_latency(30))
     print(f"{args.big}-task session ...", flush=True)
     results["big"] = big_session(args.big, w)
+    print(f"{args.huge}-task session ...", flush=True)
+    results["huge"] = huge_session.run(args.huge)
     print("lithops ...", flush=True)
     results["lithops"] = lithops(args.lithops_tasks, 2, r)
     print("scale ...", flush=True)
@@ -310,6 +314,53 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[dist] = "?"
     return out
+
+
+def huge_rows(huge: dict[str, Any] | None, row: Callable[..., str]) -> list[str]:
+    """The issue-16 targets of the very large session."""
+    if not huge:
+        return []
+    n = huge["tasks"]
+    return [
+        row(
+            f"Attach to a {n:,}-task session",
+            f"{huge['attach_s']:.1f} s",
+            "<= 15 s",
+            huge["attach_s"] <= 15,
+        ),
+        row(
+            f"`status()` of a {n:,}-task session",
+            f"{huge['status_s']:.1f} s",
+            "<= 10 s",
+            huge["status_s"] <= 10,
+        ),
+    ]
+
+
+def huge_report(huge: dict[str, Any] | None) -> list[str]:
+    if not huge:
+        return []
+    n, st = huge["tasks"], huge["status"]
+    requests = ", ".join(f"{op} {c}" for op, c in sorted(huge["poll_round_requests"].items()))
+    return [
+        f"## A {n:,}-task session, seen from its clients",
+        "",
+        "`bench/big_session.py`: each client a fresh interpreter (peak resident memory is "
+        "its own); one worker serves the session while it is submitted.",
+        "",
+        "| measure | figure |",
+        "|---|---|",
+        f"| submit, one `submit` per task, then `flush()` | {huge['submit_s']:.1f} s "
+        f"({huge['submits_per_s']:.0f} submits/s) |",
+        f"| submitting client's peak memory | {huge['rss_mib_submitter']:.0f} MiB "
+        f"(interpreter and imports: {huge['rss_mib_before']:.0f} MiB) |",
+        f"| attach (rebuilds {huge['futures']:,} futures) | {huge['attach_s']:.1f} s |",
+        f"| attached client's peak memory | {huge['rss_mib_attached']:.0f} MiB |",
+        f"| `status()` | {huge['status_s']:.1f} s ({st['completed']:,} completed, "
+        f"{st['pending']:,} pending) |",
+        f"| one poll round over every pending future | {huge['poll_round_s']:.1f} s ({requests}) |",
+        "",
+    ]
 
 
 def write_report(res: dict[str, Any], args: argparse.Namespace) -> None:
@@ -370,6 +421,7 @@ def write_report(res: dict[str, Any], args: argparse.Namespace) -> None:
             "<= 11",
             big["poll_round_lists"] <= 11,
         ),
+        *huge_rows(res.get("huge"), row),
         *scale.target_rows(res.get("scale"), row),
         row(
             "Idle worker at maximum backoff",
@@ -451,6 +503,7 @@ def write_report(res: dict[str, Any], args: argparse.Namespace) -> None:
         f"({idle['polls_at_max']:.0f} polls observed at 30 s).",
         f"- Whole benchmark: {res['elapsed_s']:.0f} s.",
         "",
+        *huge_report(res.get("huge")),
         *scale.report(res.get("scale")),
         "![throughput](results.png)",
         "",

@@ -73,7 +73,7 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 AUTO_CHUNKS_PER_WORKER = 4
-MIN_AUTO_CHUNK = 8
+MIN_AUTO_CHUNK = 16
 FLUSH_AT_EXIT_SECONDS = 300.0
 
 log = logging.getLogger("starburst_executor")
@@ -342,7 +342,7 @@ class SessionExecutor(concurrent.futures.Executor):
 
         ``chunksize=None`` (the default; the standard library's is 1) chooses one
         (``auto_chunksize``): about ``AUTO_CHUNKS_PER_WORKER`` chunks per worker and at
-        least 8 items per chunk while every worker still gets one, so a long map costs a
+        least 16 items per chunk while every worker still gets one, so a long map costs a
         fraction of a request per item while every worker stays busy. With ``progress=True`` a bar
         counts the results as they are consumed (tqdm when installed).
         """

@@ -78,7 +78,7 @@ def test_map_chunks_cost_under_a_request_per_item_and_leave_no_worker_idle():
     from starburst_executor._base import auto_chunksize
 
     # (items, workers) -> items per chunk
-    cases = {(1000, 4): 63, (1000, 64): 8, (100, 64): 1, (10, 2): 5, (0, 4): 1, (7, 1): 7}
+    cases = {(1000, 4): 63, (1000, 64): 15, (100, 64): 1, (10, 2): 5, (0, 4): 1, (7, 1): 7}
     for (items, workers), size in cases.items():
         assert auto_chunksize(items, workers) == size, (items, workers)
     for items in (1, 9, 63, 64, 65, 500, 1000, 10_000):
@@ -86,5 +86,5 @@ def test_map_chunks_cost_under_a_request_per_item_and_leave_no_worker_idle():
             size = auto_chunksize(items, workers)
             chunks = -(-items // size)
             assert chunks >= min(items, workers)  # every worker gets a chunk
-            # 8 items a chunk, unless one item more per chunk could leave a worker idle
-            assert size >= 8 or items // (size + 1) < workers
+            # 16 items a chunk, unless one item more per chunk could leave a worker idle
+            assert size >= 16 or items // (size + 1) < workers

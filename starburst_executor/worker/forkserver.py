@@ -19,6 +19,7 @@ closes its stdin, that is when the client exits; its workers run on.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -71,6 +72,9 @@ def serve() -> None:
     from . import runner  # noqa: F401 - the imports every worker would pay for
 
     s3.prewarm()
+    # Everything loaded so far lives as long as the template: out of the collector's
+    # sight, a worker's collections do not touch (and so copy) the template's pages.
+    gc.freeze()
 
     children: set[int] = set()
     buffered = b""

@@ -32,6 +32,7 @@ environment variables, the same ones the ECS launcher passes as container overri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -67,6 +68,7 @@ from .._core.session import SessionStore
 from .._core.submits import SUBMIT_WINDOW
 from ..config import TASK_ID_FIELD, SessionSettings, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
+from ..store.base import Blob
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store
 from .child import ChildExited, TaskProcess
@@ -198,6 +200,7 @@ class Worker:
         self._terminating = threading.Event()
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
+        self._prefetched: dict[str, Blob] = {}  # one-task mode: read with the manifest
         self._rng = random.Random()
         self._shard = 0  # the shard it owns: task indexes equal to it modulo max_workers
         self._collisions = 0  # own fresh tasks lost in a row
@@ -229,7 +232,10 @@ class Worker:
     def run(self) -> int:
         """Serve the session until idle, deadline, stop or SIGTERM. Returns an exit code."""
         try:
-            manifest, _ = self.loop.run(self.session.load())
+            if self.task_id is not None:
+                manifest = self.loop.run(self._load_with_payload(self.task_id))
+            else:
+                manifest, _ = self.loop.run(self.session.load())
             self._manifest = manifest
             self._mismatch = fingerprint_mismatch(manifest.fingerprint, fingerprint())
             if self.task_id is not None:
@@ -258,6 +264,17 @@ class Worker:
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
+
+    async def _load_with_payload(self, tid: str) -> Manifest:
+        """One-task mode: the manifest and the task's payload, two reads in one round
+        trip (the payload is kept for ``_prepare``; it is read again if this failed)."""
+
+        async def payload() -> None:
+            with contextlib.suppress(StarburstError):
+                self._prefetched[tid] = await self.store.get(self.layout.key("tasks", tid))
+
+        (manifest, _), _ = await asyncio.gather(self.session.load(), payload())
+        return manifest
 
     def _first_shard(self, width: int) -> int:
         """Workers launched together start on distinct shards: this worker's rank among
@@ -855,7 +872,9 @@ class Worker:
                 raise EnvironmentMismatch(
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
-            blob = self._durably(lambda: self.store.get(key), f"payload {key}")
+            blob = self._prefetched.pop(tid, None) or self._durably(
+                lambda: self.store.get(key), f"payload {key}"
+            )
             if blob is None:  # the store stayed away: let another worker try later
                 with contextlib.suppress(StarburstError):
                     self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))

@@ -5,6 +5,7 @@ Each test names the item it covers; each failed on the protocol before the fix.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
@@ -336,3 +337,46 @@ def test_deleted_manifest_ends_waiting_futures_without_a_launch_storm(prefix, tm
     finally:
         release.write_text("go")
         ex.cleanup(force=True)
+
+
+def test_a_large_sessions_folders_are_listed_in_id_ranges_at_once(store, prefix):
+    """``status()`` and attach list a session larger than one page in id ranges at
+    once. Pages of 10 keys stand in for S3's 1,000: 300 ids with gaps, markers and
+    claims; every key is found once, and the ranged path ran (probes and ranges)."""
+    from starburst_executor._core.layout import new_session_id, task_id
+    from starburst_executor._core.session import SessionStore
+
+    session = SessionStore(store, prefix, new_session_id())
+    session.page_keys = 10
+    layout = session.layout
+    ids = [task_id(i) for i in range(300) if i % 7 != 3]
+    claimed = ids[:150]
+    done = ids[:100]
+
+    async def fill() -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def put(key: str) -> None:
+            async with gate:
+                await store.put(key, b"")
+
+        keys = [layout.key("tasks", t) for t in ids]
+        keys += [layout.key("claims", t) for t in claimed]
+        keys += [layout.key("results", t) for t in done]
+        keys += [layout.key("failed", t) for t in done[:5]]
+        keys += [layout.stop_marker, layout.dir("tasks") + "~released/t000000001.abc"]
+        await asyncio.gather(*(put(k) for k in keys))
+
+    store.run(fill())
+    before = store.counter.by_operation.get("ListObjectsV2", 0)
+    assert store.run(session.task_ids()) == ids
+    lists = store.counter.by_operation["ListObjectsV2"] - before
+    assert lists > 10  # one page, the probes, then ranges: not one LIST
+    status = store.run(session.status())
+    assert (status.total, status.pending, status.running) == (len(ids), len(ids) - 150, 50)
+    assert (status.completed, status.failed, status.cancelled) == (95, 5, 0)
+    # A session that fits in one page is listed whole, one LIST per folder.
+    session.page_keys = 1000
+    before = store.counter.by_operation["ListObjectsV2"]
+    assert store.run(session.task_ids()) == ids
+    assert store.counter.by_operation["ListObjectsV2"] - before == 1

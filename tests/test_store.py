@@ -105,3 +105,74 @@ def test_wrong_credentials_are_a_typed_error(location):
 
     with pytest.raises(AccessDenied, match="PutObject"):
         asyncio.run(go())
+
+
+def test_listing_stops_before_end_before_and_max_keys_is_one_page(store, prefix):
+    async def fill() -> None:
+        await asyncio.gather(*(store.put(f"{prefix}/r/k{i:03d}", b"") for i in range(40)))
+
+    store.run(fill())
+    before = store.counter.by_operation.get("ListObjectsV2", 0)
+    middle = store.run(
+        store.list_objects(
+            f"{prefix}/r/", start_after=f"{prefix}/r/k009", end_before=f"{prefix}/r/k020"
+        )
+    )
+    assert [o.key for o in middle.objects] == [f"{prefix}/r/k{i:03d}" for i in range(10, 20)]
+    page = store.run(store.list_objects(f"{prefix}/r/", max_keys=7))
+    assert [o.key for o in page.objects] == [f"{prefix}/r/k{i:03d}" for i in range(7)]
+    assert store.counter.by_operation["ListObjectsV2"] - before == 2
+
+
+def test_fast_listing_parse_matches_botocores_own(store, prefix, location):
+    """The listing parser (store/fastparse.py) gives what botocore's model-driven
+    parser gives, keys that need URL-decoding included."""
+    from aiobotocore.session import get_session
+
+    from starburst_executor.store.s3 import botocore_config
+
+    names = ["plain", "with space", "amp&lt<gt>", "ünï/cøde", "plus+sign", "pct%20"]
+    for i, name in enumerate(names):
+        store.run(store.put(f"{prefix}/f/{name}", b"x" * i))
+    loc, creds = location
+
+    async def both() -> tuple[dict, dict]:  # type: ignore[type-arg]
+        ours = await store._ensure()
+        params = {"Bucket": loc.bucket, "Prefix": f"{prefix}/f/", "MaxKeys": 4}
+        async with get_session().create_client(
+            "s3",
+            region_name=loc.region,
+            endpoint_url=loc.endpoint_url,
+            aws_access_key_id=creds[0],
+            aws_secret_access_key=creds[1],
+            config=botocore_config(2),
+        ) as plain:
+            return await ours.list_objects_v2(**params), await plain.list_objects_v2(**params)
+
+    fast, slow = store.run(both())
+    for parsed in (fast, slow):
+        parsed.pop("ResponseMetadata")
+    assert fast == slow
+    assert fast["IsTruncated"] and len(fast["Contents"]) == 4
+    assert {c["Key"] for c in fast["Contents"]} <= {f"{prefix}/f/{n}" for n in names}
+
+
+def test_an_error_or_a_cut_listing_sent_with_status_200_is_retried_as_a_500():
+    from starburst_executor.store import fastparse
+
+    class Shape:
+        name = "ListObjectsV2Output"
+
+    class Operation:
+        output_shape = Shape()
+
+    def status(body: bytes) -> int:
+        response = {"status_code": 200, "body": body, "headers": {}}
+        fastparse._handle_200_error(response_dict=response, operation_model=Operation())
+        return int(response["status_code"])
+
+    error = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code></Error>'
+    listing = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><KeyCount>0</KeyCount></ListBucketResult>'
+    assert status(error) == 500
+    assert status(listing[:-10]) == 500
+    assert status(listing) == 200

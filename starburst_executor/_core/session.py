@@ -21,12 +21,15 @@ from ..errors import (
     StarburstError,
     SubmitConflict,
 )
-from ..store.base import ObjectStore
+from ..store.base import Listing, ObjectStore
 from . import claims
 from .codec import Outcome
-from .layout import SessionLayout, check_session_id
+from .layout import MAX_TASKS, SessionLayout, check_session_id, task_id
 from .manifest import Manifest
 from .writes import conditional_put
+
+PAGE_KEYS = 1000  # S3 answers at most this many keys per LIST
+RANGES_MAX = 32  # a large folder is listed in at most this many id ranges at once
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class SessionStore:
         self.store = store
         self.layout = SessionLayout(prefix, check_session_id(session_id))
         self.session_id = session_id
+        self.page_keys = PAGE_KEYS  # smaller in tests, to list many pages of few tasks
 
     async def create(self, manifest: Manifest) -> None:
         body = manifest.to_json()
@@ -133,8 +137,66 @@ class SessionStore:
         await self.store.put(self.layout.blob(digest), data)
 
     async def task_ids(self) -> list[str]:
-        listing = await self.store.list_objects(self.layout.dir("tasks"))
+        (listing,) = await self.list_kinds(("tasks",))
         return [t for o in listing.objects if (t := self.layout.tid_of(o.key))]
+
+    async def list_kinds(self, kinds: tuple[str, ...]) -> list[Listing]:
+        """Every key of each kind of ``kinds`` (folders keyed by task id).
+
+        One page of ``tasks/`` first: a session that fits lists each other folder
+        whole. A larger one would take one page after another per folder (100 of them
+        for 100,000 tasks, each a round trip), so its ids are bounded by one round of
+        1-key probes and every folder is listed in up to ``RANGES_MAX`` id ranges at
+        once; the last range is open, so a task written meanwhile is not missed.
+        """
+        tasks_dir = self.layout.dir("tasks")
+        first = await self.store.list_objects(tasks_dir, max_keys=self.page_keys)
+        if len(first.objects) < self.page_keys:
+            rest = [k for k in kinds if k != "tasks"]
+            whole = await asyncio.gather(
+                *(self.store.list_objects(self.layout.dir(k)) for k in rest)
+            )
+            listed = dict(zip(rest, whole, strict=True))
+            listed["tasks"] = first
+            return [listed[k] for k in kinds]
+        bounds = self._ranges(await self._id_bound())
+        return list(await asyncio.gather(*(self._list_ranges(k, bounds) for k in kinds)))
+
+    async def _id_bound(self) -> int:
+        """A task index above every task id (at most twice the highest), from one round
+        of 1-key LISTs that each ask whether an id at or above a power of two exists."""
+        tasks_dir = self.layout.dir("tasks")
+        powers = [1 << k for k in range(self.page_keys.bit_length(), MAX_TASKS.bit_length())]
+        probes = await asyncio.gather(
+            *(
+                self.store.list_objects(
+                    tasks_dir, start_after=self.layout.after("tasks", task_id(p - 1)), max_keys=1
+                )
+                for p in powers
+            )
+        )
+        bound = 1 << self.page_keys.bit_length()
+        for p, probe in zip(powers, probes, strict=True):
+            if any(self.layout.tid_of(o.key) for o in probe.objects):
+                bound = 2 * p
+        return min(bound, MAX_TASKS)
+
+    def _ranges(self, bound: int) -> list[tuple[int, int | None]]:
+        """``[0, bound)`` cut into ranges of at least a page; the last one is open."""
+        count = max(1, min(RANGES_MAX, -(-bound // self.page_keys)))
+        cuts = [bound * i // count for i in range(count)]
+        return [(lo, hi) for lo, hi in zip(cuts, [*cuts[1:], None], strict=True)]
+
+    async def _list_ranges(self, kind: str, bounds: list[tuple[int, int | None]]) -> Listing:
+        async def one(lo: int, hi: int | None) -> Listing:
+            return await self.store.list_objects(
+                self.layout.dir(kind),
+                start_after=self.layout.after(kind, task_id(lo - 1)) if lo else None,
+                end_before=self.layout.key(kind, task_id(hi)) if hi is not None else None,
+            )
+
+        parts = await asyncio.gather(*(one(lo, hi) for lo, hi in bounds))
+        return Listing([o for part in parts for o in part.objects], parts[0].server_time)
 
     async def write_outcome(self, outcome: Outcome) -> bool:
         """Write the task's one outcome; False when another outcome was there first."""
@@ -192,9 +254,7 @@ class SessionStore:
 
     async def status(self) -> SessionStatus:
         kinds = ("tasks", "claims", "results", "failed", "cancelled", "reexecuted")
-        listings = await asyncio.gather(
-            *(self.store.list_objects(self.layout.dir(k)) for k in kinds)
-        )
+        listings = await self.list_kinds(kinds)
         ids = [
             {t for o in listing.objects if (t := self.layout.tid_of(o.key))} for listing in listings
         ]

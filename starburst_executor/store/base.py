@@ -103,7 +103,17 @@ class ObjectStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
-    async def list_objects(self, prefix: str, *, start_after: str | None = None) -> Listing: ...
+    async def list_objects(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end_before: str | None = None,
+        max_keys: int | None = None,
+    ) -> Listing:
+        """Keys under ``prefix`` in order, after ``start_after`` and before
+        ``end_before`` (paging stops there), at most ``max_keys`` of them (one page)."""
+        ...
 
     async def list_prefixes(self, prefix: str) -> list[str]: ...
 

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -48,6 +48,7 @@ from ..errors import (
     PreconditionFailed,
     StoreError,
 )
+from . import fastparse
 from .base import Blob, Listing, ObjectInfo, PutResult, RequestCounter
 
 T = TypeVar("T")
@@ -181,6 +182,12 @@ def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
 _prewarmed_session: Any = None  # set in worker template processes only (prewarm)
 
 
+def new_session() -> AioSession:
+    """An SDK session whose clients parse listings and timestamps fast (fastparse)."""
+    session: AioSession = fastparse.install(get_session())
+    return session
+
+
 def prewarm() -> None:
     """Load the SDK's data (service model, endpoint rules) into one session that every
     S3Store of this process then uses: for a process that forks workers, which inherit
@@ -199,7 +206,7 @@ def prewarm() -> None:
         ):
             pass
 
-    session = get_session()
+    session = new_session()
     asyncio.run(load(session))
     _prewarmed_session = session
 
@@ -233,7 +240,7 @@ class S3Store:
         if self._client is None:
             async with self._lock:
                 if self._client is None:
-                    session = _prewarmed_session or get_session()
+                    session = _prewarmed_session or new_session()
                     kwargs: dict[str, Any] = {
                         "region_name": self.location.region,
                         "config": botocore_config(self._pool),
@@ -250,6 +257,7 @@ class S3Store:
                     client = await self._stack.enter_async_context(
                         session.create_client("s3", **kwargs)
                     )
+                    fastparse.install_on_client(client)
                     client.meta.events.register("before-send.s3", self._count)
                     client.meta.events.register("before-call.s3", _no_expect_continue)
                     self._client = client
@@ -392,7 +400,14 @@ class S3Store:
             raise error from denied[0]
         return found
 
-    async def list_objects(self, prefix: str, *, start_after: str | None = None) -> Listing:
+    async def list_objects(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end_before: str | None = None,
+        max_keys: int | None = None,
+    ) -> Listing:
         async def call(client: Any) -> Listing:
             objects: list[ObjectInfo] = []
             server_time: datetime | None = None
@@ -400,11 +415,15 @@ class S3Store:
             params.update(self.location.owner_extra())
             if start_after:
                 params["StartAfter"] = start_after
+            if max_keys is not None:
+                params["MaxKeys"] = max_keys
             while True:
                 resp = await client.list_objects_v2(**params)
                 if server_time is None:
                     server_time = _server_time(resp)
                 for item in resp.get("Contents", []):
+                    if end_before is not None and item["Key"] >= end_before:
+                        return Listing(objects, server_time)
                     objects.append(
                         ObjectInfo(
                             item["Key"],
@@ -413,7 +432,7 @@ class S3Store:
                             int(item.get("Size", 0)),
                         )
                     )
-                if not resp.get("IsTruncated"):
+                if max_keys is not None or not resp.get("IsTruncated"):
                     break
                 params["ContinuationToken"] = resp["NextContinuationToken"]
             assert server_time is not None

@@ -179,8 +179,7 @@ class DetachedExecutor(SessionExecutor):
         self._launch_workers = launch_workers
         self._submit_wanted = 0
         self._poller = ResultPoller(self._session, self._runtime.loop, maintain=self._keep_workers)
-        for future in self._futures:
-            self._poller.track(future)
+        self._poller.track_many(list(self._futures))
 
     @classmethod
     def attach(

@@ -69,9 +69,16 @@ class ResultPoller:
 
     def track(self, future: TaskFuture) -> None:
         """Start watching ``future``'s task."""
+        self.track_many([future])
+
+    def track_many(self, futures: list[TaskFuture]) -> None:
+        """Start watching every future of ``futures`` (one lock and one wake-up for
+        all: an attach to a large session tracks 100,000 at once)."""
+        if not futures:
+            return
         with self._lock:
-            self._pending[future.task_id] = future
-            self._tracked += 1
+            self._pending.update((f.task_id, f) for f in futures)
+            self._tracked += len(futures)
         self._tracked_at = time.monotonic()
         # A long wait is cut short (nothing was pending, or the backoff passed the
         # trickle delay), and so is any wait for a call submitted alone (one call at a

@@ -373,7 +373,10 @@ class Worker:
                     if now - idle_since > self.settings.session_timeout:
                         return f"idle for {self.settings.session_timeout:g}s"
                 hot = now - idle_since <= HOT_SECONDS and self._next_is_ours(view)
-                delay = IDLE_MIN_DELAY if view.saw_new or hot else min(delay * 2, IDLE_MAX_DELAY)
+                # A large fleet backs off faster: its workers' empty polls add up, and a
+                # task whose owner sleeps is stolen by whichever worker polls first.
+                grow = 2 * self._fleet_factor
+                delay = IDLE_MIN_DELAY if view.saw_new or hot else min(delay * grow, IDLE_MAX_DELAY)
                 pause = self._pause(view, delay, hot=hot)
                 if not running:
                     log.debug(

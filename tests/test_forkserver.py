@@ -58,3 +58,19 @@ def test_a_detached_sessions_workers_are_forked_and_keep_their_logs(prefix):
     finally:
         ex.cleanup(force=True)
     assert session_workers(ex.session_id) == []
+
+
+def test_a_forked_worker_opens_the_s3_client_its_template_made(prefix, starburst_home, monkeypatch):
+    """The template makes (without opening) the S3 client of the store it last forked
+    a worker for; the next worker of that store opens it instead of making its own."""
+    monkeypatch.setenv("STARBURST_LOG_LEVEL", "DEBUG")
+    with StarburstExecutor(max_workers=1) as ex:
+        futures = [ex.submit(os.getpid) for _ in range(3)]
+        assert len({f.result(timeout=TIMEOUT) for f in futures}) == 3
+        logs = [
+            (starburst_home / "logs" / ex.session_id / f"{f.worker_id}.log").read_text()
+            for f in futures
+        ]
+    made = "S3 client for"
+    assert made in logs[-1], logs[-1]
+    assert sum(made in log for log in logs) >= len(logs) - 1

@@ -6,14 +6,16 @@
     ──────────────────────               ──────────────────────       ──────
     spawn ──{"env", "log"} on stdin───▶  fork() ───────────────────▶  setsid; stdout, stderr
           ◀──{"pid"} on stdout────────                                to its log; environ
-    poll  ◀──{"exited", "code"}───────   waitpid(WNOHANG), 5 ms       replaced; runner.main()
+    poll  ◀──{"exited", "code"}───────   waitpid on SIGCHLD           replaced; runner.main()
 
 Starting ``python -m starburst_executor.worker`` costs an interpreter and the imports
 of botocore, aiobotocore and cloudpickle: half a second, seconds on a loaded machine.
-The template pays that once; a fork costs milliseconds. Each worker still gets the
-whole environment the client would have given a subprocess (sent per request), its own
-session and process group, and its own log file. The template exits when the client
-closes its stdin, that is when the client exits; its workers run on.
+The template pays that once; a fork costs milliseconds. Between forks it also makes
+(without opening) the S3 client the next worker of the same store will use. Each
+worker still gets the whole environment the client would have given a subprocess
+(sent per request), its own session and process group, and its own log file. The
+template exits when the client closes its stdin, that is when the client exits; its
+workers run on.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ import gc
 import json
 import os
 import select
+import signal
 import sys
 import traceback
 from typing import Any
 
-REAP_INTERVAL = 0.005
+REAP_INTERVAL = 0.5  # a fallback: a worker's exit wakes the template (SIGCHLD)
 
 
-def _child(request: dict[str, Any], channel: tuple[int, int]) -> None:
+def _child(request: dict[str, Any], channel: tuple[int, ...]) -> None:
     """In the forked worker: become the process ``python -m ...worker`` would have been."""
     code = 1
     try:
@@ -42,6 +45,8 @@ def _child(request: dict[str, Any], channel: tuple[int, int]) -> None:
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in {log, null, *channel} - {0, 1, 2}:
             os.close(fd)
         os.environ.clear()
@@ -69,9 +74,15 @@ def serve() -> None:
     os.dup2(null, 1)
     os.close(null)
     from ..store import s3
-    from . import runner  # noqa: F401 - the imports every worker would pay for
+    from . import runner  # the imports every worker would pay for
 
     s3.prewarm()
+    # A worker's exit writes a byte to this pipe, so it is reported at once.
+    woken, wake = os.pipe()
+    os.set_blocking(woken, False)
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     # Everything loaded so far lives as long as the template: out of the collector's
     # sight, a worker's collections do not touch (and so copy) the template's pages.
     gc.freeze()
@@ -83,8 +94,12 @@ def serve() -> None:
         os.write(replies, json.dumps(message).encode() + b"\n")
 
     while True:
-        ready, _, _ = select.select([requests], [], [], REAP_INTERVAL)
-        if ready:
+        ready, _, _ = select.select([requests, woken], [], [], REAP_INTERVAL)
+        if woken in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(woken, 512):
+                    pass
+        if requests in ready:
             chunk = os.read(requests, 65536)
             if not chunk:
                 return  # the client is gone; the workers run on
@@ -96,9 +111,11 @@ def serve() -> None:
                 sys.stderr.flush()
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, (requests, replies))
+                    _child(request, (requests, replies, woken, wake))
                 children.add(pid)
                 reply({"pid": pid})
+                with contextlib.suppress(Exception):  # only a missed saving, never fatal
+                    runner.stock_store_client(request["env"])
         for pid in list(children):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:

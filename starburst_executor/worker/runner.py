@@ -68,11 +68,11 @@ from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
 from .._core.submits import SUBMIT_WINDOW
-from ..config import TASK_ID_FIELD, SessionSettings, WorkerEnv
+from ..config import TASK_ID_FIELD, SessionSettings, StoreLocation, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import Blob
 from ..store.local_server import read_credentials
-from ..store.s3 import S3Store
+from ..store.s3 import S3Store, stock_client
 from .child import ChildExited, TaskProcess
 from .code import prepare_pieces, prepare_user_code
 from .ecs_meta import own_task_arn
@@ -101,7 +101,20 @@ VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
 FIRST_SHARD_TRIES = 10
 FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (deleted results)
+WORKER_POOL = 16  # a worker's S3 connections
 DROP_BY_SEARCH = 64  # up to this many claimed tasks are dropped from the view one by one
+
+
+def store_credentials(location: StoreLocation) -> tuple[str, str] | None:
+    """The keys of the local server a worker's store is on (None: the SDK's chain)."""
+    return read_credentials(Path(location.local_home)) if location.local_home else None
+
+
+def stock_store_client(environ: Mapping[str, str]) -> None:
+    """In the worker template: make the S3 client a worker forked with ``environ``
+    will use, so the next such worker does not (``store.s3.stock_client``)."""
+    location = WorkerEnv.read(environ).location
+    stock_client(location, store_credentials(location), WORKER_POOL)
 
 
 @dataclass
@@ -198,13 +211,12 @@ class Worker:
             else None
         )
         self._term_deadline: float | None = None
-        credentials = None
-        if self.location.local_home:
-            from pathlib import Path
-
-            credentials = read_credentials(Path(self.location.local_home))
         self.loop = LoopThread("starburst-worker-io")
-        self.store = S3Store(self.location, credentials=credentials, max_pool_connections=16)
+        self.store = S3Store(
+            self.location,
+            credentials=store_credentials(self.location),
+            max_pool_connections=WORKER_POOL,
+        )
         self.session = SessionStore(self.store, self.location.prefix, self.session_id)
         self.layout = self.session.layout
         self.stats = _Stats()

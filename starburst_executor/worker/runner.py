@@ -224,6 +224,7 @@ class Worker:
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
         self._prefetched: dict[str, Blob] = {}  # one-task mode: read with the manifest
+        self._early_claim: tuple[claims.Claim | None] | tuple[()] = ()  # ... and claimed
         self._rng = random.Random()
         self._shard = 0  # the shard it owns: task indexes equal to it modulo max_workers
         self._collisions = 0  # own fresh tasks lost in a row
@@ -289,15 +290,35 @@ class Worker:
             self.loop.close()
 
     async def _load_with_payload(self, tid: str) -> Manifest:
-        """One-task mode: the manifest and the task's payload, two reads in one round
-        trip (the payload is kept for ``_prepare``; it is read again if this failed)."""
+        """One-task mode: the manifest, the task's payload and its claim, three requests
+        in one round trip. The payload is kept for ``_prepare`` (read again if this
+        failed). The claim needs nothing from the manifest, and whatever the manifest
+        says the task is then answered under it; a takeover claims afterwards."""
 
         async def payload() -> None:
             with contextlib.suppress(StarburstError):
                 self._prefetched[tid] = await self.store.get(self.layout.key("tasks", tid))
 
-        (manifest, _), _ = await asyncio.gather(self.session.load(), payload())
-        return manifest
+        async def claim() -> None:
+            if not self._takeover:
+                self._early_claim = (
+                    await claims.try_claim(self.store, self.layout, tid, self.worker_id),
+                )
+
+        loaded, _, claimed = await asyncio.gather(
+            self.session.load(), payload(), claim(), return_exceptions=True
+        )
+        if isinstance(loaded, BaseException):
+            # No session (cleaned up meanwhile): leave no claim behind in its place.
+            if self._early_claim and self._early_claim[0] is not None:
+                with contextlib.suppress(StarburstError):
+                    await self.store.delete(
+                        self.layout.key("claims", tid), if_match=self._early_claim[0].etag
+                    )
+            raise loaded
+        if isinstance(claimed, BaseException):
+            raise claimed
+        return loaded[0]
 
     def _first_shard(self, width: int) -> int:
         """Workers launched together start on distinct shards: this worker's rank among
@@ -420,7 +441,10 @@ class Worker:
 
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
-        claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+        if self._early_claim:
+            (claim,) = self._early_claim
+        else:
+            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
         previous = None
         if claim is None and self._takeover:
             # The client saw the previous worker stopped (Spot); its lease need not expire.

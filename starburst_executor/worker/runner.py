@@ -242,7 +242,8 @@ class Worker:
             self.session.load(), payload(), claim(), return_exceptions=True
         )
         if isinstance(loaded, BaseException):
-            # No session (cleaned up meanwhile): leave no claim behind in its place.
+            # The task will not run here: leave no claim behind (in a session cleaned
+            # up meanwhile it would be the only key left).
             if self._early_claim and self._early_claim[0] is not None:
                 with contextlib.suppress(StarburstError):
                     await self.store.delete(

@@ -156,7 +156,7 @@ class Worker:
         self._terminating = threading.Event()
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
-        self._prefetched: dict[str, Blob] = {}  # one-task mode: read with the manifest
+        self._prefetched: dict[str, Blob] = {}  # payloads read with the claim
         self._early_claim: tuple[claims.Claim | None] | tuple[()] = ()  # ... and claimed
         self._rng = random.Random()
         self._shard = Shard(1)  # the shard it owns (set once the manifest is read)
@@ -466,7 +466,7 @@ class Worker:
         after = self._shard.steal_after(view, now)
         for tid in self._shard.own_pending(view, 2):
             seen = view.first_seen.get(tid, now)
-            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+            claim = self.loop.run(self._claim_and_read(tid))
             view.drop({tid})  # claimed, by us or another (kept when the store failed)
             if claim is not None:
                 self._shard.collisions = 0
@@ -474,6 +474,22 @@ class Worker:
             self.stats.lost_races += 1
             self._shard.lost_race(fresh=now - seen < after)
         return None
+
+    async def _claim_and_read(self, tid: str) -> claims.Claim | None:
+        """Claim ``tid`` and read its payload in the same round trip: a task of this
+        worker's own shard is rarely lost to another, and then the read is dropped."""
+
+        async def read() -> Blob | None:
+            with contextlib.suppress(StarburstError):
+                return await self.store.get(self.layout.key("tasks", tid))
+            return None
+
+        claim, blob = await asyncio.gather(
+            claims.try_claim(self.store, self.layout, tid, self.worker_id), read()
+        )
+        if claim is not None and blob is not None:
+            self._prefetched[tid] = blob
+        return claim
 
     def _steal(self, view: WorkView) -> tuple[str, claims.Claim] | None:
         """Take another shard's task that waited too long for its owner. A claims LIST
@@ -712,12 +728,13 @@ class Worker:
         started = time.time()
         lease = _Lease(self, claim)
         key = self.layout.key("tasks", tid)
+        prefetched = self._prefetched.pop(tid, None)
         try:
             if self._mismatch:
                 raise EnvironmentMismatch(
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
-            blob = self._prefetched.pop(tid, None) or self._durably(
+            blob = prefetched or self._durably(
                 lambda: self.store.get(key), f"payload {key}"
             )
             if blob is None:  # the store stayed away: let another worker try later

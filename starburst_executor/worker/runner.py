@@ -734,9 +734,7 @@ class Worker:
                 raise EnvironmentMismatch(
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
-            blob = prefetched or self._durably(
-                lambda: self.store.get(key), f"payload {key}"
-            )
+            blob = prefetched or self._durably(lambda: self.store.get(key), f"payload {key}")
             if blob is None:  # the store stayed away: let another worker try later
                 with contextlib.suppress(StarburstError):
                     self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))

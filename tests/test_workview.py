@@ -152,3 +152,12 @@ def test_the_pause_before_the_next_poll():
     # ... but never longer than DUE_MAX, and not at all while hot
     assert shard.pause(view, IDLE_MIN_DELAY, -100.0, hot=False) == DUE_MAX
     assert shard.pause(view, IDLE_MIN_DELAY, 1.0, hot=True) == IDLE_MIN_DELAY
+
+
+def test_a_large_fleets_owners_get_longer_before_their_tasks_are_stolen():
+    view = WorkView()
+    view.absorb(listing(*tasks(0)), LAYOUT, now=0.0)
+    view.absorb(listing(*tasks(0, 1)), LAYOUT, now=1.0)  # a slow stream: 1 task/s
+    assert Shard(width=4).steal_after(view, 1.0) == STEAL_AFTER_MAX
+    # 64 workers: owners may sleep up to 4x DUE_MAX, and stealers wait as long
+    assert Shard(width=64).steal_after(view, 1.0) == 4 * STEAL_AFTER_MAX

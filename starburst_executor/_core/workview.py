@@ -32,6 +32,7 @@ IDLE_MIN_DELAY = 0.01
 IDLE_MAX_DELAY = 30.0
 FOREIGN_AFTER = 0.05  # another shard's task is stolen once it has waited at least this
 STEAL_AFTER_MAX = 3.0  # ... and at most this (its owner is busy, or there is none)
+# Shards past FLEET_UNIT stretch STEAL_AFTER_MAX, STEAL_CHECK_MAX and DUE_MAX in proportion.
 STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to this
 RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
 BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
@@ -206,7 +207,10 @@ class Shard:
         rate = self.rate(view, now)
         if rate <= 0:
             return FOREIGN_AFTER
-        return min(max(FOREIGN_AFTER, 2 * self.width / rate), STEAL_AFTER_MAX)
+        # Capped like an owner's sleep (DUE_MAX, stretched for the fleet): a larger
+        # fleet's owners sleep longer, and a steal that beats them is a lost race.
+        cap = STEAL_AFTER_MAX * self.fleet_factor
+        return min(max(FOREIGN_AFTER, 2 * self.width / rate), cap)
 
     def steal_ready(self, view: WorkView, now: float) -> float | None:
         """When a steal could next be tried (monotonic), or None with nothing to steal."""

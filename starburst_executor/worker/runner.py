@@ -105,6 +105,7 @@ class _Stats:
     tasks_run: int = 0
     takeovers: int = 0
     lost_races: int = 0
+    lost_steals: int = 0  # of lost_races, those of steals
     duplicates_dropped: int = 0
     leases_lost: int = 0
 
@@ -466,26 +467,30 @@ class Worker:
         after = self._shard.steal_after(view, now)
         for tid in self._shard.own_pending(view, 2):
             seen = view.first_seen.get(tid, now)
-            claim = self.loop.run(self._claim_and_read(tid))
+            # A fresh task is rarely lost (nobody steals it yet): read its payload in
+            # the claim's round trip. An older one may have been stolen: claim first.
+            fresh = now - seen < after
+            claim = self.loop.run(self._claim_and_read(tid, read=fresh))
             view.drop({tid})  # claimed, by us or another (kept when the store failed)
             if claim is not None:
                 self._shard.collisions = 0
                 return tid, claim
             self.stats.lost_races += 1
-            self._shard.lost_race(fresh=now - seen < after)
+            self._shard.lost_race(fresh=fresh)
         return None
 
-    async def _claim_and_read(self, tid: str) -> claims.Claim | None:
-        """Claim ``tid`` and read its payload in the same round trip: a task of this
-        worker's own shard is rarely lost to another, and then the read is dropped."""
+    async def _claim_and_read(self, tid: str, *, read: bool) -> claims.Claim | None:
+        """Claim ``tid``, with ``read`` reading its payload in the same round trip (the
+        read is dropped when the claim is lost)."""
 
-        async def read() -> Blob | None:
-            with contextlib.suppress(StarburstError):
-                return await self.store.get(self.layout.key("tasks", tid))
+        async def payload() -> Blob | None:
+            if read:
+                with contextlib.suppress(StarburstError):
+                    return await self.store.get(self.layout.key("tasks", tid))
             return None
 
         claim, blob = await asyncio.gather(
-            claims.try_claim(self.store, self.layout, tid, self.worker_id), read()
+            claims.try_claim(self.store, self.layout, tid, self.worker_id), payload()
         )
         if claim is not None and blob is not None:
             self._prefetched[tid] = blob
@@ -512,7 +517,11 @@ class Worker:
         claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
         view.drop({tid})
         if claim is None:
+            # Its owner or another stealer was first: the fleet keeps up with this
+            # shard, so look less often (each lost race is a wasted PUT).
             self.stats.lost_races += 1
+            self.stats.lost_steals += 1
+            self._shard.steal_checked_in_vain(view, now)
             return None
         view.steal_wait = after  # there was work to take: look again as soon as allowed
         return tid, claim

@@ -72,6 +72,14 @@ def attach_phase(sid: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     status = ex.status()
     status_s = time.perf_counter() - t0
+    # The attached client delivers the finished tasks' results to their futures in the
+    # background (a GET each): wait for that, as as_completed would, so the round below
+    # is one round of a caught-up client, not the delivery of the backlog.
+    t0 = time.perf_counter()
+    deadline = t0 + 1800
+    while sum(f.done() for f in ex.futures) < status.finished and time.perf_counter() < deadline:
+        time.sleep(0.5)
+    catch_up_s = time.perf_counter() - t0
     ex._poller.stop()  # one round, counted alone
     counter = ex._runtime.store.counter
     before = dict(counter.by_operation)
@@ -85,6 +93,7 @@ def attach_phase(sid: str) -> dict[str, Any]:
         "attach_s": attach_s,
         "futures": futures,
         "status_s": status_s,
+        "catch_up_s": catch_up_s,
         "status": status.to_json(),
         "poll_round_s": round_s,
         "poll_round_requests": requests,

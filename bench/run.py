@@ -358,7 +358,10 @@ def huge_report(huge: dict[str, Any] | None) -> list[str]:
         f"| attached client's peak memory | {huge['rss_mib_attached']:.0f} MiB |",
         f"| `status()` | {huge['status_s']:.1f} s ({st['completed']:,} completed, "
         f"{st['pending']:,} pending) |",
-        f"| one poll round over every pending future | {huge['poll_round_s']:.1f} s ({requests}) |",
+        f"| results of the finished tasks delivered to their futures after `status()` "
+        f"| {huge.get('catch_up_s', float('nan')):.1f} s |",
+        f"| then one poll round over every pending future | {huge['poll_round_s']:.2f} s "
+        f"({requests}) |",
         "",
     ]
 

@@ -33,6 +33,7 @@ from ._core.usercode import CodeBundle, CodeShipper
 from ._runtime import Runtime, open_runtime
 from .config import SessionSettings, ship_code_enabled
 from .errors import BrokenExecutor, InitializerError, PicklingError, SessionExpired
+from .launch.base import SessionWorkers
 
 R = TypeVar("R")
 
@@ -168,6 +169,7 @@ class SessionExecutor(concurrent.futures.Executor):
         ship_code: bool | None = None,
     ) -> None:
         self._runtime = runtime
+        self._workers = SessionWorkers(runtime.launcher, session.session_id)
         self._clock_offset = clock_offset  # the store's clock minus ours
         self._code = (
             CodeShipper(runtime.store, runtime.location.prefix)

@@ -48,6 +48,7 @@ from .errors import (
     StarburstError,
     WorkersCannotStart,
 )
+from .launch.base import SessionWorkers
 
 log = logging.getLogger("starburst_executor")
 
@@ -218,7 +219,7 @@ class DetachedExecutor(SessionExecutor):
         except BaseException:
             runtime.close()
             raise
-        runtime.launcher.adopt(session_id, registry)
+        SessionWorkers(runtime.launcher, session_id).adopt(registry)
         self = cls.__new__(cls)
         futures = [TaskFuture(session_id, t) for t in tids]
         self._init_state(runtime, session, manifest, futures, clock_offset=offset)
@@ -278,7 +279,7 @@ class DetachedExecutor(SessionExecutor):
         loop = self._runtime.loop
         loop.run(self._session.request_stop())
         registry = loop.run(self._session.workers())
-        self._runtime.launcher.stop(self.session_id, registry)
+        self._workers.stop(registry)
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -405,7 +406,7 @@ class DetachedExecutor(SessionExecutor):
         """
         self._require_attached()
         registry = self._runtime.loop.run(self._session.workers())
-        return self._runtime.launcher.cost(self.session_id, registry)
+        return self._workers.cost(registry)
 
     def worker_logs(self) -> list[str]:
         """Where this session's workers' logs are: file paths (local) or
@@ -424,7 +425,7 @@ class DetachedExecutor(SessionExecutor):
         """New text of one of ``worker_logs()`` since ``position`` (None: the start);
         returns it and the position to pass next time."""
         self._require_attached()
-        return self._runtime.launcher.read_log(location, position)
+        return self._workers.read_log(location, position)
 
     def cancel_pending(self) -> int:
         """Cancel, for every worker, each task no worker has claimed; returns how many."""
@@ -449,9 +450,9 @@ class DetachedExecutor(SessionExecutor):
         if workers < 0:
             raise ValueError(f"scale() needs a worker count >= 0, got {workers}")
         with self._scale_lock:
-            live = self._runtime.launcher.live_count(self.session_id)
+            live = self._workers.live_count()
             if live > workers:
-                return -self._runtime.launcher.retire(self.session_id, live - workers)
+                return -self._workers.retire(live - workers)
         return self._top_up(workers)
 
     def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:
@@ -473,7 +474,7 @@ class DetachedExecutor(SessionExecutor):
         if stop_workers or force:
             loop.run(self._session.request_stop())
             registry = loop.run(self._session.workers())
-            self._runtime.launcher.stop(self.session_id, registry)
+            self._workers.stop(registry)
         if force:
             loop.run(self._session.delete())
             self._delete_local_logs()
@@ -533,13 +534,13 @@ class DetachedExecutor(SessionExecutor):
 
     def _top_up(self, workers: int) -> int:
         with self._scale_lock:
-            live = self._runtime.launcher.live_count(self.session_id)
+            live = self._workers.live_count()
             missing = max(0, workers - live)
             if missing and not self._may_launch():
                 return 0
             if missing:
                 env = self._runtime.location.to_env()
-                entries = self._runtime.launcher.launch(self.session_id, missing, env)
+                entries = self._workers.launch(missing, env)
                 self._runtime.loop.run(self._session.register_workers(entries))
             return missing
 

@@ -168,7 +168,7 @@ class StarburstExecutor(SessionExecutor):
         stopped = 0
         with contextlib.suppress(StarburstError, OSError):
             # No grace: the user asked to stop, their calls' results are not wanted.
-            stopped = self._runtime.launcher.stop(self.session_id, [], grace=0.5)
+            stopped = self._workers.stop([], grace=0.5)
         for future in running:
             future._fail(
                 concurrent.futures.CancelledError(
@@ -218,7 +218,6 @@ class StarburstExecutor(SessionExecutor):
         return True
 
     def _dispatch(self) -> None:
-        launcher = self._runtime.launcher
         while True:
             with self._cv:
                 while self._queue and len(self._running) < self.settings.max_workers:
@@ -232,7 +231,7 @@ class StarburstExecutor(SessionExecutor):
                     continue
                 running = list(self._running.values())
             try:
-                statuses = launcher.exit_statuses([w for _, w in running])
+                statuses = self._workers.exit_statuses([w for _, w in running])
             except StarburstError as err:
                 log.warning("watching the workers of %s failed, retrying: %s", self.session_id, err)
                 statuses = [None] * len(running)
@@ -251,7 +250,7 @@ class StarburstExecutor(SessionExecutor):
         if takeover:
             env[ENV_TAKEOVER] = "1"
         try:
-            worker = self._runtime.launcher.start_task_worker(self.session_id, future.task_id, env)
+            worker = self._workers.start_task_worker(future.task_id, env)
         except (OSError, StarburstError) as err:
             future._fail(
                 StarburstError(

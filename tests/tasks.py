@@ -49,8 +49,10 @@ def write_whole(path: str | Path, text: str) -> None:
     part.replace(path)
 
 
-def wait_for_file(path: str, timeout: float = 60.0) -> str:
-    """Block until ``path`` exists: lets a test hold a worker busy deterministically."""
+def wait_for_file(path: str, timeout: float = 900.0) -> str:
+    """Block until ``path`` exists: lets a test hold a worker busy deterministically.
+    The timeout only ends a task whose test died without cleaning up: a test on a
+    loaded machine may take minutes to reach its release, and must not fail for it."""
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
         if time.monotonic() > deadline:

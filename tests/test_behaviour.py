@@ -12,13 +12,13 @@ import concurrent.futures
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tasks
+from helpers import wait_until
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor.errors import PicklingError, RemoteError, WorkerDied
@@ -27,10 +27,7 @@ TIMEOUT = 120
 
 
 def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
+    wait_until(path.exists, f"{path} to appear")
 
 
 class ExecutorBehaviour:
@@ -92,8 +89,14 @@ class ExecutorBehaviour:
         busy = ex.submit(tasks.touch_then_wait, str(started), str(release))
         _wait_for(started)
         queued = [ex.submit(tasks.square, i) for i in range(3)]
-        threading.Timer(0.3, release.write_text, args=("go",)).start()
+        # The busy call ends once shutdown has cancelled the last queued one (its done
+        # callback), however long that takes on a loaded machine; the timer only keeps a
+        # broken cancel from hanging the test.
+        queued[-1].add_done_callback(lambda _: release.write_text("go"))
+        backstop = threading.Timer(TIMEOUT, release.write_text, args=("go",))
+        backstop.start()
         ex.shutdown(wait=True, cancel_futures=True)
+        backstop.cancel()
         assert busy.result() > 0
         # The stdlib may already have handed the next call to its worker (its call queue
         # holds one more than max_workers); whatever had not started is cancelled.

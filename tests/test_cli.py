@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import tasks
-from helpers import starburst
+from helpers import starburst, wait_until
 
 from starburst_executor import DetachedExecutor
 
@@ -121,10 +121,7 @@ def test_watch_collect_logs_cancel(prefix, tmp_path):
         # cancel: hold the only worker, queue two tasks, cancel them from the CLI
         started, release = tmp_path / "started", tmp_path / "release"
         ex.submit(tasks.touch_then_wait, str(started), str(release))
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(started.exists, "the only worker to start the busy task")
         queued = [ex.submit(tasks.square, i) for i in range(2)]
         ex.flush()  # another process (the CLI) sees durable calls only
         one = json.loads(starburst("cancel", sid, "--task", queued[0].task_id, "--json").stdout)
@@ -217,10 +214,7 @@ def test_bulk_cleanup_by_retention_and_all(prefix, starburst_home, tmp_path):
     busy = DetachedExecutor(max_workers=1)
     started = tmp_path / "started"
     busy.submit(tasks.touch_then_wait, str(started), str(tmp_path / "never"))
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: started.exists() and started.read_text(), "the busy task to start")
     worker_pid = int(started.read_text())
     busy.detach()  # the session runs on without a client, as a detached session does
     ids = {finished.session_id, busy.session_id}
@@ -246,10 +240,7 @@ def test_bulk_cleanup_by_retention_and_all(prefix, starburst_home, tmp_path):
     assert everything["deleted"] == [busy.session_id]
     assert not listed() & ids
     assert not (starburst_home / "logs" / busy.session_id).exists()
-    deadline = time.monotonic() + 60
-    while _running(worker_pid):
-        assert time.monotonic() < deadline, "the cleaned-up session's worker still runs"
-        time.sleep(0.05)
+    wait_until(lambda: not _running(worker_pid), "the cleaned-up session's worker to stop")
 
     usage = starburst("cleanup", "--older-than", "1d")
     assert usage.returncode == 1 and "one of" in usage.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -88,10 +87,7 @@ def test_cancel_an_unclaimed_task_cancels_it_for_every_worker(prefix, tmp_path):
     side_effect = tmp_path / "ran"
     try:
         busy = ex.submit(tasks.touch_then_wait, str(started), str(release))
-        deadline = time.monotonic() + TIMEOUT
-        while not started.exists():  # the only worker is now busy
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(started.exists, "the only worker to be busy")
         queued = ex.submit(tasks.append_index, str(side_effect), 1)
         assert not busy.cancel()  # claimed: cannot cancel
         assert queued.cancel()
@@ -237,10 +233,9 @@ def test_attach_while_workers_start_does_not_launch_more(prefix, tmp_path):
 
 
 def _wait_live(ex: DetachedExecutor, count: int) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while ex._runtime.launcher.live_count(ex.session_id) != count:
-        assert time.monotonic() < deadline, f"never reached {count} live workers"
-        time.sleep(0.05)
+    wait_until(
+        lambda: ex._runtime.launcher.live_count(ex.session_id) == count, f"{count} live workers"
+    )
 
 
 def test_scale_up_and_down_and_min_workers(prefix, tmp_path):

@@ -317,10 +317,12 @@ def test_detached_on_ecs_completes_100_tasks_with_a_worker_stopped_mid_run(ecs_s
     finally:
         ex.cleanup(force=True)
     # cleanup stopped the session's ECS tasks; the harness kills their processes
-    deadline = time.monotonic() + 30
-    while [a for a in h.live() if h.overrides[a]["STARBURST_SESSION_ID"] == ex.session_id]:
-        assert time.monotonic() < deadline, "cleanup left ECS workers running"
-        time.sleep(0.05)
+    wait_until(
+        lambda: (
+            not [a for a in h.live() if h.overrides[a]["STARBURST_SESSION_ID"] == ex.session_id]
+        ),
+        "cleanup to stop the session's ECS workers",
+    )
 
 
 def test_ephemeral_on_ecs_completes_20_and_reports_oom(ecs_session):
@@ -329,13 +331,8 @@ def test_ephemeral_on_ecs_completes_20_and_reports_oom(ecs_session):
         assert list(ex.map(tasks.square, range(20), timeout=TIMEOUT)) == [i * i for i in range(20)]
         started = set(h.procs)
         doomed = ex.submit(tasks.sleep_for, 60)
-        arn = None
-        deadline = time.monotonic() + TIMEOUT
-        while arn is None:
-            assert time.monotonic() < deadline
-            new = [a for a in h.live() if a not in started]
-            arn = new[0] if new else None
-            time.sleep(0.05)
+        wait_until(lambda: [a for a in h.live() if a not in started], "the doomed call's task")
+        (arn,) = [a for a in h.live() if a not in started]
         assert h.overrides[arn]["STARBURST_TASK_ID"] == doomed.task_id
         h.kill(arn, OOM_REASON)
         with pytest.raises(WorkerDied) as info:
@@ -353,10 +350,7 @@ def test_spot_interruption_is_retried(ecs_session, tmp_path):
     with StarburstExecutor(max_workers=1, backend="ecs", image=IMAGE, use_spot=True) as ex:
         future = ex.submit(tasks.touch_then_wait, str(marker), str(tmp_path / "release"))
         first = h.wait_for_tasks(1, timeout=TIMEOUT)[0]
-        deadline = time.monotonic() + TIMEOUT
-        while not marker.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(marker.exists, "the task to start")
         h.kill(first, SPOT_REASON)
         (tmp_path / "release").write_text("go")
         assert future.result(timeout=TIMEOUT) > 0
@@ -585,10 +579,7 @@ def test_scale_on_ecs(ecs_session):
         h.wait_for_tasks(2, timeout=TIMEOUT)
         assert ex.cost()["running_workers"] == 2
         assert ex.scale(0) == -2
-        deadline = time.monotonic() + TIMEOUT
-        while h.live():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: not h.live(), "every ECS worker to stop")
         assert ex._runtime.launcher.live_count(ex.session_id) == 0
     finally:
         ex.cleanup(force=True)
@@ -881,10 +872,7 @@ def test_host_ec2_terminated_is_retried_like_a_spot_interruption(ecs_session, tm
     with StarburstExecutor(max_workers=1, backend="ecs", image=IMAGE) as ex:
         future = ex.submit(tasks.touch_then_wait, str(marker), str(tmp_path / "release"))
         first = h.wait_for_tasks(1, timeout=TIMEOUT)[0]
-        deadline = time.monotonic() + TIMEOUT
-        while not marker.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(marker.exists, "the task to start")
         h.kill(first, HOST_TERMINATED_REASON)
         (tmp_path / "release").write_text("go")
         assert future.result(timeout=TIMEOUT) > 0

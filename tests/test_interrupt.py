@@ -26,6 +26,7 @@ with StarburstExecutor(max_workers=2) as ex:
         ex.submit(tasks.touch_then_wait, f"{marks}/started-{i}", f"{marks}/never")
         for i in range(6)
     ]
+    print("submitted", flush=True)
     futures[0].result()
 """
 
@@ -94,6 +95,11 @@ def _interrupt(proc: subprocess.Popen[str]) -> tuple[float, str]:
 @SCRIPT_FORMS
 def test_ctrl_c_cancels_queued_calls_and_stops_running_workers(prefix, tmp_path, form):
     proc = _start(_script(EPHEMERAL, form), tmp_path)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the session id
+    # Every call is submitted before the interrupt: on a loaded machine the first two
+    # may start while the loop still submits.
+    assert proc.stdout.readline().strip() == "submitted", proc.communicate()
     started = [tmp_path / "started-0", tmp_path / "started-1"]
     _wait_for(started, proc)
     pids = [int(p.read_text()) for p in started]

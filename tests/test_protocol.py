@@ -375,8 +375,10 @@ def test_a_large_sessions_folders_are_listed_in_id_ranges_at_once(store, prefix)
     status = store.run(session.status())
     assert (status.total, status.pending, status.running) == (len(ids), len(ids) - 150, 50)
     assert (status.completed, status.failed, status.cancelled) == (95, 5, 0)
-    # A session that fits in one page is listed whole, one LIST per folder.
+    # A session that fits in one page is listed whole: one LIST per folder, at once.
     session.page_keys = 1000
     before = store.counter.by_operation["ListObjectsV2"]
     assert store.run(session.task_ids()) == ids
     assert store.counter.by_operation["ListObjectsV2"] - before == 1
+    assert store.run(session.status()) == status
+    assert store.counter.by_operation["ListObjectsV2"] - before == 1 + 6

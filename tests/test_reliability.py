@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import tasks
 from fault_proxy import FaultProxy
-from helpers import parent_of
+from helpers import parent_of, wait_until
 
 from starburst_executor import DetachedExecutor
 from starburst_executor._core.codec import decode_call
@@ -160,17 +159,12 @@ def test_sigterm_mid_task_hands_it_back_to_another_worker(prefix, tmp_path, monk
     ex = DetachedExecutor(max_workers=1, lease_seconds=600)  # takeover would take 10 min
     try:
         future = ex.submit(tasks.touch_then_wait, str(started), str(release))
-        deadline = time.monotonic() + TIMEOUT
-        while not started.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(started.exists, "the task to start")
         first_pid = int(started.read_text())  # the task process; its parent is the worker
         started.unlink()
         os.kill(parent_of(first_pid), signal.SIGTERM)
         # Handed back: a new worker (launched by the executor) claims it at once.
-        while not started.exists():
-            assert time.monotonic() < deadline, "the task was not handed back"
-            time.sleep(0.02)
+        wait_until(started.exists, "the task to be handed back and run again")
         release.write_text("go")
         second_pid = future.result(timeout=TIMEOUT)
         assert second_pid != first_pid

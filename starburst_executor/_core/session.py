@@ -143,22 +143,32 @@ class SessionStore:
     async def list_kinds(self, kinds: tuple[str, ...]) -> list[Listing]:
         """Every key of each kind of ``kinds`` (folders keyed by task id).
 
-        One page of ``tasks/`` first: a session that fits lists each other folder
-        whole. A larger one would take one page after another per folder (100 of them
-        for 100,000 tasks, each a round trip), so its ids are bounded by one round of
-        1-key probes and every folder is listed in up to ``RANGES_MAX`` id ranges at
-        once; the last range is open, so a task written meanwhile is not missed.
+        One page of each folder first, all at once. When ``tasks/`` fits in its page,
+        so does every other folder (each holds at most one key per task), and that
+        is the answer: one LIST per folder. A larger session would take one page
+        after another per folder (100 of them for 100,000 tasks, each a round trip),
+        so its ids are bounded by one round of 1-key probes and every folder is
+        listed in up to ``RANGES_MAX`` id ranges at once; the last range is open, so a
+        task written meanwhile is not missed.
         """
-        tasks_dir = self.layout.dir("tasks")
-        first = await self.store.list_objects(tasks_dir, max_keys=self.page_keys)
-        if len(first.objects) < self.page_keys:
-            rest = [k for k in kinds if k != "tasks"]
-            whole = await asyncio.gather(
-                *(self.store.list_objects(self.layout.dir(k)) for k in rest)
+        asked = ("tasks", *(k for k in kinds if k != "tasks"))
+        firsts = await asyncio.gather(
+            *(self.store.list_objects(self.layout.dir(k), max_keys=self.page_keys) for k in asked)
+        )
+        first = dict(zip(asked, firsts, strict=True))
+        if len(first["tasks"].objects) < self.page_keys:
+            full = [k for k in kinds if len(first[k].objects) >= self.page_keys]
+            rests = await asyncio.gather(
+                *(
+                    self.store.list_objects(
+                        self.layout.dir(k), start_after=first[k].objects[-1].key
+                    )
+                    for k in full
+                )
             )
-            listed = dict(zip(rest, whole, strict=True))
-            listed["tasks"] = first
-            return [listed[k] for k in kinds]
+            for k, rest in zip(full, rests, strict=True):
+                first[k] = Listing(first[k].objects + rest.objects, first[k].server_time)
+            return [first[k] for k in kinds]
         bounds = self._ranges(await self._id_bound())
         return list(await asyncio.gather(*(self._list_ranges(k, bounds) for k in kinds)))
 

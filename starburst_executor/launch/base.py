@@ -98,3 +98,40 @@ class Launcher(Protocol):
     def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
         """For each task worker: None while it runs, how it ended once it has."""
         ...
+
+
+@dataclass(frozen=True)
+class SessionWorkers:
+    """One session's workers, through the launcher that starts them: the launcher's
+    methods bound to the session. An executor serves one session and holds this; the
+    CLI, which serves many, calls the launcher itself."""
+
+    launcher: Launcher
+    session_id: str
+
+    def launch(self, count: int, env: Mapping[str, str]) -> list[dict[str, object]]:
+        return self.launcher.launch(self.session_id, count, env)
+
+    def adopt(self, registry: Sequence[Mapping[str, object]]) -> None:
+        self.launcher.adopt(self.session_id, registry)
+
+    def live_count(self) -> int:
+        return self.launcher.live_count(self.session_id)
+
+    def read_log(self, location: str, position: Any) -> tuple[str, Any]:
+        return self.launcher.read_log(location, position)
+
+    def cost(self, registry: Sequence[Mapping[str, Any]] = ()) -> dict[str, object]:
+        return self.launcher.cost(self.session_id, registry)
+
+    def retire(self, count: int) -> int:
+        return self.launcher.retire(self.session_id, count)
+
+    def stop(self, registry: Sequence[Mapping[str, object]], *, grace: float | None = None) -> int:
+        return self.launcher.stop(self.session_id, registry, grace=grace)
+
+    def start_task_worker(self, task_id: str, env: Mapping[str, str]) -> TaskWorker:
+        return self.launcher.start_task_worker(self.session_id, task_id, env)
+
+    def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
+        return self.launcher.exit_statuses(workers)

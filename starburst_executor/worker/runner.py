@@ -33,9 +33,7 @@ environment variables, the same ones the ECS launcher passes as container overri
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -47,10 +45,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,12 +58,11 @@ from .._core.layout import (
     ecs_worker_id,
     new_worker_id,
     task_id,
-    task_index,
 )
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
-from .._core.submits import SUBMIT_WINDOW
+from .._core.workview import IDLE_MAX_DELAY, IDLE_MIN_DELAY, Shard, WorkView
 from ..config import TASK_ID_FIELD, SessionSettings, StoreLocation, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import Blob
@@ -85,24 +80,12 @@ REGISTRY_REFRESH = 600.0
 log = logging.getLogger("starburst_executor.worker")
 T = TypeVar("T")
 
-IDLE_MIN_DELAY = 0.01
 HOT_SECONDS = 0.25  # after a task, the owner of the next task id polls at IDLE_MIN_DELAY
-FOREIGN_AFTER = 0.05  # another shard's task is stolen once it has waited at least this
-STEAL_AFTER_MAX = 3.0  # ... and at most this (its owner is busy, or there is none)
-STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to this
-RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
-BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
-DUE_MAX = 3.0  # a worker sleeps at most this long for its shard's next expected task
-# Shards past this many stretch STEAL_CHECK_MAX and DUE_MAX in proportion, so the fleet's
-# rate of steal checks and of capped polls stays that of this many workers.
-FLEET_UNIT = 16
-IDLE_MAX_DELAY = 30.0
 VIEW_MAX_AGE = 1.0
 RENEW_TICK = 0.25  # how often a running task's lease and SIGTERM's grace are looked at
 FIRST_SHARD_TRIES = 10
 FULL_SCAN_LEASES = 5  # an expiry scan from task 0 every this many leases (deleted results)
 WORKER_POOL = 16  # a worker's S3 connections
-DROP_BY_SEARCH = 64  # up to this many claimed tasks are dropped from the view one by one
 
 
 def store_credentials(location: StoreLocation) -> tuple[str, str] | None:
@@ -118,60 +101,11 @@ def stock_store_client(environ: Mapping[str, str]) -> None:
 
 
 @dataclass
-class _View:
-    """What this worker last saw of the session, refreshed by listings."""
-
-    # Task ids not known to be claimed, in order: every task below the first (or up to
-    # ``top``) had a claim, or was not written yet, when this worker last looked.
-    tasks: list[str] = field(default_factory=list)
-    top: int = -1  # the highest task index seen
-    seen: set[str] = field(default_factory=set)  # ids listed above top - SUBMIT_WINDOW
-    first_seen: dict[str, float] = field(default_factory=dict)  # pending since (monotonic)
-    # (previous poll, new tasks this poll showed): what arrived between two polls
-    arrivals: deque[tuple[float, int]] = field(default_factory=deque)
-    first_poll: float | None = None
-    last_arrival: float = -1e9
-    saw_new: bool = False  # the last poll showed new tasks
-    server_time: datetime | None = None
-    refreshed: float = 0.0
-    stop_seen: bool = False
-    expired: bool = False
-    released: list[str] = field(default_factory=list)  # released marker keys
-    released_tried: dict[str, float] = field(default_factory=dict)  # marker -> monotonic
-    steal_checked: float = -1e9
-    steal_wait: float = FOREIGN_AFTER
-    done_below: int = 0  # every task below this index has an outcome
-    scanned: float = 0.0
-    full_scanned: float = -1e9
-    nothing_running: bool = False  # the last expiry scan found every claim finished
-
-    @property
-    def claimed_below(self) -> int:
-        """Every task below this index had a claim (or was not written yet: submits
-        overlap) when this worker last looked."""
-        return task_index(self.tasks[0]) if self.tasks else self.top + 1
-
-    def drop(self, tids: set[str]) -> None:
-        """Forget tasks now known to be claimed. A few (one claim) are found by
-        bisection, so a claim costs the same with 100,000 tasks pending as with ten."""
-        if not tids:
-            return
-        if len(tids) <= DROP_BY_SEARCH:
-            for t in tids:
-                i = bisect.bisect_left(self.tasks, t)
-                if i < len(self.tasks) and self.tasks[i] == t:
-                    del self.tasks[i]
-        else:
-            self.tasks = [t for t in self.tasks if t not in tids]
-        for t in tids:
-            self.first_seen.pop(t, None)
-
-
-@dataclass
 class _Stats:
     tasks_run: int = 0
     takeovers: int = 0
     lost_races: int = 0
+    lost_steals: int = 0  # of lost_races, those of steals
     duplicates_dropped: int = 0
     leases_lost: int = 0
 
@@ -223,11 +157,10 @@ class Worker:
         self._terminating = threading.Event()
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
-        self._prefetched: dict[str, Blob] = {}  # one-task mode: read with the manifest
+        self._prefetched: dict[str, Blob] = {}  # payloads read with the claim
         self._early_claim: tuple[claims.Claim | None] | tuple[()] = ()  # ... and claimed
         self._rng = random.Random()
-        self._shard = 0  # the shard it owns: task indexes equal to it modulo max_workers
-        self._collisions = 0  # own fresh tasks lost in a row
+        self._shard = Shard(1)  # the shard it owns (set once the manifest is read)
         # Polling workers run each task in a task process (one per slot, reused); a
         # one-task worker runs its task in itself.
         self._idle_processes: list[TaskProcess] = []
@@ -269,7 +202,8 @@ class Worker:
                     process = TaskProcess()
                     process.start()  # imports while the first polls go out
                     self._idle_processes.append(process)
-                self._shard = self._first_shard(manifest.settings.max_workers)
+                width = manifest.settings.max_workers
+                self._shard = Shard(width, self._first_shard(width))
                 self._register("running")
                 reason = self._serve()
                 self._register("exited", reason=reason)
@@ -309,7 +243,8 @@ class Worker:
             self.session.load(), payload(), claim(), return_exceptions=True
         )
         if isinstance(loaded, BaseException):
-            # No session (cleaned up meanwhile): leave no claim behind in its place.
+            # The task will not run here: leave no claim behind (in a session cleaned
+            # up meanwhile it would be the only key left).
             if self._early_claim and self._early_claim[0] is not None:
                 with contextlib.suppress(StarburstError):
                     await self.store.delete(
@@ -369,7 +304,7 @@ class Worker:
     def _serve(self) -> str:
         """Keep up to ``task_slots`` tasks running, each in its own task process; poll
         for work while a slot is free, renew every running task's lease."""
-        view = _View()
+        view = WorkView()
         delay = IDLE_MIN_DELAY
         idle_since = time.monotonic()
         next_poll = 0.0
@@ -405,12 +340,10 @@ class Worker:
                         return "session deadline reached"
                     if now - idle_since > self.settings.session_timeout:
                         return f"idle for {self.settings.session_timeout:g}s"
-                hot = now - idle_since <= HOT_SECONDS and self._next_is_ours(view)
-                # A large fleet backs off faster: its workers' empty polls add up, and a
-                # task whose owner sleeps is stolen by whichever worker polls first.
-                grow = 2 * self._fleet_factor
-                delay = IDLE_MIN_DELAY if view.saw_new or hot else min(delay * grow, IDLE_MAX_DELAY)
-                pause = self._pause(view, delay, hot=hot)
+                hot = now - idle_since <= HOT_SECONDS and self._shard.next_is_ours(view)
+                grown = min(delay * self._shard.idle_growth, IDLE_MAX_DELAY)
+                delay = IDLE_MIN_DELAY if view.saw_new or hot else grown
+                pause = self._shard.pause(view, delay, time.monotonic(), hot=hot)
                 if not running:
                     log.debug(
                         "idle poll: next in %.3fs, %d requests so far",
@@ -431,13 +364,14 @@ class Worker:
                 after = self._after_task(view)
                 next_poll = after if full else min(next_poll, after)
 
-    def _after_task(self, view: _View) -> float:
+    def _after_task(self, view: WorkView) -> float:
         """When to poll next (monotonic) once a task started or ended: at once while
         this worker's shard has work, else when it can have work, not at once."""
-        if self._own_pending(view, 1):
+        if self._shard.own_pending(view, 1):
             return 0.0
-        pause = self._pause(view, 0.0, hot=self._next_is_ours(view), after_task=True)
-        return time.monotonic() + pause
+        now = time.monotonic()
+        hot = self._shard.next_is_ours(view)
+        return now + self._shard.pause(view, 0.0, now, hot=hot, after_task=True)
 
     def _serve_one(self, tid: str) -> str:
         """Ephemeral mode: run exactly this task, then exit."""
@@ -462,7 +396,7 @@ class Worker:
         self._handle(tid, claim, previous)
         return f"ran task {tid}"
 
-    def _closed_for_work(self, view: _View) -> bool:
+    def _closed_for_work(self, view: WorkView) -> bool:
         """True once the session is stopped or past its deadline (server clock): no
         claim may be made then, so no task is claimed and abandoned unrun."""
         if view.stop_seen:
@@ -475,149 +409,20 @@ class Worker:
         view.expired = view.server_time.timestamp() >= self._manifest.deadline
         return view.expired
 
-    # -- choosing work -------------------------------------------------------------
-    #
-    # The session's task ids are dealt into ``max_workers`` shards by index modulo
-    # ``max_workers``. A worker owns one shard (at start, its rank among the workers the
-    # client registered, so a fleet launched together starts on distinct shards) and
-    # claims its tasks directly, with no claims listing: a lost race on a task just
-    # published means another worker owns the same shard, and the loser moves on to the
-    # next shard, so owners settle on distinct shards. A worker whose shard is empty steals another
-    # shard's task once it has waited longer than its owner would take (its owner is
-    # busy, or there is none): a claims LIST first, backing off while such checks find
-    # nothing to take. Polls are timed by the arrival rate every worker sees in the same
-    # listings: a worker sleeps until its shard's next task is due, so the fleet polls
-    # about once per task, whatever its size.
+    # -- choosing work (the choices themselves: ``_core/workview.py``) -------------
 
-    @property
-    def _fleet_factor(self) -> float:
-        width: int = self.settings.max_workers
-        return max(1.0, width / FLEET_UNIT)
+    def _refresh(self, view: WorkView) -> None:
+        """One LIST of the task keys from the view's start; its ``Date`` is the
+        server's clock. Started from a task id, not from the last key: a junk key
+        sorting after the next task ids (``tasks/t00000000x``) cannot hide them."""
+        back = view.listing_start()
+        start = self.layout.after("tasks", task_id(back)) if back is not None else None
+        listing = self.loop.run(
+            self.store.list_objects(self.layout.dir("tasks"), start_after=start)
+        )
+        view.absorb(listing, self.layout, time.monotonic())
 
-    def _own(self, tid: str) -> bool:
-        return bool(task_index(tid) % self.settings.max_workers == self._shard)
-
-    def _next_is_ours(self, view: _View) -> bool:
-        """The next task id is in this worker's shard and nothing else is pending: one
-        call at a time, whose client may be waiting for the last result to submit it."""
-        return not view.tasks and (view.top + 1) % self.settings.max_workers == self._shard
-
-    def _own_pending(self, view: _View, limit: int | None = None) -> list[str]:
-        """The first ``limit`` pending tasks of this worker's shard, in id order (the
-        scan stops there: a large backlog is not walked per poll)."""
-        return list(itertools.islice((t for t in view.tasks if self._own(t)), limit))
-
-    def _rate(self, view: _View, now: float) -> float:
-        """Tasks per second submitted lately (every shard), as this worker saw them."""
-        while view.arrivals and view.arrivals[0][0] < now - RATE_WINDOW:
-            view.arrivals.popleft()
-        if not view.arrivals:
-            return 0.0
-        # Counted from the poll before the first counted one: tasks it showed arrived
-        # in that interval, not before (a rate biased high makes polls come too early).
-        return sum(n for _, n in view.arrivals) / max(now - view.arrivals[0][0], 0.1)
-
-    def _own_due(self, view: _View, now: float) -> float | None:
-        """When the next task of this worker's shard is expected (monotonic): it is
-        the j-th task after the highest seen, and tasks arrive at the observed rate."""
-        rate = self._rate(view, now)
-        if rate <= 0:
-            return None
-        width: int = self.settings.max_workers
-        j = (self._shard - (view.top + 1)) % width + 1
-        # Fast streams: wait for as many of its tasks as arrive within BATCH_WAIT, so
-        # one LIST finds several.
-        j += (max(1, int(BATCH_WAIT * rate / width)) - 1) * width
-        # Two submits late on average: a poll that comes too early is a wasted LIST.
-        return view.last_arrival + (j + 2) / rate
-
-    def _steal_after(self, view: _View, now: float) -> float:
-        """How long a task waits for its shard's owner, who polls about once per
-        ``max_workers / rate`` seconds, before another worker may take it."""
-        rate = self._rate(view, now)
-        if rate <= 0:
-            return FOREIGN_AFTER
-        width: int = self.settings.max_workers
-        return min(max(FOREIGN_AFTER, 2 * width / rate), STEAL_AFTER_MAX)
-
-    def _steal_ready(self, view: _View, now: float) -> float | None:
-        """When a steal could next be tried (monotonic), or None with nothing to steal."""
-        # first_seen is in the order tasks were seen: its first foreign entry is the
-        # oldest, found without walking the whole backlog.
-        oldest = next((s for t, s in view.first_seen.items() if not self._own(t)), None)
-        if oldest is None:
-            return None
-        after = self._steal_after(view, now)
-        return max(oldest + after, view.steal_checked + max(view.steal_wait, after))
-
-    def _pause(self, view: _View, delay: float, *, hot: bool, after_task: bool = False) -> float:
-        """How long to sleep before the next poll.
-
-        ``delay`` is the idle backoff. While tasks arrive, a worker sleeps until its
-        shard's next task is due. Right after a task, with nothing else pending and the
-        next task id in its shard (one call at a time: the client may be waiting for that
-        result to submit the next), it polls at once and every ``IDLE_MIN_DELAY``.
-        """
-        now = time.monotonic()
-        pause = delay
-        due = self._own_due(view, now)
-        if due is not None and not hot:
-            # Past due and not seen yet: look again after about half the time between
-            # two submits, not at once (each poll of each worker is a LIST).
-            gap = 0.0 if after_task else 0.5 / self._rate(view, now)
-            pause = max(pause, min(max(due - now, gap), DUE_MAX * self._fleet_factor))
-        ready = self._steal_ready(view, now)
-        if ready is not None:
-            pause = min(pause, max(ready - now, 0.0 if after_task else IDLE_MIN_DELAY))
-        return min(pause, IDLE_MAX_DELAY)
-
-    def _refresh(self, view: _View) -> None:
-        """One LIST of the task keys from ``SUBMIT_WINDOW`` below the highest id seen:
-        submits overlap, so a task can appear up to that far below it, never further
-        (``_core.submits``). The markers sort after every task id, so the same page
-        shows every released marker and the stop marker; its ``Date`` is the server's
-        clock."""
-        layout = self.layout
-        # Started from a task id, not from the last key: a junk key sorting after the
-        # next task ids (``tasks/t00000000x``) cannot hide them.
-        back = view.top - SUBMIT_WINDOW
-        start = layout.after("tasks", task_id(back)) if back >= 0 else None
-        listing = self.loop.run(self.store.list_objects(layout.dir("tasks"), start_after=start))
-        now = time.monotonic()
-        new = []
-        released = []
-        for o in listing.objects:
-            tid = layout.tid_of(o.key)
-            if tid:
-                if tid not in view.seen:
-                    view.seen.add(tid)
-                    new.append(tid)
-            elif o.key == layout.stop_marker:
-                view.stop_seen = True
-            elif layout.released_of(o.key):
-                released.append(o.key)
-        if new:
-            view.tasks.extend(new)
-            view.tasks.sort()  # ids sort in index order; a late one lands in its place
-            for tid in new:
-                view.first_seen[tid] = now
-            view.top = max(view.top, task_index(new[-1]))
-            floor = view.top - SUBMIT_WINDOW  # the listing never shows these again
-            view.seen = {t for t in view.seen if task_index(t) > floor}
-        view.released = released
-        view.server_time = listing.server_time
-        if view.first_poll is None:
-            view.first_poll = now  # what the first poll finds is a backlog, not a rate
-        elif new:
-            view.arrivals.append((view.refreshed, len(new)))
-        if new:
-            view.last_arrival = now
-        view.saw_new = bool(new)
-        if new or released:
-            view.nothing_running = False
-        view.refreshed = now
-
-    def _list_claims(self, view: _View) -> None:
+    def _list_claims(self, view: WorkView) -> None:
         """One LIST of the claims from the claimed low-water mark: forget the tasks it
         shows claimed."""
         below = view.claimed_below
@@ -627,8 +432,8 @@ class Worker:
         )
         view.drop({t for o in listing.objects if (t := self.layout.tid_of(o.key))})
 
-    def _next_task(self, view: _View) -> tuple[str, claims.Claim, claims.Claim | None] | None:
-        if not self._own_pending(view, 1) or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
+    def _next_task(self, view: WorkView) -> tuple[str, claims.Claim, claims.Claim | None] | None:
+        if not self._shard.own_pending(view, 1) or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
             self._refresh(view)
         if self._closed_for_work(view):
             return None
@@ -641,7 +446,7 @@ class Worker:
             return picked[0], picked[1], None
         return self._take_over_expired(view)
 
-    def _claim_released(self, view: _View) -> tuple[str, claims.Claim] | None:
+    def _claim_released(self, view: WorkView) -> tuple[str, claims.Claim] | None:
         """Claim a handed-back task, whatever this worker's view has passed."""
         now = time.monotonic()
         for marker in view.released:
@@ -656,65 +461,73 @@ class Worker:
                 return claim.task_id, claim
         return None
 
-    def _claim_own(self, view: _View) -> tuple[str, claims.Claim] | None:
+    def _claim_own(self, view: WorkView) -> tuple[str, claims.Claim] | None:
         """Claim the lowest pending task of this worker's shard, without listing claims."""
         now = time.monotonic()
-        after = self._steal_after(view, now)
-        width = self.settings.max_workers
-        for tid in self._own_pending(view, 2):
+        after = self._shard.steal_after(view, now)
+        for tid in self._shard.own_pending(view, 2):
             seen = view.first_seen.get(tid, now)
-            claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
+            # A fresh task is rarely lost (nobody steals it yet): read its payload in
+            # the claim's round trip. An older one may have been stolen: claim first.
+            fresh = now - seen < after
+            claim = self.loop.run(self._claim_and_read(tid, read=fresh))
             view.drop({tid})  # claimed, by us or another (kept when the store failed)
             if claim is not None:
-                self._collisions = 0
+                self._shard.collisions = 0
                 return tid, claim
             self.stats.lost_races += 1
-            # Nobody steals a task this fresh: another worker owns this shard too. (Once
-            # could be a steal from a late owner; twice running is not.)
-            self._collisions = self._collisions + 1 if now - seen < after else 0
-            if self._collisions >= 2:
-                self._shard, self._collisions = (self._shard + 1) % width, 0
+            self._shard.lost_race(fresh=fresh)
         return None
 
-    def _steal(self, view: _View) -> tuple[str, claims.Claim] | None:
+    async def _claim_and_read(self, tid: str, *, read: bool) -> claims.Claim | None:
+        """Claim ``tid``, with ``read`` reading its payload in the same round trip (the
+        read is dropped when the claim is lost)."""
+
+        async def payload() -> Blob | None:
+            if read:
+                with contextlib.suppress(StarburstError):
+                    return await self.store.get(self.layout.key("tasks", tid))
+            return None
+
+        claim, blob = await asyncio.gather(
+            claims.try_claim(self.store, self.layout, tid, self.worker_id), payload()
+        )
+        if claim is not None and blob is not None:
+            self._prefetched[tid] = blob
+        return claim
+
+    def _steal(self, view: WorkView) -> tuple[str, claims.Claim] | None:
         """Take another shard's task that waited too long for its owner. A claims LIST
         first says which are still pending; while these checks find nothing to take,
         they back off (the owners keep up)."""
         now = time.monotonic()
-        after = self._steal_after(view, now)
-
-        width = self.settings.max_workers
-
-        def stale(limit: int) -> list[str]:
-            """The first ``limit`` foreign tasks that waited long enough, in id order."""
-            found = (
-                t
-                for t in view.tasks
-                if not self._own(t) and now - view.first_seen.get(t, now) >= after
-            )
-            return list(itertools.islice(found, limit))
-
-        if not stale(1) or now - view.steal_checked < max(view.steal_wait, after):
+        after = self._shard.steal_after(view, now)
+        if not self._shard.stale_foreign(view, now, 1):
+            return None
+        if now - view.steal_checked < max(view.steal_wait, after):
             return None
         view.steal_checked = now
         self._list_claims(view)
-        candidates = stale(width)
+        candidates = self._shard.stale_foreign(view, now, self._shard.width)
         if not candidates:
-            cap = STEAL_CHECK_MAX * self._fleet_factor
-            view.steal_wait = min(max(view.steal_wait, after) * 2, cap)
+            self._shard.steal_checked_in_vain(view, now)
             return None
         # Among the oldest few, each stealer prefers a different one (a hash of its id).
         tid = min(candidates, key=lambda t: hash((self.worker_id, t)))
         claim = self.loop.run(claims.try_claim(self.store, self.layout, tid, self.worker_id))
         view.drop({tid})
         if claim is None:
+            # Its owner or another stealer was first: the fleet keeps up with this
+            # shard, so look less often (each lost race is a wasted PUT).
             self.stats.lost_races += 1
+            self.stats.lost_steals += 1
+            self._shard.steal_checked_in_vain(view, now)
             return None
         view.steal_wait = after  # there was work to take: look again as soon as allowed
         return tid, claim
 
     def _take_over_expired(
-        self, view: _View
+        self, view: WorkView
     ) -> tuple[str, claims.Claim, claims.Claim | None] | None:
         """Find claims whose lease expired (server clock) and take one over.
 
@@ -924,14 +737,13 @@ class Worker:
         started = time.time()
         lease = _Lease(self, claim)
         key = self.layout.key("tasks", tid)
+        prefetched = self._prefetched.pop(tid, None)
         try:
             if self._mismatch:
                 raise EnvironmentMismatch(
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
-            blob = self._prefetched.pop(tid, None) or self._durably(
-                lambda: self.store.get(key), f"payload {key}"
-            )
+            blob = prefetched or self._durably(lambda: self.store.get(key), f"payload {key}")
             if blob is None:  # the store stayed away: let another worker try later
                 with contextlib.suppress(StarburstError):
                     self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))

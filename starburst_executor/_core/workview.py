@@ -1,0 +1,260 @@
+"""A polling worker's view of its session, and its choice of work from that view.
+
+The worker (``worker/runner.py``) makes the requests; this module decides from what
+they showed, with the clock passed in, so the choice can be tested without a store.
+
+The session's task ids are dealt into ``width`` shards (``max_workers``) by index
+modulo ``width``. A worker owns one shard (at start, its rank among the workers the
+client registered, so a fleet launched together starts on distinct shards) and
+claims its tasks directly, with no claims listing: a lost race on a task just
+published means another worker owns the same shard, and the loser moves on to the
+next shard, so owners settle on distinct shards. A worker whose shard is empty steals
+another shard's task once it has waited longer than its owner would take (its owner
+is busy, or there is none): a claims LIST first, backing off while such checks find
+nothing to take. Polls are timed by the arrival rate every worker sees in the same
+listings: a worker sleeps until its shard's next task is due, so the fleet polls
+about once per task, whatever its size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..store.base import Listing
+from .layout import SessionLayout, task_index
+from .submits import SUBMIT_WINDOW
+
+IDLE_MIN_DELAY = 0.01
+IDLE_MAX_DELAY = 30.0
+FOREIGN_AFTER = 0.05  # another shard's task is stolen once it has waited at least this
+STEAL_AFTER_MAX = 3.0  # ... and at most this (its owner is busy, or there is none)
+# Shards past FLEET_UNIT stretch STEAL_AFTER_MAX, STEAL_CHECK_MAX and DUE_MAX in proportion.
+STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to this
+RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
+BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
+DUE_MAX = 3.0  # a worker sleeps at most this long for its shard's next expected task
+# Shards past this many stretch STEAL_CHECK_MAX and DUE_MAX in proportion, so the fleet's
+# rate of steal checks and of capped polls stays that of this many workers.
+FLEET_UNIT = 16
+DROP_BY_SEARCH = 64  # up to this many claimed tasks are dropped from the view one by one
+
+
+@dataclass
+class WorkView:
+    """What this worker last saw of the session, refreshed by listings."""
+
+    # Task ids not known to be claimed, in order: every task below the first (or up to
+    # ``top``) had a claim, or was not written yet, when this worker last looked.
+    tasks: list[str] = field(default_factory=list)
+    top: int = -1  # the highest task index seen
+    seen: set[str] = field(default_factory=set)  # ids listed above top - SUBMIT_WINDOW
+    # pending since (monotonic), in the order the tasks were first seen
+    first_seen: dict[str, float] = field(default_factory=dict)
+    # (previous poll, new tasks this poll showed): what arrived between two polls
+    arrivals: deque[tuple[float, int]] = field(default_factory=deque)
+    first_poll: float | None = None
+    last_arrival: float = -1e9
+    saw_new: bool = False  # the last poll showed new tasks
+    server_time: datetime | None = None
+    refreshed: float = 0.0
+    stop_seen: bool = False
+    expired: bool = False
+    released: list[str] = field(default_factory=list)  # released marker keys
+    released_tried: dict[str, float] = field(default_factory=dict)  # marker -> monotonic
+    steal_checked: float = -1e9
+    steal_wait: float = FOREIGN_AFTER
+    done_below: int = 0  # every task below this index has an outcome
+    scanned: float = 0.0
+    full_scanned: float = -1e9
+    nothing_running: bool = False  # the last expiry scan found every claim finished
+
+    @property
+    def claimed_below(self) -> int:
+        """Every task below this index had a claim (or was not written yet: submits
+        overlap) when this worker last looked."""
+        return task_index(self.tasks[0]) if self.tasks else self.top + 1
+
+    def listing_start(self) -> int | None:
+        """The task index a refresh lists after: ``SUBMIT_WINDOW`` below the highest
+        seen (submits overlap, so a task can appear up to that far below it, never
+        further; ``_core.submits``), or None to list from the first."""
+        back = self.top - SUBMIT_WINDOW
+        return back if back >= 0 else None
+
+    def absorb(self, listing: Listing, layout: SessionLayout, now: float) -> None:
+        """Take in one listing of the task keys from ``listing_start``: new tasks, the
+        released markers and the stop marker (they sort after every id, so the same
+        page shows them), and the server's clock."""
+        new = []
+        released = []
+        for o in listing.objects:
+            tid = layout.tid_of(o.key)
+            if tid:
+                if tid not in self.seen:
+                    self.seen.add(tid)
+                    new.append(tid)
+            elif o.key == layout.stop_marker:
+                self.stop_seen = True
+            elif layout.released_of(o.key):
+                released.append(o.key)
+        if new:
+            self.tasks.extend(new)
+            self.tasks.sort()  # ids sort in index order; a late one lands in its place
+            for tid in new:
+                self.first_seen[tid] = now
+            self.top = max(self.top, task_index(new[-1]))
+            floor = self.top - SUBMIT_WINDOW  # the listing never shows these again
+            self.seen = {t for t in self.seen if task_index(t) > floor}
+        self.released = released
+        self.server_time = listing.server_time
+        if self.first_poll is None:
+            self.first_poll = now  # what the first poll finds is a backlog, not a rate
+        elif new:
+            self.arrivals.append((self.refreshed, len(new)))
+        if new:
+            self.last_arrival = now
+        self.saw_new = bool(new)
+        if new or released:
+            self.nothing_running = False
+        self.refreshed = now
+
+    def drop(self, tids: set[str]) -> None:
+        """Forget tasks now known to be claimed. A few (one claim) are found by
+        bisection, so a claim costs the same with 100,000 tasks pending as with ten."""
+        if not tids:
+            return
+        if len(tids) <= DROP_BY_SEARCH:
+            for t in tids:
+                i = bisect.bisect_left(self.tasks, t)
+                if i < len(self.tasks) and self.tasks[i] == t:
+                    del self.tasks[i]
+        else:
+            self.tasks = [t for t in self.tasks if t not in tids]
+        for t in tids:
+            self.first_seen.pop(t, None)
+
+
+@dataclass
+class Shard:
+    """The shard a worker owns among ``width``, and the choices that follow from it."""
+
+    width: int
+    index: int = 0
+    collisions: int = 0  # own fresh tasks lost in a row
+
+    @property
+    def fleet_factor(self) -> float:
+        return max(1.0, self.width / FLEET_UNIT)
+
+    @property
+    def idle_growth(self) -> float:
+        """What each empty poll multiplies the idle delay by. A large fleet backs off
+        faster: its workers' empty polls add up, and a task whose owner sleeps is
+        stolen by whichever worker polls first."""
+        return 2 * self.fleet_factor
+
+    def owns(self, tid: str) -> bool:
+        return task_index(tid) % self.width == self.index
+
+    def lost_race(self, fresh: bool) -> None:
+        """An own task was claimed by another worker. Nobody steals a task this fresh:
+        another worker owns this shard too. Once could be a steal from a late owner;
+        twice running is not, and this worker moves to the next shard."""
+        self.collisions = self.collisions + 1 if fresh else 0
+        if self.collisions >= 2:
+            self.index, self.collisions = (self.index + 1) % self.width, 0
+
+    def next_is_ours(self, view: WorkView) -> bool:
+        """The next task id is in this shard and nothing else is pending: one call at a
+        time, whose client may be waiting for the last result to submit it."""
+        return not view.tasks and (view.top + 1) % self.width == self.index
+
+    def own_pending(self, view: WorkView, limit: int | None = None) -> list[str]:
+        """The first ``limit`` pending tasks of this shard, in id order (the scan stops
+        there: a large backlog is not walked per poll)."""
+        return list(itertools.islice((t for t in view.tasks if self.owns(t)), limit))
+
+    def rate(self, view: WorkView, now: float) -> float:
+        """Tasks per second submitted lately (every shard), as this worker saw them."""
+        while view.arrivals and view.arrivals[0][0] < now - RATE_WINDOW:
+            view.arrivals.popleft()
+        if not view.arrivals:
+            return 0.0
+        # Counted from the poll before the first counted one: tasks it showed arrived
+        # in that interval, not before (a rate biased high makes polls come too early).
+        return sum(n for _, n in view.arrivals) / max(now - view.arrivals[0][0], 0.1)
+
+    def own_due(self, view: WorkView, now: float) -> float | None:
+        """When the next task of this shard is expected (monotonic): it is the j-th
+        task after the highest seen, and tasks arrive at the observed rate."""
+        rate = self.rate(view, now)
+        if rate <= 0:
+            return None
+        j = (self.index - (view.top + 1)) % self.width + 1
+        # Fast streams: wait for as many of its tasks as arrive within BATCH_WAIT, so
+        # one LIST finds several.
+        j += (max(1, int(BATCH_WAIT * rate / self.width)) - 1) * self.width
+        # Two submits late on average: a poll that comes too early is a wasted LIST.
+        return view.last_arrival + (j + 2) / rate
+
+    def steal_after(self, view: WorkView, now: float) -> float:
+        """How long a task waits for its shard's owner, who polls about once per
+        ``width / rate`` seconds, before another worker may take it."""
+        rate = self.rate(view, now)
+        if rate <= 0:
+            return FOREIGN_AFTER
+        # Capped like an owner's sleep (DUE_MAX, stretched for the fleet): a larger
+        # fleet's owners sleep longer, and a steal that beats them is a lost race.
+        cap = STEAL_AFTER_MAX * self.fleet_factor
+        return min(max(FOREIGN_AFTER, 2 * self.width / rate), cap)
+
+    def steal_ready(self, view: WorkView, now: float) -> float | None:
+        """When a steal could next be tried (monotonic), or None with nothing to steal."""
+        # first_seen is in the order tasks were seen: its first foreign entry is the
+        # oldest, found without walking the whole backlog.
+        oldest = next((s for t, s in view.first_seen.items() if not self.owns(t)), None)
+        if oldest is None:
+            return None
+        after = self.steal_after(view, now)
+        return max(oldest + after, view.steal_checked + max(view.steal_wait, after))
+
+    def stale_foreign(self, view: WorkView, now: float, limit: int) -> list[str]:
+        """The first ``limit`` tasks of other shards that waited long enough for their
+        owners, in id order."""
+        after = self.steal_after(view, now)
+        found = (
+            t for t in view.tasks if not self.owns(t) and now - view.first_seen.get(t, now) >= after
+        )
+        return list(itertools.islice(found, limit))
+
+    def steal_checked_in_vain(self, view: WorkView, now: float) -> None:
+        """A claims listing found nothing to steal: check less often (the owners keep
+        up), up to ``STEAL_CHECK_MAX`` stretched for the fleet."""
+        after = self.steal_after(view, now)
+        view.steal_wait = min(max(view.steal_wait, after) * 2, STEAL_CHECK_MAX * self.fleet_factor)
+
+    def pause(
+        self, view: WorkView, delay: float, now: float, *, hot: bool, after_task: bool = False
+    ) -> float:
+        """How long to sleep before the next poll.
+
+        ``delay`` is the idle backoff. While tasks arrive, a worker sleeps until its
+        shard's next task is due. Right after a task, with nothing else pending and the
+        next task id in its shard (one call at a time: the client may be waiting for that
+        result to submit the next), it polls at once and every ``IDLE_MIN_DELAY``.
+        """
+        pause = delay
+        due = self.own_due(view, now)
+        if due is not None and not hot:
+            # Past due and not seen yet: look again after about half the time between
+            # two submits, not at once (each poll of each worker is a LIST).
+            gap = 0.0 if after_task else 0.5 / self.rate(view, now)
+            pause = max(pause, min(max(due - now, gap), DUE_MAX * self.fleet_factor))
+        ready = self.steal_ready(view, now)
+        if ready is not None:
+            pause = min(pause, max(ready - now, 0.0 if after_task else IDLE_MIN_DELAY))
+        return min(pause, IDLE_MAX_DELAY)

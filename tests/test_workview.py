@@ -1,0 +1,163 @@
+"""A polling worker's choice of work (``_core/workview.py``), alone: listings and a
+clock go in, decisions come out; no store, no worker process."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from starburst_executor._core.layout import SessionLayout, new_session_id, task_id
+from starburst_executor._core.submits import SUBMIT_WINDOW
+from starburst_executor._core.workview import (
+    DUE_MAX,
+    FOREIGN_AFTER,
+    IDLE_MAX_DELAY,
+    IDLE_MIN_DELAY,
+    STEAL_AFTER_MAX,
+    STEAL_CHECK_MAX,
+    Shard,
+    WorkView,
+)
+from starburst_executor.store.base import Listing, ObjectInfo
+
+LAYOUT = SessionLayout("p", new_session_id())
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def listing(*keys: str) -> Listing:
+    return Listing([ObjectInfo(k, "e", NOW, 0) for k in sorted(keys)], NOW)
+
+
+def tasks(*indexes: int) -> list[str]:
+    return [LAYOUT.key("tasks", task_id(i)) for i in indexes]
+
+
+def ids(*indexes: int) -> list[str]:
+    return [task_id(i) for i in indexes]
+
+
+def test_a_listing_adds_new_tasks_in_order_and_sees_the_markers():
+    view = WorkView()
+    view.absorb(listing(*tasks(0, 1, 3)), LAYOUT, now=10.0)
+    assert view.tasks == ids(0, 1, 3) and view.top == 3 and view.saw_new
+    assert view.first_poll == 10.0 and not view.arrivals  # a backlog, not a rate
+    released = LAYOUT.released(task_id(1), "abc")
+    view.absorb(listing(*tasks(0, 1, 2, 3, 4), released, LAYOUT.stop_marker), LAYOUT, now=11.0)
+    assert view.tasks == ids(0, 1, 2, 3, 4)  # the late task 2 lands in its place
+    assert view.released == [released] and view.stop_seen
+    assert list(view.arrivals) == [(10.0, 2)]  # two new tasks since the poll at 10.0
+    assert view.first_seen[task_id(2)] == 11.0 and view.first_seen[task_id(0)] == 10.0
+    view.absorb(listing(*tasks(0, 1, 2, 3, 4)), LAYOUT, now=12.0)
+    assert not view.saw_new and view.released == []
+
+
+def test_the_next_listing_starts_a_submit_window_below_the_top():
+    view = WorkView()
+    assert view.listing_start() is None
+    view.absorb(listing(*tasks(SUBMIT_WINDOW + 5)), LAYOUT, now=0.0)
+    assert view.listing_start() == 5
+    # ids that far below the top are never listed again, so they are not remembered
+    assert all(int(t[1:]) > 5 for t in view.seen)
+
+
+def test_claimed_tasks_are_dropped_one_by_one_or_in_bulk():
+    view = WorkView()
+    view.absorb(listing(*tasks(*range(200))), LAYOUT, now=0.0)
+    view.drop({task_id(0), task_id(57), task_id(999)})  # 999 was never pending
+    assert len(view.tasks) == 198 and task_id(57) not in view.first_seen
+    assert view.claimed_below == 1
+    view.drop({task_id(i) for i in range(150)})  # a claims listing: more than 64 at once
+    assert view.tasks == ids(*range(150, 200)) and view.claimed_below == 150
+    assert list(view.first_seen) == ids(*range(150, 200))
+
+
+def test_a_shard_owns_every_width_th_task_and_finds_its_first_few():
+    shard = Shard(width=4, index=1)
+    view = WorkView()
+    view.absorb(listing(*tasks(*range(12))), LAYOUT, now=0.0)
+    assert shard.own_pending(view) == ids(1, 5, 9)
+    assert shard.own_pending(view, 2) == ids(1, 5)
+    assert not shard.next_is_ours(view)  # tasks are pending
+    view.drop(set(ids(*range(12))))
+    assert not shard.next_is_ours(view)  # the next id, 12, is shard 0's
+    view.absorb(listing(*tasks(*range(13))), LAYOUT, now=1.0)
+    view.drop(set(ids(*range(13))))
+    assert shard.next_is_ours(view)  # 13 is ours
+
+
+def test_two_fresh_lost_races_in_a_row_move_the_worker_to_the_next_shard():
+    shard = Shard(width=3, index=2)
+    shard.lost_race(fresh=True)
+    shard.lost_race(fresh=False)  # a steal by a late owner resets the count
+    shard.lost_race(fresh=True)
+    assert shard.index == 2
+    shard.lost_race(fresh=True)
+    assert shard.index == 0 and shard.collisions == 0
+
+
+def test_the_rate_and_when_the_shards_next_task_is_due():
+    shard = Shard(width=4, index=0)
+    view = WorkView()
+    view.absorb(listing(*tasks(0)), LAYOUT, now=0.0)
+    assert shard.rate(view, 0.0) == 0.0 and shard.own_due(view, 0.0) is None
+    view.absorb(listing(*tasks(*range(11))), LAYOUT, now=1.0)  # 10 tasks in 1 s
+    assert shard.rate(view, 1.0) == 10.0
+    # top is 10: the shard's next id is 12, the 2nd after it, due two submits late
+    assert shard.own_due(view, 1.0) == 1.0 + (2 + 2) / 10.0
+    # an old rate is forgotten
+    assert shard.rate(view, 100.0) == 0.0
+
+
+def test_steals_wait_for_the_owner_then_take_the_oldest_first():
+    shard = Shard(width=2, index=0)
+    view = WorkView()
+    view.absorb(listing(*tasks(1, 3)), LAYOUT, now=5.0)
+    view.absorb(listing(*tasks(0, 1, 2, 3, 5)), LAYOUT, now=6.0)
+    assert shard.steal_after(view, 6.0) == min(max(FOREIGN_AFTER, 2 * 2 / 3.0), STEAL_AFTER_MAX)
+    after = shard.steal_after(view, 6.0)
+    assert shard.steal_ready(view, 6.0) == 5.0 + after  # task 1, seen first
+    # At 8.5 s the rate has fallen (3 tasks in 3.5 s): owners get the longest wait, 3 s
+    assert shard.steal_after(view, 8.5) == STEAL_AFTER_MAX
+    assert shard.stale_foreign(view, 8.5, 5) == ids(1, 3)  # not 5: seen 2.5 s ago
+    assert shard.stale_foreign(view, 100.0, 1) == ids(1)
+    view.drop(set(ids(1, 3, 5)))
+    assert shard.steal_ready(view, 100.0) is None  # only own tasks left
+
+
+def test_fruitless_steal_checks_back_off_to_a_cap_stretched_for_large_fleets():
+    for width, cap in ((4, STEAL_CHECK_MAX), (64, STEAL_CHECK_MAX * 4)):
+        shard, view = Shard(width=width), WorkView()
+        for _ in range(20):
+            shard.steal_checked_in_vain(view, 0.0)
+        assert view.steal_wait == cap
+
+
+def test_idle_polls_back_off_faster_in_a_large_fleet():
+    assert Shard(width=2).idle_growth == 2.0
+    assert Shard(width=16).idle_growth == 2.0
+    assert Shard(width=64).idle_growth == 8.0
+
+
+def test_the_pause_before_the_next_poll():
+    shard = Shard(width=4, index=0)
+    view = WorkView()
+    assert shard.pause(view, 1e6, 0.0, hot=False) == IDLE_MAX_DELAY
+    assert shard.pause(view, 0.5, 0.0, hot=False) == 0.5
+    view.absorb(listing(*tasks(0)), LAYOUT, now=0.0)
+    view.absorb(listing(*tasks(*range(11))), LAYOUT, now=1.0)
+    view.drop(set(ids(*range(11))))
+    due = shard.own_due(view, 1.0)
+    assert due is not None
+    # while tasks arrive, sleep until the shard's next one is due (not the idle delay)
+    assert shard.pause(view, IDLE_MIN_DELAY, 1.0, hot=False) == due - 1.0
+    # ... but never longer than DUE_MAX, and not at all while hot
+    assert shard.pause(view, IDLE_MIN_DELAY, -100.0, hot=False) == DUE_MAX
+    assert shard.pause(view, IDLE_MIN_DELAY, 1.0, hot=True) == IDLE_MIN_DELAY
+
+
+def test_a_large_fleets_owners_get_longer_before_their_tasks_are_stolen():
+    view = WorkView()
+    view.absorb(listing(*tasks(0)), LAYOUT, now=0.0)
+    view.absorb(listing(*tasks(0, 1)), LAYOUT, now=1.0)  # a slow stream: 1 task/s
+    assert Shard(width=4).steal_after(view, 1.0) == STEAL_AFTER_MAX
+    # 64 workers: owners may sleep up to 4x DUE_MAX, and stealers wait as long
+    assert Shard(width=64).steal_after(view, 1.0) == 4 * STEAL_AFTER_MAX

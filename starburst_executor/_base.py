@@ -158,6 +158,11 @@ class SessionExecutor(concurrent.futures.Executor):
             runtime, session, manifest, [], clock_offset=offset, ship_code=options.get("ship_code")
         )
 
+    @property
+    def _workers(self) -> SessionWorkers:
+        """This session's workers, through the runtime's launcher as it is now."""
+        return SessionWorkers(self._runtime.launcher, self.session_id)
+
     def _init_state(
         self,
         runtime: Runtime,
@@ -169,7 +174,6 @@ class SessionExecutor(concurrent.futures.Executor):
         ship_code: bool | None = None,
     ) -> None:
         self._runtime = runtime
-        self._workers = SessionWorkers(runtime.launcher, session.session_id)
         self._clock_offset = clock_offset  # the store's clock minus ours
         self._code = (
             CodeShipper(runtime.store, runtime.location.prefix)

@@ -56,6 +56,9 @@ ENV_WORKER = "STARBURST_WORKER_ID"
 ENV_TASK = "STARBURST_TASK_ID"
 ENV_TAKEOVER = "STARBURST_TAKEOVER"  # ephemeral retry: take over the dead worker's claim
 ENV_WORKER_LOG = "STARBURST_WORKER_LOG"
+# A worker forked by the local template: the pipe on which it says its task's outcome
+# is stored, before it exits (the client then reads it without waiting for the exit).
+ENV_STORED_FD = "STARBURST_STORED_FD"
 TASK_ID_FIELD = "{task}"  # in an ECS worker's log location: its task id, filled in by it
 ENV_TERM_GRACE = "STARBURST_TERM_GRACE"
 ENV_LOG_LEVEL = "STARBURST_LOG_LEVEL"
@@ -268,6 +271,7 @@ class WorkerEnv:
     spot_watch: bool
     imds_endpoint: str | None
     ecs_metadata_uri: str | None
+    stored_fd: int | None = None
 
     @classmethod
     def read(cls, environ: Mapping[str, str]) -> WorkerEnv:
@@ -287,6 +291,7 @@ class WorkerEnv:
             spot_watch=environ.get(ENV_SPOT_WATCH) == "1",
             imds_endpoint=environ.get(ENV_IMDS_ENDPOINT) or None,
             ecs_metadata_uri=environ.get(ENV_ECS_METADATA) or None,
+            stored_fd=int(environ[ENV_STORED_FD]) if environ.get(ENV_STORED_FD) else None,
         )
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,6 +50,8 @@ R = TypeVar("R")
 log = logging.getLogger("starburst_executor")
 
 EXIT_POLL_INTERVAL = 0.005
+EXIT_WAIT = 30.0  # at shutdown, for workers whose outcome was read as they exited
+EXITING_PRUNE = 64  # past this many such workers, those that have exited are forgotten
 
 
 class StarburstExecutor(SessionExecutor):
@@ -93,6 +96,10 @@ class StarburstExecutor(SessionExecutor):
         self._queue: collections.deque[TaskFuture] = collections.deque()
         self._running: dict[str, tuple[TaskFuture, TaskWorker]] = {}
         self._retries: dict[str, int] = {}
+        # Workers whose outcome was read before they exited (they said it was stored):
+        # the dispatcher waits for their exit before it ends, so none outlives shutdown.
+        self._exiting: list[TaskWorker] = []
+        self._unread: set[str] = set()  # said stored, but the read found nothing
         self._stopping = False
         self._finished = False
         self._dispatcher = threading.Thread(
@@ -225,7 +232,7 @@ class StarburstExecutor(SessionExecutor):
                     if future.set_running_or_notify_cancel():
                         self._start(future, takeover=False)
                 if self._stopping and not self._queue and not self._running:
-                    return
+                    break
                 if not self._running:
                     self._cv.wait()
                     continue
@@ -235,14 +242,50 @@ class StarburstExecutor(SessionExecutor):
             except StarburstError as err:
                 log.warning("watching the workers of %s failed, retrying: %s", self.session_id, err)
                 statuses = [None] * len(running)
-            ended = [(f, w, s) for (f, w), s in zip(running, statuses, strict=True) if s]
+            ended = [
+                (f, w, s)
+                for (f, w), s in zip(running, statuses, strict=True)
+                if s and not (s.exiting and f.task_id in self._unread)
+            ]
             for future, worker, status in ended:
+                if status.exiting and not self._settle_stored(future):
+                    self._unread.add(future.task_id)  # then wait for the exit itself
+                    continue
                 with self._cv:
                     self._running.pop(future.task_id, None)
-                self._settle(future, worker, status)
+                if status.exiting:
+                    self._exiting.append(worker)
+                else:
+                    self._settle(future, worker, status)
+            if len(self._exiting) > EXITING_PRUNE:
+                self._await_exits(0.0)  # forget those that have exited
             if not ended:
                 with self._cv:
                     self._cv.wait(EXIT_POLL_INTERVAL)
+        self._await_exits(EXIT_WAIT)
+
+    def _settle_stored(self, future: TaskFuture) -> bool:
+        """The worker said the outcome is stored: resolve the future with it now."""
+        try:
+            outcome = self._runtime.loop.run(self._session.read_outcome(future.task_id))
+        except StarburstError:
+            return False
+        future._resolve(outcome)
+        return True
+
+    def _await_exits(self, timeout: float) -> None:
+        """Until every worker whose outcome was read early has exited (they are on
+        their way out: closing the client, process teardown), ``timeout`` at most."""
+        deadline = time.monotonic() + timeout
+        while self._exiting:
+            with contextlib.suppress(StarburstError):
+                statuses = self._workers.exit_statuses(self._exiting)
+                self._exiting = [
+                    w for w, s in zip(self._exiting, statuses, strict=True) if not s or s.exiting
+                ]
+            if not self._exiting or time.monotonic() >= deadline:
+                return
+            time.sleep(EXIT_POLL_INTERVAL)
 
     def _start(self, future: TaskFuture, *, takeover: bool) -> None:
         """Start the one worker of ``future`` (called with ``_cv`` held)."""

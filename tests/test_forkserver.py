@@ -74,3 +74,15 @@ def test_a_forked_worker_opens_the_s3_client_its_template_made(prefix, starburst
     made = "S3 client for"
     assert made in logs[-1], logs[-1]
     assert sum(made in log for log in logs) >= len(logs) - 1
+
+
+def test_a_per_call_worker_says_its_outcome_is_stored_before_it_exits(prefix):
+    """The client reads a forked worker's outcome when the worker says it is stored,
+    not after its exit; none of those workers outlives the executor."""
+    with StarburstExecutor(max_workers=2) as ex:
+        pids = {f.result(timeout=TIMEOUT) for f in [ex.submit(os.getpid) for _ in range(4)]}
+        server = ex._runtime.launcher._fork_server
+        assert server is not None
+        assert pids <= server._stored  # each said so, on the template's reply pipe
+        sid = ex.session_id
+    assert session_workers(sid) == []

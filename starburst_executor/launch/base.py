@@ -21,6 +21,8 @@ class ExitStatus:
     out_of_memory: bool = False
     spot_interruption: bool = False
     hint: str = ""  # what to do, when the stop reason tells (e.g. the image cannot be pulled)
+    # Not ended yet: the worker said its task's outcome is stored and it is exiting.
+    exiting: bool = False
 
 
 @dataclass
@@ -96,7 +98,8 @@ class Launcher(Protocol):
         ...
 
     def exit_statuses(self, workers: Sequence[TaskWorker]) -> list[ExitStatus | None]:
-        """For each task worker: None while it runs, how it ended once it has."""
+        """For each task worker: None while it runs, how it ended once it has (or an
+        ``exiting`` status once it said its task's outcome is stored)."""
         ...
 
 

@@ -58,6 +58,7 @@ class ForkServer:
         self._lock = threading.Lock()
         self._pids: queue.Queue[int] = queue.Queue()
         self._exits: dict[int, int] = {}
+        self._stored: set[int] = set()  # workers that said their outcome is stored
         self._reader = threading.Thread(target=self._read, name="starburst-forkserver", daemon=True)
         self._reader.start()
 
@@ -67,6 +68,8 @@ class ForkServer:
             message = json.loads(line)
             if "pid" in message:
                 self._pids.put(int(message["pid"]))
+            elif "stored" in message:  # from the worker itself (worker/forkserver.py)
+                self._stored.add(int(message["stored"]))
             else:
                 self._exits[int(message["exited"])] = int(message["code"])
 
@@ -84,6 +87,9 @@ class ForkServer:
             except (OSError, queue.Empty) as err:
                 raise StarburstError(f"the worker template process did not fork: {err}") from err
         return ForkedWorker(pid, self)
+
+    def stored(self, pid: int) -> bool:
+        return pid in self._stored
 
     def exit_code(self, pid: int) -> int | None:
         code = self._exits.get(pid)
@@ -108,6 +114,10 @@ class ForkedWorker:
 
     def poll(self) -> int | None:
         return self._server.exit_code(self.pid)
+
+    def stored(self) -> bool:
+        """The worker said its task's outcome is stored (it is exiting)."""
+        return self._server.stored(self.pid)
 
 
 class LocalLauncher:
@@ -256,9 +266,11 @@ class LocalLauncher:
         return [self._exit_status(w) for w in workers]
 
     def _exit_status(self, worker: TaskWorker) -> ExitStatus | None:
-        proc: subprocess.Popen[bytes] = worker.handle
+        proc: subprocess.Popen[bytes] | ForkedWorker = worker.handle
         code = proc.poll()
         if code is None:
+            if isinstance(proc, ForkedWorker) and proc.stored():
+                return ExitStatus(None, "its outcome is stored; exiting", worker.logs, exiting=True)
             return None
         if code < 0:
             try:

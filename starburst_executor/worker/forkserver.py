@@ -30,6 +30,8 @@ import sys
 import traceback
 from typing import Any
 
+from ..config import ENV_STORED_FD, ENV_TASK
+
 REAP_INTERVAL = 0.5  # a fallback: a worker's exit wakes the template (SIGCHLD)
 
 
@@ -42,6 +44,10 @@ def _child(request: dict[str, Any], channel: tuple[int, ...]) -> None:
         # closed first, the log would be opened as fd 0 and then replaced by /dev/null.
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
+        # A per-call worker's own end of the reply pipe (not inherited by its children):
+        # it says there when its task's outcome is stored, so the client need not wait
+        # for its exit (config.ENV_STORED_FD).
+        stored = os.dup(channel[1]) if request["env"].get(ENV_TASK) else None
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -51,6 +57,8 @@ def _child(request: dict[str, Any], channel: tuple[int, ...]) -> None:
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
+        if stored is not None:
+            os.environ[ENV_STORED_FD] = str(stored)
         from .runner import main
 
         code = main()

@@ -158,7 +158,10 @@ class Worker:
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
         self._prefetched: dict[str, Blob] = {}  # payloads read with the claim
-        self._early_claim: tuple[claims.Claim | None] | tuple[()] = ()  # ... and claimed
+        # one-task mode: the claim made together with the first reads
+        self._early_claim: tuple[claims.Claim | None] | tuple[()] = ()
+        self._stored_fd = env.stored_fd  # where a per-call worker says its outcome is stored
+        self._outcome_stored = False
         self._rng = random.Random()
         self._shard = Shard(1)  # the shard it owns (set once the manifest is read)
         # Polling workers run each task in a task process (one per slot, reused); a
@@ -197,6 +200,7 @@ class Worker:
             self._mismatch = fingerprint_mismatch(manifest.fingerprint, fingerprint())
             if self.task_id is not None:
                 reason = self._serve_one(self.task_id)
+                self._say_stored()
             else:
                 for _ in range(manifest.task_slots):
                     process = TaskProcess()
@@ -222,6 +226,18 @@ class Worker:
             with contextlib.suppress(Exception):
                 self.loop.run(self.store.close(), timeout=10)
             self.loop.close()
+
+    def _say_stored(self) -> None:
+        """A per-call worker forked locally tells the client, before it exits, that its
+        task's outcome is stored: the client reads it now, not after the exit (process
+        teardown and exit detection: about 10 ms of a cold call)."""
+        fd, self._stored_fd = self._stored_fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):  # the client may be gone
+            if self._outcome_stored:
+                os.write(fd, json.dumps({"stored": os.getpid()}).encode() + b"\n")
+            os.close(fd)
 
     async def _load_with_payload(self, tid: str) -> Manifest:
         """One-task mode: the manifest, the task's payload and its claim, three requests
@@ -641,6 +657,7 @@ class Worker:
         if outcome.kind == "error":  # the log shows each failure whole, as a local run would
             log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
         written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
+        self._outcome_stored = written is not None  # ours, or one that was there first
         if written is False:
             self.stats.duplicates_dropped += 1
             log.warning("task %s already had an outcome; this late one was dropped", tid)

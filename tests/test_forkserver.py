@@ -86,3 +86,23 @@ def test_a_per_call_worker_says_its_outcome_is_stored_before_it_exits(prefix):
         assert pids <= server._stored  # each said so, on the template's reply pipe
         sid = ex.session_id
     assert session_workers(sid) == []
+
+
+def test_a_reused_pid_does_not_inherit_what_its_earlier_worker_reported():
+    """The template reaps (and reports) a worker before the kernel can give its pid to
+    a new fork: the new fork's pid reply clears the old exit and "stored" reports."""
+    import io
+    import queue
+    import types
+
+    from starburst_executor.launch.local import ForkServer
+
+    lines = [b'{"pid": 42}\n', b'{"stored": 42}\n', b'{"exited": 42, "code": 0}\n']
+    server = ForkServer.__new__(ForkServer)
+    server.proc = types.SimpleNamespace(stdout=io.BytesIO(b"".join(lines)))  # type: ignore[assignment]
+    server._pids, server._exits, server._stored = queue.Queue(), {}, set()
+    server._read()
+    assert server.stored(42) and server._exits[42] == 0
+    server.proc = types.SimpleNamespace(stdout=io.BytesIO(b'{"pid": 42}\n'))  # type: ignore[assignment]
+    server._read()  # the pid, given to a new worker
+    assert not server.stored(42) and 42 not in server._exits

@@ -67,7 +67,12 @@ class ForkServer:
         for line in self.proc.stdout:
             message = json.loads(line)
             if "pid" in message:
-                self._pids.put(int(message["pid"]))
+                pid = int(message["pid"])
+                # A reused pid: what its earlier holder reported came before this reply
+                # (the template reaps a worker, and reports it, before it forks again).
+                self._exits.pop(pid, None)
+                self._stored.discard(pid)
+                self._pids.put(pid)
             elif "stored" in message:  # from the worker itself (worker/forkserver.py)
                 self._stored.add(int(message["stored"]))
             else:

@@ -20,6 +20,7 @@ named by one constant below:
 ``STARBURST_AWS_ENDPOINT``     one endpoint for every AWS control-plane call (tests)
 ``STARBURST_SPOT_WATCH``       worker: ``1`` watches EC2's Spot interruption notice
 ``STARBURST_IMDS_ENDPOINT``    worker: the instance metadata endpoint (tests)
+``STARBURST_STORED_FD``        worker forked locally: where it says its outcome is stored
 ``ECS_CONTAINER_METADATA_URI_V4`` worker on ECS (set by ECS): its task's metadata
 =============================  ===================================================
 

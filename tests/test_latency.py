@@ -221,3 +221,71 @@ def test_a_segfault_in_one_slot_fails_alone_and_at_once_while_the_other_complete
         assert ex.status().completed == 1 and ex.status().failed == 1
     finally:
         ex.cleanup(force=True)
+
+
+def _worker_stats(ex: DetachedExecutor) -> list[dict[str, int]]:
+    entries = ex._runtime.loop.run(ex._session.workers())
+    return [entry["stats"] for entry in entries]  # type: ignore[misc]
+
+
+def test_a_busy_worker_claims_its_next_task_ahead_and_starts_it_when_the_slot_frees(
+    prefix, tmp_path
+):
+    started, release = tmp_path / "started", tmp_path / "release"
+    ex = DetachedExecutor(max_workers=1, lease_seconds=600)
+    session, loop = ex._session, ex._runtime.loop
+    try:
+        assert ex.submit(tasks.square, 3).result(timeout=TIMEOUT) == 9  # how long a task takes
+        slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        wait_until(started.exists, "the first task to start", TIMEOUT)
+        following = ex.submit(tasks.square, 4)
+        claim = session.layout.key("claims", following.task_id)
+        # Its only slot is busy, and the next task is claimed (and its payload read) all
+        # the same; the only worker of the session holds it however long that takes.
+        wait_until(lambda: loop.run(ex._runtime.store.exists(claim)), "the claim ahead", TIMEOUT)
+        # Claimed, so no longer cancellable (as ProcessPoolExecutor's one queued call).
+        assert not following.cancel()
+        assert not following.done() and not slow.done()
+        release.write_text("go")
+        assert following.result(timeout=TIMEOUT) == 16
+        assert slow.result(timeout=TIMEOUT) == int(started.read_text())
+        ex.shutdown()
+        (stats,) = _worker_stats(ex)
+        assert (stats["claimed_ahead"], stats["ahead_handed_back"]) == (1, 0)
+        assert stats["tasks_run"] == 3
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_a_task_claimed_ahead_is_handed_back_when_its_slot_runs_over(prefix, tmp_path):
+    """A long task does not keep the task its worker claimed ahead from an idle worker."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    ex = DetachedExecutor(max_workers=2, lease_seconds=600)
+    try:
+        ex.scale(2)
+        # Both workers learn how long a task takes (a claim ahead needs that).
+        ran_on: set[str] = set()
+
+        def both_ran() -> bool:
+            futures = [ex.submit(tasks.square, i) for i in range(4)]
+            ran_on.update(str(f.worker_id) for f in futures if f.result(timeout=TIMEOUT))
+            return len(ran_on) == 2
+
+        wait_until(both_ran, "both workers to run a task", TIMEOUT)
+        slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        quick = [ex.submit(tasks.square, i) for i in range(6)]
+        wait_until(started.exists, "the slow task to start", TIMEOUT)
+        # Every quick task ends while the slow one still runs, including the ones its
+        # worker claimed ahead: those are handed back to the other worker.
+        assert [f.result(timeout=TIMEOUT) for f in quick] == [i * i for i in range(6)]
+        assert not slow.done()
+        release.write_text("go")
+        slow.result(timeout=TIMEOUT)
+        # The slow task's worker ran none of the quick ones: those it had claimed ahead
+        # went back, and the other worker ran them.
+        assert slow.worker_id not in {f.worker_id for f in quick}
+        ex.shutdown()
+        stats = _worker_stats(ex)
+        assert sum(s["ahead_handed_back"] for s in stats) >= 1, stats
+    finally:
+        ex.cleanup(force=True)

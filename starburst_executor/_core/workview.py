@@ -258,3 +258,53 @@ class Shard:
         if ready is not None:
             pause = min(pause, max(ready - now, 0.0 if after_task else IDLE_MIN_DELAY))
         return min(pause, IDLE_MAX_DELAY)
+
+
+AHEAD_LEAD = 0.1  # a first guess of how long claiming and preparing a task takes
+AHEAD_HOLD_MIN = 1.0  # a task claimed ahead is held at least this long before hand-back
+EWMA = 0.3  # the weight of the newest sample in the running estimates
+
+
+@dataclass
+class Lookahead:
+    """When a worker whose slots are all busy claims its next task ahead.
+
+    The next task is claimed and its payload fetched while the running ones finish, so
+    a slot that frees starts it at once (``ProcessPoolExecutor`` queues one call more
+    than it has processes, for the same reason). The claim goes out ``2 * lead`` before
+    the first running task is expected to end: a worker with no finished task yet claims
+    nothing ahead. A task held longer than ``hold`` (its slot's task ran over) is handed
+    back, so a long task never keeps another waiting that an idle worker could run; no
+    claim ahead is made again until a task ends. The only worker a session may have
+    (``max_workers=1``) holds it whatever the wait: nobody else could run it sooner.
+    """
+
+    alone: bool = False
+    run_time: float | None = None  # running estimate of a task's time in its slot
+    lead: float = AHEAD_LEAD  # running estimate of poll-to-prepared time
+    held_back: bool = False
+
+    def ran(self, seconds: float) -> None:
+        self.run_time = seconds if self.run_time is None else _blend(self.run_time, seconds)
+        self.held_back = False
+
+    def prepared(self, seconds: float) -> None:
+        self.lead = _blend(self.lead, seconds)
+
+    def due(self, launched: list[float]) -> float | None:
+        """When (monotonic) to claim ahead, given when the running tasks started; None:
+        not now (nothing runs, no task finished yet, or a claim ahead was handed back)."""
+        if self.run_time is None or self.held_back or not launched:
+            return None
+        return min(launched) + self.run_time - 2 * self.lead
+
+    @property
+    def hold(self) -> float:
+        """How long a task claimed ahead may wait for a slot before it is handed back."""
+        if self.alone:
+            return float("inf")
+        return max(AHEAD_HOLD_MIN, 2 * (self.run_time or 0.0) + self.lead)
+
+
+def _blend(old: float, new: float) -> float:
+    return (1 - EWMA) * old + EWMA * new

@@ -33,6 +33,7 @@ environment variables, the same ones the ECS launcher passes as container overri
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -62,7 +63,7 @@ from .._core.layout import (
 from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
-from .._core.workview import IDLE_MAX_DELAY, IDLE_MIN_DELAY, Shard, WorkView
+from .._core.workview import IDLE_MAX_DELAY, IDLE_MIN_DELAY, Lookahead, Shard, WorkView
 from ..config import TASK_ID_FIELD, SessionSettings, StoreLocation, WorkerEnv
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import Blob
@@ -106,6 +107,8 @@ class _Stats:
     takeovers: int = 0
     lost_races: int = 0
     lost_steals: int = 0  # of lost_races, those of steals
+    claimed_ahead: int = 0  # tasks claimed while every slot was busy
+    ahead_handed_back: int = 0  # of those, handed back: their slot's task ran over
     duplicates_dropped: int = 0
     leases_lost: int = 0
 
@@ -168,6 +171,9 @@ class Worker:
         # one-task worker runs its task in itself.
         self._idle_processes: list[TaskProcess] = []
         self._running: dict[str, _Running] = {}  # by task id
+        self._ahead: _Running | None = None  # claimed ahead, waiting for a slot
+        self._lookahead = Lookahead()
+        self._writing: dict[str, _Writing] = {}  # outcomes being written, by task id
         self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
 
     # -- lifecycle -----------------------------------------------------------------
@@ -208,6 +214,7 @@ class Worker:
                     self._idle_processes.append(process)
                 width = manifest.settings.max_workers
                 self._shard = Shard(width, self._first_shard(width))
+                self._lookahead = Lookahead(alone=width == 1)
                 self._register("running")
                 reason = self._serve()
                 self._register("exited", reason=reason)
@@ -318,8 +325,18 @@ class Worker:
         return self._manifest.settings
 
     def _serve(self) -> str:
-        """Keep up to ``task_slots`` tasks running, each in its own task process; poll
-        for work while a slot is free, renew every running task's lease."""
+        """Keep up to ``task_slots`` tasks running, each in its own task process, and
+        one more claimed ahead once they are about to end; poll for work while a slot is
+        free, renew every held task's lease, write outcomes without holding up the next
+        task."""
+        try:
+            return self._serve_until_done()
+        finally:
+            if self._ahead is not None:  # never started: the next worker need not wait
+                self._give_back_ahead()
+            self._drain_writes()
+
+    def _serve_until_done(self) -> str:
         view = WorkView()
         delay = IDLE_MIN_DELAY
         idle_since = time.monotonic()
@@ -327,15 +344,28 @@ class Worker:
         assert self._manifest is not None
         slots = self._manifest.task_slots
         running = self._running
+        ahead = self._lookahead
         handed: list[str] = []
         while True:
             terminating = self._terminating.is_set()
+            if terminating and self._ahead is not None:
+                handed.append(self._give_back_ahead())
+            self._reap_writes()
             if terminating and not running:
                 return f"terminated; {'; '.join(handed)}" if handed else "terminated by signal"
             now = time.monotonic()
             if now - self._registered >= REGISTRY_REFRESH:
                 self._register("running")  # a worker killed outright is still counted
-            if not terminating and len(running) < slots and now >= next_poll:
+            full = len(running) >= slots
+            due = ahead.due([job.launched for job in running.values()]) if full else None
+            if self._ahead is not None:
+                due = None
+                if now - self._ahead.held > ahead.hold:  # its slot's task ran over
+                    self._give_back_ahead()
+                    ahead.held_back = True
+                    self.stats.ahead_handed_back += 1
+            wanted = not full or (due is not None and now >= due)
+            if not terminating and wanted and now >= next_poll:
                 try:
                     picked = self._next_task(view)
                 except StarburstError as err:
@@ -343,9 +373,17 @@ class Worker:
                     log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
                     picked = None
                 if picked is not None:
-                    job = self._launch(*picked)
-                    if job is not None:
-                        running[job.tid] = job
+                    job = self._begin(*picked)
+                    if isinstance(job, _Running):
+                        ahead.prepared(time.monotonic() - now)
+                        if full:
+                            job.held = time.monotonic()
+                            self._ahead = job
+                            self.stats.claimed_ahead += 1
+                        else:
+                            self._start(job)
+                    elif job is not None:
+                        self._finish_later(job, None)
                     delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
                     next_poll = self._after_task(view)  # another slot may be free
                     continue
@@ -369,12 +407,14 @@ class Worker:
                 next_poll = now + pause
             wait = max(0.0, next_poll - time.monotonic())
             if not running:
-                self._terminating.wait(wait)
+                # Outcomes still being written keep their leases renewed meanwhile.
+                self._terminating.wait(min(wait, RENEW_TICK) if self._writing else wait)
                 continue
-            full = len(running) >= slots
             if terminating or full:
                 wait = RENEW_TICK
-            if self._wait(running, min(wait, RENEW_TICK), handed):
+                if due is not None:
+                    wait = min(wait, max(due, next_poll) - time.monotonic())
+            if self._wait(running, max(0.0, min(wait, RENEW_TICK)), handed):
                 delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
                 # A poll planned while every slot was busy is stale: plan it from now.
                 after = self._after_task(view)
@@ -653,39 +693,76 @@ class Worker:
         return self._prepare(tid, claim, meta)
 
     def _finish(self, outcome: Outcome) -> None:
-        tid = outcome.task_id
+        """Write a one-task worker's outcome, waiting until it is durable."""
+        self._log_failure(outcome)
+        self._written(outcome.task_id, self.loop.run(self._store_outcome(outcome)))
+
+    def _finish_later(self, outcome: Outcome, lease: _Lease | None) -> None:
+        """Start writing a polling worker's outcome and go on: the next task need not
+        wait for it. The task's lease is renewed until the write is durable."""
+        self._log_failure(outcome)
+        future = asyncio.run_coroutine_threadsafe(self._store_outcome(outcome), self.loop.loop)
+        self._writing[outcome.task_id] = _Writing(future, lease)
+
+    def _reap_writes(self) -> None:
+        for tid, writing in list(self._writing.items()):
+            if writing.future.done():
+                del self._writing[tid]
+                self._written(tid, writing.future.result())
+            elif writing.lease is not None:
+                writing.lease.tick(on_term=False)
+
+    def _drain_writes(self) -> None:
+        """Wait for every outcome being written (each gives up after a lease)."""
+        while self._writing:
+            futures = [w.future for w in self._writing.values()]
+            concurrent.futures.wait(futures, RENEW_TICK, concurrent.futures.FIRST_COMPLETED)
+            self._reap_writes()
+
+    @staticmethod
+    def _log_failure(outcome: Outcome) -> None:
         if outcome.kind == "error":  # the log shows each failure whole, as a local run would
-            log.error("task %s failed:\n%s", tid, outcome.traceback.rstrip())
-        written = self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
+            log.error("task %s failed:\n%s", outcome.task_id, outcome.traceback.rstrip())
+
+    async def _store_outcome(self, outcome: Outcome) -> bool | None:
+        tid = outcome.task_id
+        return await self._durably(lambda: self.session.write_outcome(outcome), f"result of {tid}")
+
+    def _written(self, tid: str, written: bool | None) -> None:
         self._outcome_stored = written is not None  # ours, or one that was there first
         if written is False:
             self.stats.duplicates_dropped += 1
             log.warning("task %s already had an outcome; this late one was dropped", tid)
         self.stats.tasks_run += 1
 
-    def _launch(
-        self, tid: str, claim: claims.Claim, previous: claims.Claim | None
-    ) -> _Running | None:
-        """Start a claimed task in a free task process; a task that cannot run gets its
-        outcome here."""
-        job = self._begin(tid, claim, previous)
-        if not isinstance(job, _Running):
-            if job is not None:
-                self._finish(job)
-            return None
+    def _start(self, job: _Running) -> None:
+        """Start a prepared task in a free task process."""
         process = self._idle_processes.pop() if self._idle_processes else TaskProcess()
         job.process = process
+        job.launched, job.started = time.monotonic(), time.time()
         try:
             process.send(job.request)
         except ChildExited as exited:
             self._idle_processes.append(process)  # send() starts a fresh one next time
-            self._finish(self._died(job, exited))
-            return None
-        return job
+            self._finish_later(self._died(job, exited), job.lease)
+            return
+        self._running[job.tid] = job
+
+    def _give_back_ahead(self) -> str:
+        """Hand back the task claimed ahead, which never started."""
+        job, self._ahead = self._ahead, None
+        assert job is not None
+        released = False
+        with contextlib.suppress(StarburstError, TimeoutError):
+            released = self.loop.run(claims.hand_back(self.store, self.layout, job.lease.claim), 10)
+        what = "handed back" if released else "could not hand back (its lease will expire)"
+        log.info("worker %s: task %s claimed ahead: %s", self.worker_id, job.tid, what)
+        return f"{what} {job.tid} (claimed ahead, not started)"
 
     def _wait(self, running: dict[str, _Running], timeout: float, handed: list[str]) -> bool:
-        """Wait up to ``timeout`` for any running task to answer; write the outcomes of
-        those that did, renew the others' leases. True when a task ended."""
+        """Wait up to ``timeout`` for any running task to answer; start the task claimed
+        ahead in the freed process, then write the outcome; renew the other leases. True
+        when a task ended."""
         by_fd = {job.process.fileno(): job for job in running.values() if job.process}
         ready, _, _ = select.select(list(by_fd), [], [], timeout)
         for fd in ready:
@@ -701,8 +778,12 @@ class Worker:
             except ChildExited as exited:
                 # A crash fails this task at once; the other slots run on.
                 outcome = self._died(job, exited)
+            self._lookahead.ran(time.monotonic() - job.launched)
             self._idle_processes.append(job.process)
-            self._finish(outcome)
+            if self._ahead is not None and not self._terminating.is_set():
+                nxt, self._ahead = self._ahead, None
+                self._start(nxt)
+            self._finish_later(outcome, job.lease)
         for tid, job in list(running.items()):
             try:
                 job.lease.tick()
@@ -712,6 +793,8 @@ class Worker:
                     self._idle_processes.append(job.process)
                 del running[tid]
                 handed.append(str(back))
+        if self._ahead is not None:
+            self._ahead.lease.tick(on_term=False)
         return len(running) < len(by_fd)
 
     def _died(self, job: _Running, exited: ChildExited) -> Outcome:
@@ -728,14 +811,14 @@ class Worker:
             job.tid, died, started=job.started, finished=time.time(), **job.request["meta"]
         )
 
-    def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
+    async def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
         """Retry a store call through an outage (server restart, throttling) for as long
         as a lease lasts; after that the lease has expired and another worker owns the
         task, so giving up loses nothing."""
         delay, deadline = 0.5, time.monotonic() + max(60.0, self.settings.lease_seconds)
         while True:
             try:
-                return self.loop.run(make())
+                return await make()
             except (CorruptObject, EnvironmentMismatch):
                 raise
             except StarburstError as err:
@@ -743,7 +826,7 @@ class Worker:
                     log.error("giving up on the %s: %s", what, err)
                     return None
                 log.warning("writing the %s failed (%s); retrying in %.1fs", what, err, delay)
-                time.sleep(delay)
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
     def _prepare(
@@ -760,7 +843,9 @@ class Worker:
                 raise EnvironmentMismatch(
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
-            blob = prefetched or self._durably(lambda: self.store.get(key), f"payload {key}")
+            blob = prefetched or self.loop.run(
+                self._durably(lambda: self.store.get(key), f"payload {key}")
+            )
             if blob is None:  # the store stayed away: let another worker try later
                 with contextlib.suppress(StarburstError):
                     self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
@@ -832,6 +917,16 @@ class _Running:
     request: dict[str, Any]
     started: float
     process: TaskProcess | None = None
+    launched: float = 0.0  # monotonic, when it was sent to its task process
+    held: float = 0.0  # monotonic, when it was claimed ahead (waiting for a slot)
+
+
+@dataclass
+class _Writing:
+    """An outcome being written, and the lease kept until it is durable."""
+
+    future: concurrent.futures.Future[bool | None]
+    lease: _Lease | None
 
 
 class _HandedBack(Exception):
@@ -853,10 +948,11 @@ class _Lease:
         self._interval = worker.settings.lease_seconds / 3
         self._next = time.monotonic() + self._interval
 
-    def tick(self) -> None:
-        """Renew when due; raise ``_HandedBack`` once SIGTERM's grace is over."""
+    def tick(self, on_term: bool = True) -> None:
+        """Renew when due; with ``on_term``, raise ``_HandedBack`` once SIGTERM's grace
+        is over."""
         w = self.worker
-        if w._term_deadline is not None and time.monotonic() >= w._term_deadline:
+        if on_term and w._term_deadline is not None and time.monotonic() >= w._term_deadline:
             raise _HandedBack(w._hand_back(self.claim))
         if self.lost or time.monotonic() < self._next:
             return

@@ -38,6 +38,12 @@ HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 
 Where = dict[str, Any]
+SERVER_PID = 0  # the local S3 server's: its CPU time bounds throughput on this machine
+
+
+def server_cpu_s() -> float:
+    fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def trivial(x: int) -> int:
@@ -92,6 +98,7 @@ def submits(where: Where, n: int) -> dict[str, float]:
 def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, float]:
     ex = warm(where, workers)
     before = Counter(ex._runtime.store.counter.snapshot())
+    server_before = server_cpu_s()
     t0 = time.perf_counter()
     if use_map:
         assert list(ex.map(trivial, range(n))) == [i + 1 for i in range(n)]
@@ -99,11 +106,19 @@ def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, f
         futures = [ex.submit(trivial, i) for i in range(n)]
         assert [f.result() for f in futures] == [i + 1 for i in range(n)]
     wall = time.perf_counter() - t0
+    server = server_cpu_s() - server_before
     client = Counter(ex._runtime.store.counter.snapshot())
     client.subtract(before)
     by_op = client + drain_worker_counters(ex)  # worker counters include their warm-up
     ex.cleanup(force=True)
-    out = {"tasks_per_s": n / wall, "wall_s": wall, "requests_per_task": sum(by_op.values()) / n}
+    out = {
+        "tasks_per_s": n / wall,
+        "wall_s": wall,
+        "requests_per_task": sum(by_op.values()) / n,
+        "server_cpu_ms_per_task": server / n * 1000,
+        # The most tasks/s this machine's cores allow with the server's share alone.
+        "server_bound_tasks_per_s": (os.cpu_count() or 1) * n / server,
+    }
     out.update({f"req_{op}": count / n for op, count in by_op.items()})
     return out
 
@@ -115,6 +130,46 @@ def efficiency(where: Where, n: int, workers: int) -> dict[str, float]:
     wall = time.perf_counter() - t0
     ex.cleanup(force=True)
     return {"efficiency": (n * 0.5 / workers) / wall, "wall_s": wall}
+
+
+def sleep_second(_: int) -> float:
+    time.sleep(1.0)
+    return 1.0
+
+
+def burn(_: int) -> int:
+    """About half a second of one core (pure Python, holds the GIL)."""
+    total = 0
+    for i in range(4_000_000):
+        total += i * i
+    return total
+
+
+def slots(where: Where, workers: int) -> dict[str, float]:
+    """``workers`` workers with ``cpu=2`` (2 slots each): 40 tasks that wait 1 s, against
+    the ideal of every slot busy; and CPU-bound tasks with 2 slots against 1."""
+    ex = warm(where, workers, cpu=2)
+    t0 = time.perf_counter()
+    concurrent.futures.wait([ex.submit(sleep_second, i) for i in range(40)])
+    io_wall = time.perf_counter() - t0
+    ex.cleanup(force=True)
+    walls = {}
+    for cpu in (1, 2):
+        ex = warm(where, workers, cpu=cpu)
+        t0 = time.perf_counter()
+        concurrent.futures.wait([ex.submit(burn, i) for i in range(16)])
+        walls[cpu] = time.perf_counter() - t0
+        ex.cleanup(force=True)
+    cores = os.cpu_count() or 1
+    return {
+        "io_efficiency": (40 * 1.0 / (workers * 2)) / io_wall,
+        "io_wall_s": io_wall,
+        "cpu_1_slot_s": walls[1],
+        "cpu_2_slots_s": walls[2],
+        "cpu_speedup": walls[1] / walls[2],
+        # The most 2 slots can add over 1: the cores not already busy with 1 per worker.
+        "cpu_bound": min(workers * 2, cores) / min(workers, cores),
+    }
 
 
 def closure(where: Where, n: int, megabytes: int, workers: int) -> dict[str, float]:
@@ -219,6 +274,7 @@ def columns(
         ("submit_tasks", lambda where: throughput(where, args.tasks, w, use_map=False)),
         ("map", lambda where: throughput(where, args.map_items, w, use_map=True)),
         ("efficiency", lambda where: efficiency(where, 40, w)),
+        ("slots", lambda where: slots(where, 2)),
         ("closure", lambda where: closure(where, 50, args.closure_mb, w)),
         (
             "put_expect",
@@ -250,6 +306,8 @@ def main() -> None:
     parser.add_argument("--closure-mb", type=int, default=20)
     args = parser.parse_args()
     info = LocalServer().ensure_running()
+    global SERVER_PID
+    SERVER_PID = info.pid
     credentials = read_credentials(info.home)
     # Workers find the store by endpoint (the proxy's) and these loopback-only keys.
     os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = credentials
@@ -308,10 +366,34 @@ def report(res: dict[str, Any]) -> str:
             slow["submit_tasks"]["tasks_per_s"] >= 200,
         ),
         row(
+            "Ceiling here: the S3 server's CPU per task, and the tasks/s it leaves 2 cores",
+            lambda c: (
+                f"{c['submit_tasks']['server_cpu_ms_per_task']:.1f} ms: "
+                f"{c['submit_tasks']['server_bound_tasks_per_s']:.0f} tasks/s"
+            ),
+            "(explains tasks/s)",
+            None,
+        ),
+        row(
             f"Parallel efficiency, 40 x 0.5 s on {a['workers']} workers",
             lambda c: f"{c['efficiency']['efficiency']:.2f}",
             ">= 0.95",
             slow["efficiency"]["efficiency"] >= 0.95,
+        ),
+        row(
+            "2 workers with `cpu=2`, 40 tasks waiting 1 s: efficiency against 4 slots",
+            lambda c: f"{c['slots']['io_efficiency']:.2f}",
+            ">= 0.9",
+            slow["slots"]["io_efficiency"] >= 0.9,
+        ),
+        row(
+            "CPU-bound tasks, 2 workers: speed-up of 2 slots over 1 (bound on this machine)",
+            lambda c: (
+                f"{c['slots']['cpu_speedup']:.2f} (bound {c['slots']['cpu_bound']:.1f}; "
+                f"{c['slots']['cpu_1_slot_s']:.1f} s -> {c['slots']['cpu_2_slots_s']:.1f} s)"
+            ),
+            "report",
+            None,
         ),
         row(
             "S3 requests per task, one `submit` per task",

@@ -8,12 +8,15 @@ from datetime import datetime, timezone
 from starburst_executor._core.layout import SessionLayout, new_session_id, task_id
 from starburst_executor._core.submits import SUBMIT_WINDOW
 from starburst_executor._core.workview import (
+    AHEAD_HOLD_MIN,
+    AHEAD_LEAD,
     DUE_MAX,
     FOREIGN_AFTER,
     IDLE_MAX_DELAY,
     IDLE_MIN_DELAY,
     STEAL_AFTER_MAX,
     STEAL_CHECK_MAX,
+    Lookahead,
     Shard,
     WorkView,
 )
@@ -161,3 +164,29 @@ def test_a_large_fleets_owners_get_longer_before_their_tasks_are_stolen():
     assert Shard(width=4).steal_after(view, 1.0) == STEAL_AFTER_MAX
     # 64 workers: owners may sleep up to 4x DUE_MAX, and stealers wait as long
     assert Shard(width=64).steal_after(view, 1.0) == 4 * STEAL_AFTER_MAX
+
+
+def test_a_claim_ahead_goes_out_before_the_first_running_task_is_expected_to_end():
+    ahead = Lookahead()
+    assert ahead.due([100.0]) is None  # no task finished yet: how long one takes is unknown
+    ahead.ran(0.5)
+    assert ahead.due([]) is None  # nothing runs
+    # Twice the time a claim and a payload read take, before the earliest expected end.
+    assert ahead.due([100.0, 100.2]) == 100.0 + 0.5 - 2 * AHEAD_LEAD
+    ahead.prepared(0.3)  # the store got slower: claim earlier
+    assert ahead.due([100.0]) < 100.0 + 0.5 - 2 * AHEAD_LEAD
+    ahead.ran(5.0)  # a running estimate: one long task moves it, does not replace it
+    assert 0.5 < ahead.run_time < 5.0
+
+
+def test_a_claim_ahead_is_held_at_most_a_bounded_time_and_not_retried_until_a_task_ends():
+    ahead = Lookahead()
+    ahead.ran(0.01)
+    assert ahead.hold == AHEAD_HOLD_MIN  # short tasks: a second
+    ahead.ran(10.0)
+    assert ahead.hold == 2 * ahead.run_time + ahead.lead  # long ones: twice their time
+    ahead.held_back = True  # one was handed back: its slot's task ran over
+    assert ahead.due([0.0]) is None
+    ahead.ran(1.0)  # a task ended
+    assert ahead.due([0.0]) is not None
+    assert Lookahead(alone=True).hold == float("inf")  # nobody else could run it sooner

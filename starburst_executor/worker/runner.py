@@ -12,8 +12,13 @@
                       │ PUT claims/<t> IfNoneMatch=*     (lost? another worker has it)
                       │ GET tasks/<t> (and its big pieces, once per worker), run it in a
                       │   free task process (up to ``slots`` at once), renewing each lease;
-                      │   while a slot is free, the next poll goes out
-                      │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped)
+                      │   while a slot is free, the next poll goes out; once every slot is
+                      │   busy, one more task is claimed and fetched ahead, shortly before
+                      │   a running one is expected to end (handed back if that one runs
+                      │   over), and starts the moment a slot frees
+                      │ PUT results/<t> IfNoneMatch=*    (412: a late duplicate, dropped),
+                      │   written while the next task already runs; its lease is renewed
+                      │   until the write is durable
                       ▼
                     next poll when its shard's next task is due at the observed submit
                     rate; idle: doubling to 30 s (10 ms for 0.25 s after a task when the

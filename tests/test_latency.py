@@ -223,6 +223,9 @@ def test_a_segfault_in_one_slot_fails_alone_and_at_once_while_the_other_complete
         ex.cleanup(force=True)
 
 
+WARM_TASK = 1.5  # seconds: longer than a claim takes, even on a loaded machine
+
+
 def _worker_stats(ex: DetachedExecutor) -> list[dict[str, int]]:
     entries = ex._runtime.loop.run(ex._session.workers())
     return [entry["stats"] for entry in entries]  # type: ignore[misc]
@@ -235,7 +238,8 @@ def test_a_busy_worker_claims_its_next_task_ahead_and_starts_it_when_the_slot_fr
     ex = DetachedExecutor(max_workers=1, lease_seconds=600)
     session, loop = ex._session, ex._runtime.loop
     try:
-        assert ex.submit(tasks.square, 3).result(timeout=TIMEOUT) == 9  # how long a task takes
+        # How long a task takes: longer than a claim does, or claiming ahead hides nothing.
+        assert ex.submit(tasks.sleep_for, WARM_TASK).result(timeout=TIMEOUT) == WARM_TASK
         slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
         wait_until(started.exists, "the first task to start", TIMEOUT)
         following = ex.submit(tasks.square, 4)
@@ -253,6 +257,7 @@ def test_a_busy_worker_claims_its_next_task_ahead_and_starts_it_when_the_slot_fr
         (stats,) = _worker_stats(ex)
         assert (stats["claimed_ahead"], stats["ahead_handed_back"]) == (1, 0)
         assert stats["tasks_run"] == 3
+        assert following.worker_id == slow.worker_id
     finally:
         ex.cleanup(force=True)
 
@@ -267,7 +272,7 @@ def test_a_task_claimed_ahead_is_handed_back_when_its_slot_runs_over(prefix, tmp
         ran_on: set[str] = set()
 
         def both_ran() -> bool:
-            futures = [ex.submit(tasks.square, i) for i in range(4)]
+            futures = [ex.submit(tasks.sleep_for, WARM_TASK) for _ in range(4)]
             ran_on.update(str(f.worker_id) for f in futures if f.result(timeout=TIMEOUT))
             return len(ran_on) == 2
 

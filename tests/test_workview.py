@@ -177,11 +177,14 @@ def test_a_claim_ahead_goes_out_before_the_first_running_task_is_expected_to_end
     assert ahead.due([100.0]) < 100.0 + 0.5 - 2 * AHEAD_LEAD
     ahead.ran(5.0)  # a running estimate: one long task moves it, does not replace it
     assert 0.5 < ahead.run_time < 5.0
+    quick = Lookahead()
+    quick.ran(AHEAD_LEAD / 10)  # tasks faster than a claim: claiming ahead hides nothing
+    assert quick.due([100.0]) is None
 
 
 def test_a_claim_ahead_is_held_at_most_a_bounded_time_and_not_retried_until_a_task_ends():
     ahead = Lookahead()
-    ahead.ran(0.01)
+    ahead.ran(0.2)
     assert ahead.hold == AHEAD_HOLD_MIN  # short tasks: a second
     ahead.ran(10.0)
     assert ahead.hold == 2 * ahead.run_time + ahead.lead  # long ones: twice their time

@@ -273,10 +273,12 @@ class Lookahead:
     a slot that frees starts it at once (``ProcessPoolExecutor`` queues one call more
     than it has processes, for the same reason). The claim goes out ``2 * lead`` before
     the first running task is expected to end: a worker with no finished task yet claims
-    nothing ahead. A task held longer than ``hold`` (its slot's task ran over) is handed
-    back, so a long task never keeps another waiting that an idle worker could run; no
-    claim ahead is made again until a task ends. The only worker a session may have
-    (``max_workers=1``) holds it whatever the wait: nobody else could run it sooner.
+    nothing ahead, nor one whose tasks end faster than a claim takes (the claim would hide
+    nothing, and hold a task that another worker could start sooner). A task held longer
+    than ``hold`` (its slot's task ran over) is handed back, so a long task never keeps
+    another waiting that an idle worker could run; no claim ahead is made again until a
+    task ends. The only worker a session may have (``max_workers=1``) holds it whatever
+    the wait: nobody else could run it sooner.
     """
 
     alone: bool = False
@@ -293,8 +295,9 @@ class Lookahead:
 
     def due(self, launched: list[float]) -> float | None:
         """When (monotonic) to claim ahead, given when the running tasks started; None:
-        not now (nothing runs, no task finished yet, or a claim ahead was handed back)."""
-        if self.run_time is None or self.held_back or not launched:
+        not now (nothing runs, no task finished yet, tasks shorter than a claim, or a claim
+        ahead was handed back)."""
+        if self.run_time is None or self.run_time < self.lead or self.held_back or not launched:
             return None
         return min(launched) + self.run_time - 2 * self.lead
 

@@ -362,17 +362,17 @@ class Worker:
             if now - self._registered >= REGISTRY_REFRESH:
                 self._register("running")  # a worker killed outright is still counted
             full = len(running) >= slots
-            due = ahead.due([job.launched for job in running.values()]) if full else None
-            if self._ahead is not None:
-                due = None
-                if now - self._ahead.held > ahead.hold:  # its slot's task ran over
-                    self._give_back_ahead()
-                    ahead.held_back = True
-                    self.stats.ahead_handed_back += 1
+            if self._ahead is not None and now - self._ahead.held > ahead.hold:
+                self._give_back_ahead()  # its slot's task ran over
+                ahead.held_back = True
+                self.stats.ahead_handed_back += 1
+            due = None
+            if full and self._ahead is None:
+                due = ahead.due([job.launched for job in running.values()])
             wanted = not full or (due is not None and now >= due)
             if not terminating and wanted and now >= next_poll:
                 try:
-                    picked = self._next_task(view)
+                    picked = self._claim_ahead(view) if full else self._next_task(view)
                 except StarburstError as err:
                     # The store may be restarting: ride through it with the idle backoff.
                     log.warning("worker %s: polling failed (%s); retrying", self.worker_id, err)
@@ -506,6 +506,17 @@ class Worker:
             view.nothing_running = False
             return picked[0], picked[1], None
         return self._take_over_expired(view)
+
+    def _claim_ahead(self, view: WorkView) -> tuple[str, claims.Claim, claims.Claim | None] | None:
+        """While every slot is busy: claim the next task of this worker's own shard,
+        polling as an idle worker would. Never a steal: another shard's task goes to a
+        worker that can start it now."""
+        if not self._shard.own_pending(view, 1) or time.monotonic() - view.refreshed > VIEW_MAX_AGE:
+            self._refresh(view)
+        if self._closed_for_work(view):
+            return None
+        picked = self._claim_own(view)
+        return None if picked is None else (picked[0], picked[1], None)
 
     def _claim_released(self, view: WorkView) -> tuple[str, claims.Claim] | None:
         """Claim a handed-back task, whatever this worker's view has passed."""

@@ -261,6 +261,7 @@ class SessionExecutor(concurrent.futures.Executor):
                     code=code,
                     # The caller's own objects, not the tuple wrapping them (new each call).
                     parts=[self._initializer, *self._initargs, fn, *args, *kwargs.values()],
+                    hint=fn,
                 )
             except PicklingError:
                 encode_call(fn, args, kwargs)  # raises naming the culprit, if it is there

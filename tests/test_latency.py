@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from starburst_executor._core.codec import (
 )
 from starburst_executor._core.layout import task_id
 from starburst_executor._core.loop import LoopThread
-from starburst_executor.errors import CorruptObject, ObjectNotFound, WorkerDied
+from starburst_executor.errors import CorruptObject, ObjectNotFound, PicklingError, WorkerDied
 from starburst_executor.store.local_server import LocalServer, read_credentials
 from starburst_executor.store.s3 import S3Store, _no_expect_continue
 
@@ -180,6 +181,23 @@ def test_a_big_argument_is_a_piece_too_and_the_payload_checks_its_hash():
     assert none == {} and payload_blobs(small, key="k") == ()
     with pytest.raises(CorruptObject, match="was not fetched"):
         decode_call(payload, key="k", pieces={})
+
+
+def test_a_function_that_made_a_big_call_is_still_pickled_as_it_is_at_each_call():
+    """Its next calls skip the whole pickle, never the current state of its closure."""
+    state = [b"a" * (2 * 1024 * 1024)]
+
+    def measure(i: int) -> int:
+        return len(state[0]) + i
+
+    for size in (2 * 1024 * 1024, 3 * 1024 * 1024, 5, 4 * 1024 * 1024):
+        state[0] = b"b" * size
+        payload, pieces = encode_call_pieces(measure, (1,), {}, threshold=1024 * 1024)
+        assert bool(pieces) == (size > 1024 * 1024)
+        fn, args, kwargs = decode_call(payload, key="k", pieces=pieces)
+        assert fn(*args, **kwargs) == size + 1
+    with pytest.raises(PicklingError, match="argument 0"):  # still named, on the hinted path
+        encode_call_pieces(measure, (threading.Lock(),), {}, threshold=1024 * 1024)
 
 
 def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefix):

@@ -781,6 +781,7 @@ class Worker:
         when a task ended."""
         by_fd = {job.process.fileno(): job for job in running.values() if job.process}
         ready, _, _ = select.select(list(by_fd), [], [], timeout)
+        ended = 0
         for fd in ready:
             job = by_fd[fd]
             assert job.process is not None
@@ -794,6 +795,7 @@ class Worker:
             except ChildExited as exited:
                 # A crash fails this task at once; the other slots run on.
                 outcome = self._died(job, exited)
+            ended += 1
             self._lookahead.ran(time.monotonic() - job.launched)
             self._idle_processes.append(job.process)
             if self._ahead is not None and not self._terminating.is_set():
@@ -811,7 +813,7 @@ class Worker:
                 handed.append(str(back))
         if self._ahead is not None:
             self._ahead.lease.tick(on_term=False)
-        return len(running) < len(by_fd)
+        return ended > 0 or len(running) < len(by_fd)
 
     def _died(self, job: _Running, exited: ChildExited) -> Outcome:
         died = WorkerDied(

@@ -364,7 +364,8 @@ def _why_not_cancelled(ex: Any, future: Any) -> str:
         )
         return f"it already finished ({state}); nothing to cancel"
     return (
-        "a worker is running it, and a running task cannot be cancelled; "
+        "a worker is running it (or claimed it to run next), and a claimed task cannot be "
+        "cancelled; "
         f"`starburst cleanup {ex.session_id}` stops the session's workers"
     )
 

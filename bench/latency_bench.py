@@ -366,7 +366,7 @@ def report(res: dict[str, Any]) -> str:
             slow["submit_tasks"]["tasks_per_s"] >= 200,
         ),
         row(
-            "Ceiling here: the S3 server's CPU per task, and the tasks/s it leaves 2 cores",
+            "Ceiling here: the S3 server's CPU per task, and the most tasks/s 2 cores allow it",
             lambda c: (
                 f"{c['submit_tasks']['server_cpu_ms_per_task']:.1f} ms: "
                 f"{c['submit_tasks']['server_bound_tasks_per_s']:.0f} tasks/s"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import tasks
 from fault_proxy import FaultProxy
-from helpers import wait_until
+from helpers import parent_of, wait_until
 
 from starburst_executor import DetachedExecutor
 from starburst_executor._core.codec import (
@@ -311,4 +314,41 @@ def test_a_task_claimed_ahead_is_handed_back_when_its_slot_runs_over(prefix, tmp
         stats = _worker_stats(ex)
         assert sum(s["ahead_handed_back"] for s in stats) >= 1, stats
     finally:
+        ex.cleanup(force=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_after_sigterm_a_worker_hands_back_its_task_claimed_ahead_and_waits_without_spinning(
+    prefix, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("STARBURST_TERM_GRACE", "600")  # the running task may finish
+    started, release = tmp_path / "started", tmp_path / "release"
+    ex = DetachedExecutor(max_workers=1, lease_seconds=600)
+    store, layout, loop = ex._runtime.store, ex._session.layout, ex._runtime.loop
+    try:
+        assert ex.submit(tasks.sleep_for, WARM_TASK).result(timeout=TIMEOUT) == WARM_TASK
+        slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        wait_until(started.exists, "the held task to start", TIMEOUT)
+        worker = parent_of(int(started.read_text()))
+        following = ex.submit(tasks.square, 5)
+        claim = layout.key("claims", following.task_id)
+        wait_until(lambda: loop.run(store.exists(claim)), "the claim ahead", TIMEOUT)
+        os.kill(worker, signal.SIGTERM)
+        wait_until(lambda: not loop.run(store.exists(claim)), "the hand-back", TIMEOUT)
+        # Its slot's task runs on through the grace; the worker only renews its lease.
+        before, window = _cpu_seconds(worker), 3.0
+        time.sleep(window)  # a measuring window, not a wait for a condition
+        assert _cpu_seconds(worker) - before < window / 6
+        release.write_text("go")
+        assert slow.result(timeout=TIMEOUT) == int(started.read_text())
+        assert following.result(timeout=TIMEOUT) == 25  # run by the worker that replaced it
+        registry = loop.run(ex._session.workers())
+        gone = next(w for w in registry if w.get("pid") == worker)
+        assert "handed back" in str(gone.get("reason")) and "claimed ahead" in str(gone["reason"])
+    finally:
+        release.write_text("go")
         ex.cleanup(force=True)

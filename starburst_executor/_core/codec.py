@@ -196,7 +196,6 @@ def encode_call_pieces(
         blob = _pickle_call(fn, args, kwargs)
         if len(blob) <= threshold:
             return _payload(code, (), _check_size(fn, blob)), {}
-        _remember_big_calls(hint if hint is not None else fn)
     pieces: dict[int, str] = {}
     stored: dict[str, bytes] = {}
     for part in parts:
@@ -216,6 +215,7 @@ def encode_call_pieces(
             _BIG_CALLERS.discard(hint if hint is not None else fn)
             blob = _pickle_call(fn, args, kwargs)
         return _payload(code, (), _check_size(fn, blob)), {}
+    _remember_big_calls(hint if hint is not None else fn)
     rest = _check_size(fn, dumps_call((fn, args, kwargs), pieces))
     return _payload(code, tuple(stored), rest), stored
 

@@ -178,7 +178,7 @@ class Worker:
         self._running: dict[str, _Running] = {}  # by task id
         self._ahead: _Running | None = None  # claimed ahead, waiting for a slot
         self._lookahead = Lookahead()
-        self._writing: dict[str, _Writing] = {}  # outcomes being written, by task id
+        self._writing: list[_Writing] = []  # outcomes being written
         self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
 
     # -- lifecycle -----------------------------------------------------------------
@@ -365,9 +365,8 @@ class Worker:
             if self._ahead is not None and now - self._ahead.held > ahead.hold:
                 self._give_back_ahead()  # its slot's task ran over
                 ahead.held_back = True
-                self.stats.ahead_handed_back += 1
             due = None
-            if full and self._ahead is None:
+            if full and self._ahead is None and not terminating:
                 due = ahead.due([job.launched for job in running.values()])
             wanted = not full or (due is not None and now >= due)
             if not terminating and wanted and now >= next_poll:
@@ -380,8 +379,8 @@ class Worker:
                 if picked is not None:
                     job = self._begin(*picked)
                     if isinstance(job, _Running):
-                        ahead.prepared(time.monotonic() - now)
                         if full:
+                            ahead.prepared(time.monotonic() - now)
                             job.held = time.monotonic()
                             self._ahead = job
                             self.stats.claimed_ahead += 1
@@ -419,7 +418,8 @@ class Worker:
                 wait = RENEW_TICK
                 if due is not None:
                     wait = min(wait, max(due, next_poll) - time.monotonic())
-            if self._wait(running, max(0.0, min(wait, RENEW_TICK)), handed):
+            closed = view.stop_seen or view.expired
+            if self._wait(running, max(0.0, min(wait, RENEW_TICK)), handed, closed):
                 delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
                 # A poll planned while every slot was busy is stale: plan it from now.
                 after = self._after_task(view)
@@ -718,20 +718,28 @@ class Worker:
         wait for it. The task's lease is renewed until the write is durable."""
         self._log_failure(outcome)
         future = asyncio.run_coroutine_threadsafe(self._store_outcome(outcome), self.loop.loop)
-        self._writing[outcome.task_id] = _Writing(future, lease)
+        self._writing.append(_Writing(outcome.task_id, future, lease))
 
     def _reap_writes(self) -> None:
-        for tid, writing in list(self._writing.items()):
-            if writing.future.done():
-                del self._writing[tid]
-                self._written(tid, writing.future.result())
-            elif writing.lease is not None:
-                writing.lease.tick(on_term=False)
+        pending = []
+        for writing in self._writing:
+            if not writing.future.done():
+                if writing.lease is not None:
+                    writing.lease.tick(on_term=False)
+                pending.append(writing)
+                continue
+            try:
+                written = writing.future.result()
+            except Exception as err:  # one write's failure must not strand the others
+                log.error("writing the result of %s failed: %s", writing.tid, err)
+                written = None
+            self._written(writing.tid, written)
+        self._writing = pending
 
     def _drain_writes(self) -> None:
         """Wait for every outcome being written (each gives up after a lease)."""
         while self._writing:
-            futures = [w.future for w in self._writing.values()]
+            futures = [w.future for w in self._writing]
             concurrent.futures.wait(futures, RENEW_TICK, concurrent.futures.FIRST_COMPLETED)
             self._reap_writes()
 
@@ -768,6 +776,7 @@ class Worker:
         """Hand back the task claimed ahead, which never started."""
         job, self._ahead = self._ahead, None
         assert job is not None
+        self.stats.ahead_handed_back += 1
         released = False
         with contextlib.suppress(StarburstError, TimeoutError):
             released = self.loop.run(claims.hand_back(self.store, self.layout, job.lease.claim), 10)
@@ -775,10 +784,13 @@ class Worker:
         log.info("worker %s: task %s claimed ahead: %s", self.worker_id, job.tid, what)
         return f"{what} {job.tid} (claimed ahead, not started)"
 
-    def _wait(self, running: dict[str, _Running], timeout: float, handed: list[str]) -> bool:
+    def _wait(
+        self, running: dict[str, _Running], timeout: float, handed: list[str], closed: bool
+    ) -> bool:
         """Wait up to ``timeout`` for any running task to answer; start the task claimed
-        ahead in the freed process, then write the outcome; renew the other leases. True
-        when a task ended."""
+        ahead in the freed process (hand it back instead once the session is ``closed``:
+        stopped or past its deadline), then write the outcome; renew the other leases.
+        True when a task ended."""
         by_fd = {job.process.fileno(): job for job in running.values() if job.process}
         ready, _, _ = select.select(list(by_fd), [], [], timeout)
         ended = 0
@@ -792,13 +804,15 @@ class Worker:
                     running[job.tid] = job
                     continue
                 outcome = Outcome.decode(answer, key=f"the answer of task process for {job.tid}")
+                self._lookahead.ran(time.monotonic() - job.launched)
             except ChildExited as exited:
                 # A crash fails this task at once; the other slots run on.
                 outcome = self._died(job, exited)
             ended += 1
-            self._lookahead.ran(time.monotonic() - job.launched)
             self._idle_processes.append(job.process)
-            if self._ahead is not None and not self._terminating.is_set():
+            if self._ahead is not None and closed:
+                self._give_back_ahead()
+            elif self._ahead is not None and not self._terminating.is_set():
                 nxt, self._ahead = self._ahead, None
                 self._start(nxt)
             self._finish_later(outcome, job.lease)
@@ -943,6 +957,7 @@ class _Running:
 class _Writing:
     """An outcome being written, and the lease kept until it is durable."""
 
+    tid: str
     future: concurrent.futures.Future[bool | None]
     lease: _Lease | None
 

@@ -352,3 +352,17 @@ def test_after_sigterm_a_worker_hands_back_its_task_claimed_ahead_and_waits_with
     finally:
         release.write_text("go")
         ex.cleanup(force=True)
+
+
+def test_a_task_process_is_out_of_reach_of_a_sigterm_to_its_workers_process_group():
+    """A local scale-down SIGTERMs a worker's process group. A task process that is still
+    starting (not yet ignoring SIGTERM) must not die of it and fail its task."""
+    from starburst_executor.worker.child import TaskProcess
+
+    process = TaskProcess()
+    process.start()
+    try:
+        assert process.pid is not None
+        assert os.getpgid(process.pid) != os.getpgid(0)
+    finally:
+        process.stop()

@@ -101,9 +101,20 @@ class TaskProcess:
         res_r, res_w = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "starburst_executor.worker.child", str(req_r), str(res_w)],
+                [
+                    sys.executable,
+                    "-m",
+                    "starburst_executor.worker.child",
+                    str(req_r),
+                    str(res_w),
+                    str(os.getpid()),
+                ],
                 pass_fds=(req_r, res_w),
                 stdin=subprocess.DEVNULL,
+                # Its own process group: a SIGTERM sent to the worker's group (a local
+                # scale-down) must not kill it while it still starts, before it ignores
+                # SIGTERM; it dies with the worker instead (``_die_with_parent``).
+                start_new_session=True,
             )
         finally:
             os.close(req_r)
@@ -174,14 +185,15 @@ class TaskProcess:
             self._proc = None
 
 
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
+def _die_with_parent(parent: int | None) -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)  # the worker died while this process started: run nothing
 
 
 _PIECES: dict[str, bytes] = {}  # this process's last pieces: the next task often shares them
@@ -207,11 +219,11 @@ def _load_pieces(paths: dict[str, str]) -> dict[str, bytes]:
     return wanted
 
 
-def serve(request_fd: int, result_fd: int) -> int:
+def serve(request_fd: int, result_fd: int, parent: int | None = None) -> int:
     """The child's loop: one request in, one outcome out, until the pipe closes."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(parent)
     from .execute import run_call
 
     while True:
@@ -236,4 +248,4 @@ def serve(request_fd: int, result_fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))

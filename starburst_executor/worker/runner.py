@@ -845,8 +845,8 @@ class Worker:
 
     async def _durably(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T | None:
         """Retry a store call through an outage (server restart, throttling) for as long
-        as a lease lasts; after that the lease has expired and another worker owns the
-        task, so giving up loses nothing."""
+        as a lease lasts. Giving up then loses nothing: the task's lease is no longer
+        renewed, so it expires and another worker runs the task."""
         delay, deadline = 0.5, time.monotonic() + max(60.0, self.settings.lease_seconds)
         while True:
             try:

@@ -18,6 +18,7 @@ from starburst_executor.errors import (
     SessionNotFound,
     WorkerDied,
     WorkerLost,
+    WorkersCannotStart,
 )
 
 TIMEOUT = 120
@@ -137,6 +138,30 @@ def test_task_that_always_kills_its_worker_fails_with_worker_lost(prefix, tmp_pa
         with pytest.raises(WorkerLost, match=future.task_id):
             future.result(timeout=TIMEOUT)
         assert ex.status().failed == 1
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_workers_that_fail_at_start_fail_the_futures_with_their_log_instead_of_relaunching(
+    prefix, monkeypatch
+):
+    """A worker that dies before serving (here a log level it cannot parse, from the
+    client's environment) is not relaunched forever: after three such exits the
+    waiting futures fail with the reason from the last worker's log."""
+    monkeypatch.setenv("STARBURST_LOG_LEVEL", "chatty")
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        future = ex.submit(tasks.square, 3)
+        with pytest.raises(WorkersCannotStart) as info:
+            future.result(timeout=TIMEOUT)
+        message = str(info.value)
+        assert ex.session_id in message and "exit code 1" in message
+        assert "Unknown level: 'chatty'" in message  # the last worker's own traceback
+        logs = Path(os.environ["STARBURST_HOME"]) / "logs" / ex.session_id
+        assert len(list(logs.glob("w-*.log"))) == 3  # no fourth launch
+        # Fixed, a new call gets fresh workers.
+        monkeypatch.delenv("STARBURST_LOG_LEVEL")
+        assert ex.submit(tasks.square, 4).result(timeout=TIMEOUT) == 16
     finally:
         ex.cleanup(force=True)
 

@@ -8,6 +8,10 @@ from typing import Any, Protocol
 
 from ..launch_spec import LaunchSpec
 
+# Workers in a row that failed before launching stops (``WorkersCannotStart``): another
+# launch would only fail the same way.
+CRASH_LOOP_STARTS = 3
+
 
 @dataclass(frozen=True)
 class ExitStatus:

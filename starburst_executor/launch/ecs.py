@@ -42,7 +42,7 @@ from ..errors import (
     WorkersCannotStart,
 )
 from ..launch_spec import LaunchSpec
-from .base import ExitStatus, TaskWorker
+from .base import CRASH_LOOP_STARTS, ExitStatus, TaskWorker
 
 log = logging.getLogger("starburst_executor")
 
@@ -74,8 +74,6 @@ START_FAILURES = {
         "ECS could not start the task: read the stopped reason and the worker logs"
     ),
 }
-# Workers in a row that stopped before running before launching stops.
-CRASH_LOOP_STARTS = 3
 # EC2 Spot reclaim without draining: the task stops with this, and no SIGTERM first.
 HOST_TERMINATED_RE = re.compile(r"Host EC2 \(instance [^)]*\) terminated")
 

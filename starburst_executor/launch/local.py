@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from typing import Any
 from .._core.layout import new_worker_id
 from .._procs import pid_alive, writes_under
 from ..config import ENV_ECS_METADATA, ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
-from ..errors import StarburstError
+from ..errors import StarburstError, WorkersCannotStart
 from ..launch_spec import LaunchSpec
-from .base import ExitStatus, TaskWorker
+from .base import CRASH_LOOP_STARTS, ExitStatus, TaskWorker
 
 STOP_GRACE = 5.0
 FORK_REPLY_TIMEOUT = 60.0
+LOG_TAIL_LINES = 12  # of a failed worker's log, quoted in WorkersCannotStart
 
 
 class ForkServer:
@@ -150,6 +152,8 @@ class LocalLauncher:
         self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._forked: dict[str, list[ForkedWorker]] = {}
         self._adopted: dict[str, set[int]] = {}
+        # The session's newest pool workers: all failed means a crash loop (check_starts).
+        self._recent: dict[str, deque[tuple[Any, Path]]] = {}
         self._fork_server: ForkServer | None = None
         self._fork_lock = threading.Lock()
 
@@ -242,12 +246,35 @@ class LocalLauncher:
         self._forked.setdefault(session_id, []).append(worker)
         return worker_id, worker, path
 
+    def check_starts(self, session_id: str) -> None:
+        """Raise ``WorkersCannotStart`` when the session's last ``CRASH_LOOP_STARTS``
+        pool workers all exited with an error (a worker exits 0 when it is done, and a
+        task's crash fails only its task): the next one would fail the same way, and the
+        client would wait forever on workers that never run."""
+        recent = self._recent.get(session_id, deque())
+        codes = [handle.poll() for handle, _ in recent]
+        if len(codes) < CRASH_LOOP_STARTS or not all(c is not None and c > 0 for c in codes):
+            return
+        log = recent[-1][1]
+        # Forgotten once reported: a later submit, after the fix, gets fresh workers.
+        del self._recent[session_id]
+        raise WorkersCannotStart(
+            f"session {session_id}: the last {CRASH_LOOP_STARTS} local workers exited with "
+            f"an error (exit code {codes[-1]}) and launching stopped; the end of the last "
+            f"one's log ({log}) says why:\n{_tail(log)}\nFix that, then submit again.",
+            stopped_reason=f"exit code {codes[-1]}",
+        )
+
     def launch(
         self, session_id: str, count: int, env: Mapping[str, str]
     ) -> list[dict[str, object]]:
+        if count:
+            self.check_starts(session_id)
         entries: list[dict[str, object]] = []
+        recent = self._recent.setdefault(session_id, deque(maxlen=CRASH_LOOP_STARTS))
         for _ in range(count):
             worker_id, proc, path = self._start(session_id, env)
+            recent.append((proc, path))
             entries.append(
                 {
                     "worker_id": worker_id,
@@ -370,6 +397,7 @@ class LocalLauncher:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_GRACE)  # reaps; they were SIGKILLed above if need be
         self._adopted.pop(session_id, None)
+        self._recent.pop(session_id, None)
         return len(pids)
 
     def _reap(self, pid: int) -> bool:
@@ -383,3 +411,12 @@ class LocalLauncher:
         if self._fork_server is not None:
             self._fork_server.close()
             self._fork_server = None
+
+
+def _tail(log: Path) -> str:
+    """The last lines of a worker's log, indented for quoting in an error."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError as err:
+        return f"    (unreadable: {err})"
+    return "\n".join(f"    {line}" for line in lines) or "    (empty)"

@@ -55,8 +55,6 @@ log = logging.getLogger("starburst_executor")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-log = logging.getLogger("starburst_executor")
-
 OutcomeState = Literal["completed", "failed", "cancelled"]
 
 PROBE_INTERVAL = 1.0  # seconds between looks at the stop marker and deadline before launching
@@ -452,7 +450,12 @@ class DetachedExecutor(SessionExecutor):
         with self._scale_lock:
             live = self._workers.live_count()
             if live > workers:
-                return -self._workers.retire(live - workers)
+                try:
+                    busy = self._runtime.loop.run(self._session.busy_workers())
+                except StarburstError as err:  # then any may go; a busy one finishes first
+                    log.warning("session %s: which workers are busy: %s", self.session_id, err)
+                    busy = set()
+                return -self._workers.retire(live - workers, busy)
         return self._top_up(workers)
 
     def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:

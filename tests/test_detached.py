@@ -263,15 +263,19 @@ def _wait_live(ex: DetachedExecutor, count: int) -> None:
     )
 
 
-def test_scale_up_and_down_and_min_workers(prefix, tmp_path):
+def test_scale_up_and_down_and_min_workers(prefix, tmp_path, monkeypatch):
+    # A worker asked to stop while it runs a task keeps it this long: were the busy
+    # worker among those stopped, the live count would not reach 1 in time.
+    monkeypatch.setenv("STARBURST_TERM_GRACE", "900")
     ex = DetachedExecutor(max_workers=4, min_workers=2)
     try:
-        release = tmp_path / "r"
-        ex.submit(tasks.wait_for_file, str(release))
+        release, started = tmp_path / "r", tmp_path / "started"
+        ex.submit(tasks.touch_then_wait, str(started), str(release))
         _wait_live(ex, 2)  # one pending task, but min_workers=2
         assert ex.scale(3) == 1
         _wait_live(ex, 3)
-        assert ex.scale(1) == -2  # asked to stop: idle ones exit at once
+        wait_until(started.exists, "the task to start")
+        assert ex.scale(1) == -2  # asked to stop: the idle ones, which exit at once
         _wait_live(ex, 1)
         assert ex.cost() == {
             "rate_per_worker_hour": 0.0,
@@ -281,7 +285,8 @@ def test_scale_up_and_down_and_min_workers(prefix, tmp_path):
             "actual_to_date": 0.0,
         }
         release.write_text("go")
-        assert ex.futures[0].result(timeout=TIMEOUT) == "released"
+        assert ex.futures[0].result(timeout=TIMEOUT) == int(started.read_text())
+        assert ex.futures[0].attempt == 1  # run by the worker that claimed it, not handed back
         with pytest.raises(ValueError):
             ex.scale(-1)
     finally:

@@ -284,6 +284,25 @@ class SessionStore:
             last_activity=max(stamps) if stamps else None,
         )
 
+    async def busy_workers(self, at_once: int = 32) -> set[str]:
+        """The ids of the workers running a task now (a claim and no outcome): what a
+        scale-down spares. A LIST of claims and of results, then each running task's
+        claim (as many as workers run tasks)."""
+        claimed, results = await self.list_kinds(("claims", "results"))
+        done = {t for o in results.objects if (t := self.layout.tid_of(o.key))}
+        running = [t for o in claimed.objects if (t := self.layout.tid_of(o.key)) and t not in done]
+        gate = asyncio.Semaphore(at_once)
+
+        async def holder(tid: str) -> str | None:
+            async with gate:
+                try:
+                    claim = await claims.read_claim(self.store, self.layout, tid)
+                except StarburstError:
+                    return None
+                return claim.worker_id if claim and claim.state == "running" else None
+
+        return {w for w in await asyncio.gather(*(holder(t) for t in running)) if w}
+
     async def extend(self, seconds: float) -> Manifest:
         """Move the deadline ``seconds`` later than the current one (never earlier)."""
         if not seconds > 0:

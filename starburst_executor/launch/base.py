@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,8 +77,9 @@ class Launcher(Protocol):
         (``registry``: the session's workers as they recorded themselves)."""
         ...
 
-    def retire(self, session_id: str, count: int) -> int:
-        """Ask ``count`` of the session's workers to stop (they finish their task first)."""
+    def retire(self, session_id: str, count: int, busy: Collection[str] = ()) -> int:
+        """Ask ``count`` of the session's workers to stop (they finish their task first),
+        those not in ``busy`` (worker ids running a task) first."""
         ...
 
     def stop(
@@ -131,8 +132,8 @@ class SessionWorkers:
     def cost(self, registry: Sequence[Mapping[str, Any]] = ()) -> dict[str, object]:
         return self.launcher.cost(self.session_id, registry)
 
-    def retire(self, count: int) -> int:
-        return self.launcher.retire(self.session_id, count)
+    def retire(self, count: int, busy: Collection[str] = ()) -> int:
+        return self.launcher.retire(self.session_id, count, busy)
 
     def stop(self, registry: Sequence[Mapping[str, object]], *, grace: float | None = None) -> int:
         return self.launcher.stop(self.session_id, registry, grace=grace)

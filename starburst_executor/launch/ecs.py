@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from .._core.layout import ecs_worker_id
@@ -492,9 +492,11 @@ class EcsLauncher:
             out += resp.get("tasks", [])
         return out
 
-    def retire(self, session_id: str, count: int) -> int:
+    def retire(self, session_id: str, count: int, busy: Collection[str] = ()) -> int:
         # StopTask sends SIGTERM; stopTimeout (120 s) lets the task finish or hand back.
-        victims = self._session_tasks(session_id)[:count]
+        # Idle workers first: they exit at once, a busy one only once its task ends.
+        tasks = self._session_tasks(session_id)
+        victims = sorted(tasks, key=lambda arn: ecs_worker_id(arn) in busy)[:count]
         for arn in victims:
             self._ecs(
                 "stop_task",

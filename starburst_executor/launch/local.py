@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,7 @@ class LocalLauncher:
         self._adopted: dict[str, set[int]] = {}
         # The session's newest pool workers: all failed means a crash loop (check_starts).
         self._recent: dict[str, deque[tuple[Any, Path]]] = {}
+        self._worker_ids: dict[int, str] = {}  # pid -> worker id, to spare busy ones
         self._fork_server: ForkServer | None = None
         self._fork_lock = threading.Lock()
 
@@ -275,6 +276,7 @@ class LocalLauncher:
         for _ in range(count):
             worker_id, proc, path = self._start(session_id, env)
             recent.append((proc, path))
+            self._worker_ids[proc.pid] = worker_id
             entries.append(
                 {
                     "worker_id": worker_id,
@@ -325,6 +327,7 @@ class LocalLauncher:
                 and isinstance(pid, int)
             ) and self._serves(pid, session_id):
                 self._adopted.setdefault(session_id, set()).add(pid)
+                self._worker_ids[pid] = str(entry.get("worker_id", ""))
 
     def _pids(self, session_id: str) -> set[int]:
         procs = self._procs.get(session_id, [])
@@ -365,9 +368,12 @@ class LocalLauncher:
             "actual_to_date": 0.0,
         }
 
-    def retire(self, session_id: str, count: int) -> int:
-        # SIGTERM: the worker finishes its current task, then exits.
-        victims = sorted(self._pids(session_id))[:count]
+    def retire(self, session_id: str, count: int, busy: Collection[str] = ()) -> int:
+        # SIGTERM: the worker finishes its current task, then exits. Idle ones first:
+        # they exit at once, a busy one only once its task ends.
+        victims = sorted(
+            self._pids(session_id), key=lambda pid: (self._worker_ids.get(pid) in busy, pid)
+        )[:count]
         for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)

@@ -28,10 +28,8 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiobotocore.session import AioSession, get_session
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -49,8 +47,16 @@ from ..errors import (
     PreconditionFailed,
     StoreError,
 )
-from . import fastparse
 from .base import Blob, Listing, ObjectInfo, PutResult, RequestCounter
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
+    from botocore.config import Config
+
+# aiobotocore (with aiohttp) and botocore's client modules are imported when the first
+# client is made, not with this module: a task process imports the user's module, which
+# often imports the executors, and should not pay half a second of CPU for an SDK it
+# never calls.
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -67,6 +73,8 @@ CONFLICT_MAX_DELAY = 2.0
 
 def botocore_config(max_pool_connections: int = 64) -> Config:
     """The client settings shared by the data plane and the control plane."""
+    from botocore.config import Config
+
     return Config(
         retries={"mode": "standard", "max_attempts": 6},
         connect_timeout=5,
@@ -186,6 +194,10 @@ _prewarmed_session: Any = None  # set in worker template processes only (prewarm
 
 def new_session() -> AioSession:
     """An SDK session whose clients parse listings and timestamps fast (fastparse)."""
+    from aiobotocore.session import get_session
+
+    from . import fastparse
+
     session: AioSession = fastparse.install(get_session())
     return session
 
@@ -299,6 +311,8 @@ class S3Store:
                         session = _prewarmed_session or new_session()
                         made = session.create_client("s3", **kwargs)
                     client = await self._stack.enter_async_context(made)
+                    from . import fastparse
+
                     fastparse.install_on_client(client)
                     client.meta.events.register("before-send.s3", self._count)
                     client.meta.events.register("before-call.s3", _no_expect_continue)

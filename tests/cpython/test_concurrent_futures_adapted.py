@@ -77,8 +77,6 @@ from concurrent.futures.process import BrokenProcessPool
 
 import multiprocessing as mp
 
-import pytest
-
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from helpers import session_workers
 
@@ -178,12 +176,6 @@ SKIPS = {
             "by multiprocessing inherit (platform detail)",
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def _starburst_prefix(prefix):
-    """Every test (and its workers and children) gets a key prefix of its own."""
-    return prefix
 
 
 # -- CPython's module, adapted from here on ---------------------------------------

@@ -59,9 +59,11 @@ def fit(x):
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """(build context, virtualenv) made from the context alone, once for this module."""
+    """(build context, virtualenv) made from the context alone, once: session-scoped, as
+    an xdist worker may run this module's tests between other modules' tests, and a
+    module fixture is then built again (a pip install each time)."""
     root = tmp_path_factory.mktemp("image")
     plan = plan_image(REQUIREMENTS)
     context = build_context(root / "context", plan)

@@ -571,14 +571,22 @@ def test_cost_keeps_counting_workers_that_ecs_has_forgotten(ecs_session):
         ex.cleanup(force=True)
 
 
-def test_scale_on_ecs(ecs_session):
+def test_scale_on_ecs(ecs_session, tmp_path):
     h = ecs_session
     ex = DetachedExecutor(max_workers=4, backend="ecs", image=IMAGE)
     try:
-        assert ex.scale(2) == 2
+        release, started = tmp_path / "release", tmp_path / "started"
+        busy = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        assert ex.scale(2) == 1  # the submit launched one
         h.wait_for_tasks(2, timeout=TIMEOUT)
         assert ex.cost()["running_workers"] == 2
-        assert ex.scale(0) == -2
+        wait_until(started.exists, "the task to start")
+        assert ex.scale(1) == -1  # StopTask for the idle worker, not the busy one
+        wait_until(lambda: len(h.live()) == 1, "the idle ECS worker to stop")
+        release.write_text("go")
+        assert busy.result(timeout=TIMEOUT) == int(started.read_text())
+        assert busy.attempt == 1  # not handed back by a stopped worker
+        assert ex.scale(0) == -1
         wait_until(lambda: not h.live(), "every ECS worker to stop")
         assert ex._runtime.launcher.live_count(ex.session_id) == 0
     finally:

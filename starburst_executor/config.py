@@ -46,6 +46,10 @@ LOCAL_BUCKET = "starburst"
 DEFAULT_CPU = 1.0  # vCPUs per worker
 DEFAULT_MEMORY_MB = 2048  # per worker
 DEFAULT_TERM_GRACE = 100.0  # seconds a worker gets after SIGTERM (a Spot notice gives 120)
+# A worker's exit code when it failed before serving (its environment, its settings, its
+# own code), not for a store it could not reach: the local launcher stops relaunching
+# after a few of these in a row (``WorkersCannotStart``).
+EXIT_CANNOT_START = 3
 
 ENV_HOME = "STARBURST_HOME"
 ENV_ENDPOINT = "STARBURST_S3_ENDPOINT"

@@ -447,16 +447,25 @@ class DetachedExecutor(SessionExecutor):
         self._require_attached()
         if workers < 0:
             raise ValueError(f"scale() needs a worker count >= 0, got {workers}")
+        busy: set[str] = set()
+        if self._workers.live_count() > workers:
+            # Outside the lock: the poller takes it to top up, and must not wait on this.
+            # Every task before this client's first unfinished one has its outcome.
+            unfinished = [f.task_id for f in self.futures if not f.done()]
+            first = min(unfinished) if unfinished else None
+            try:
+                busy = self._runtime.loop.run(self._session.busy_workers(first))
+            except StarburstError as err:  # then any may go; a busy one finishes first
+                log.warning("session %s: which workers are busy: %s", self.session_id, err)
         with self._scale_lock:
             live = self._workers.live_count()
             if live > workers:
-                try:
-                    busy = self._runtime.loop.run(self._session.busy_workers())
-                except StarburstError as err:  # then any may go; a busy one finishes first
-                    log.warning("session %s: which workers are busy: %s", self.session_id, err)
-                    busy = set()
                 return -self._workers.retire(live - workers, busy)
-        return self._top_up(workers)
+        try:
+            return self._top_up(workers)
+        except WorkersCannotStart as err:
+            self._end_pending(err)  # as the poller's top-up would: nothing will run them
+            raise
 
     def cleanup(self, stop_workers: bool = True, force: bool = False) -> None:
         """Stop this session's workers; with ``force=True`` also delete its objects.

@@ -225,8 +225,9 @@ class CostLimitExceeded(StarburstError):
 
 class WorkersCannotStart(StarburstError):
     """The session's last workers all stopped before running anything (the image cannot
-    be pulled, the task cannot reach S3 or its secrets): launching more would only
-    repeat it. ``stopped_reason`` is ECS's own words for the last one."""
+    be pulled, the task cannot reach S3 or its secrets; locally, a worker failing at
+    start): launching more would only repeat it. ``stopped_reason`` is ECS's own words
+    for the last one, or the local worker's exit code."""
 
     def __init__(self, message: str, *, stopped_reason: str = "") -> None:
         super().__init__(message)

@@ -24,7 +24,7 @@ from ..errors import (
 from ..store.base import Listing, ObjectStore
 from . import claims
 from .codec import Outcome
-from .layout import MAX_TASKS, SessionLayout, check_session_id, task_id
+from .layout import MAX_TASKS, SessionLayout, check_session_id, task_id, task_index
 from .manifest import Manifest
 from .writes import conditional_put
 
@@ -284,11 +284,17 @@ class SessionStore:
             last_activity=max(stamps) if stamps else None,
         )
 
-    async def busy_workers(self, at_once: int = 32) -> set[str]:
+    async def busy_workers(self, first: str | None = None, at_once: int = 32) -> set[str]:
         """The ids of the workers running a task now (a claim and no outcome): what a
-        scale-down spares. A LIST of claims and of results, then each running task's
-        claim (as many as workers run tasks)."""
-        claimed, results = await self.list_kinds(("claims", "results"))
+        scale-down spares. Lists the claims and results from task ``first`` on (every
+        task before it has an outcome), then reads each running task's claim."""
+        after = None if first is None or task_index(first) == 0 else task_id(task_index(first) - 1)
+        claimed, results = await asyncio.gather(
+            *(
+                self.store.list_objects(self.layout.dir(k), start_after=self.layout.after(k, after))
+                for k in ("claims", "results")
+            )
+        )
         done = {t for o in results.objects if (t := self.layout.tid_of(o.key))}
         running = [t for o in claimed.objects if (t := self.layout.tid_of(o.key)) and t not in done]
         gate = asyncio.Semaphore(at_once)
@@ -297,7 +303,7 @@ class SessionStore:
             async with gate:
                 try:
                     claim = await claims.read_claim(self.store, self.layout, tid)
-                except StarburstError:
+                except (StarburstError, ValueError):  # gone, or unreadable: not spared
                     return None
                 return claim.worker_id if claim and claim.state == "running" else None
 

@@ -31,7 +31,14 @@ from typing import Any
 
 from .._core.layout import new_worker_id
 from .._procs import pid_alive, writes_under
-from ..config import ENV_ECS_METADATA, ENV_SESSION, ENV_TASK, ENV_WORKER, forkserver_enabled
+from ..config import (
+    ENV_ECS_METADATA,
+    ENV_SESSION,
+    ENV_TASK,
+    ENV_WORKER,
+    EXIT_CANNOT_START,
+    forkserver_enabled,
+)
 from ..errors import StarburstError, WorkersCannotStart
 from ..launch_spec import LaunchSpec
 from .base import CRASH_LOOP_STARTS, ExitStatus, TaskWorker
@@ -39,6 +46,7 @@ from .base import CRASH_LOOP_STARTS, ExitStatus, TaskWorker
 STOP_GRACE = 5.0
 FORK_REPLY_TIMEOUT = 60.0
 LOG_TAIL_LINES = 12  # of a failed worker's log, quoted in WorkersCannotStart
+LOG_TAIL_BYTES = 16384  # ... read from this far before its end
 
 
 class ForkServer:
@@ -152,7 +160,7 @@ class LocalLauncher:
         self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._forked: dict[str, list[ForkedWorker]] = {}
         self._adopted: dict[str, set[int]] = {}
-        # The session's newest pool workers: all failed means a crash loop (check_starts).
+        # The session's newest pool workers: all failing at start is a crash loop (_cannot_start).
         self._recent: dict[str, deque[tuple[Any, Path]]] = {}
         self._worker_ids: dict[int, str] = {}  # pid -> worker id, to spare busy ones
         self._fork_server: ForkServer | None = None
@@ -247,30 +255,31 @@ class LocalLauncher:
         self._forked.setdefault(session_id, []).append(worker)
         return worker_id, worker, path
 
-    def check_starts(self, session_id: str) -> None:
-        """Raise ``WorkersCannotStart`` when the session's last ``CRASH_LOOP_STARTS``
-        pool workers all exited with an error (a worker exits 0 when it is done, and a
-        task's crash fails only its task): the next one would fail the same way, and the
-        client would wait forever on workers that never run."""
-        recent = self._recent.get(session_id, deque())
-        codes = [handle.poll() for handle, _ in recent]
-        if len(codes) < CRASH_LOOP_STARTS or not all(c is not None and c > 0 for c in codes):
-            return
-        log = recent[-1][1]
-        # Forgotten once reported: a later submit, after the fix, gets fresh workers.
-        del self._recent[session_id]
-        raise WorkersCannotStart(
-            f"session {session_id}: the last {CRASH_LOOP_STARTS} local workers exited with "
-            f"an error (exit code {codes[-1]}) and launching stopped; the end of the last "
-            f"one's log ({log}) says why:\n{_tail(log)}\nFix that, then submit again.",
-            stopped_reason=f"exit code {codes[-1]}",
+    def _cannot_start(self, session_id: str) -> bool:
+        """The session's last ``CRASH_LOOP_STARTS`` pool workers all failed before
+        serving (``EXIT_CANNOT_START``: not a store outage, not a task's crash, which
+        fails only its task): the next one would fail the same way."""
+        recent = self._recent.get(session_id, ())
+        return len(recent) == CRASH_LOOP_STARTS and all(
+            handle.poll() == EXIT_CANNOT_START for handle, _ in recent
         )
 
     def launch(
         self, session_id: str, count: int, env: Mapping[str, str]
     ) -> list[dict[str, object]]:
-        if count:
-            self.check_starts(session_id)
+        if count and self._cannot_start(session_id):
+            if self.live_count(session_id):
+                return []  # the live workers serve on; new ones would only fail again
+            log = self._recent[session_id][-1][1]
+            # Forgotten once reported: a later submit, after the fix, gets fresh workers.
+            self._recent.pop(session_id, None)
+            raise WorkersCannotStart(
+                f"session {session_id}: the last {CRASH_LOOP_STARTS} local workers could "
+                f"not start (exit code {EXIT_CANNOT_START}) and launching stopped; the end "
+                f"of the last one's log ({log}) says why:\n{_tail(log)}\n"
+                "Fix that, then submit again.",
+                stopped_reason=f"exit code {EXIT_CANNOT_START}",
+            )
         entries: list[dict[str, object]] = []
         recent = self._recent.setdefault(session_id, deque(maxlen=CRASH_LOOP_STARTS))
         for _ in range(count):
@@ -422,7 +431,9 @@ class LocalLauncher:
 def _tail(log: Path) -> str:
     """The last lines of a worker's log, indented for quoting in an error."""
     try:
-        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            lines = f.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
     except OSError as err:
         return f"    (unreadable: {err})"
     return "\n".join(f"    {line}" for line in lines) or "    (empty)"

@@ -51,6 +51,7 @@ import socket
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,13 @@ from .._core.loop import LoopThread
 from .._core.manifest import Manifest
 from .._core.session import SessionStore
 from .._core.workview import IDLE_MAX_DELAY, IDLE_MIN_DELAY, Lookahead, Shard, WorkView
-from ..config import TASK_ID_FIELD, SessionSettings, StoreLocation, WorkerEnv
+from ..config import (
+    EXIT_CANNOT_START,
+    TASK_ID_FIELD,
+    SessionSettings,
+    StoreLocation,
+    WorkerEnv,
+)
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
 from ..store.base import Blob
 from ..store.local_server import read_credentials
@@ -202,6 +209,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve the session until idle, deadline, stop or SIGTERM. Returns an exit code."""
+        serving = False
         try:
             if self.task_id is not None:
                 manifest = self.loop.run(self._load_with_payload(self.task_id))
@@ -210,6 +218,7 @@ class Worker:
             self._manifest = manifest
             self._mismatch = fingerprint_mismatch(manifest.fingerprint, fingerprint())
             if self.task_id is not None:
+                serving = True
                 reason = self._serve_one(self.task_id)
                 self._say_stored()
             else:
@@ -221,6 +230,7 @@ class Worker:
                 self._shard = Shard(width, self._first_shard(width))
                 self._lookahead = Lookahead(alone=width == 1)
                 self._register("running")
+                serving = True
                 reason = self._serve()
                 self._register("exited", reason=reason)
             log.info("worker %s exits: %s", self.worker_id, reason)
@@ -228,6 +238,13 @@ class Worker:
         except StarburstError as err:
             log.error("worker %s of session %s: %s", self.worker_id, self.session_id, err)
             return 2
+        except Exception:
+            if serving:
+                raise
+            log.exception(
+                "worker %s of session %s could not start", self.worker_id, self.session_id
+            )
+            return EXIT_CANNOT_START
         finally:
             # No task process outlives its worker.
             running = [job.process for job in self._running.values() if job.process]
@@ -1027,10 +1044,14 @@ class _Lease:
 def main(environ: Mapping[str, str] | None = None) -> int:
     """Entry point of ``python -m starburst_executor.worker``."""
     environ = os.environ if environ is None else environ
-    logging.basicConfig(
-        level=WorkerEnv.read(environ).log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    worker = Worker(environ)
-    worker.install_signal_handlers()
+    try:
+        logging.basicConfig(
+            level=WorkerEnv.read(environ).log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        worker = Worker(environ)
+        worker.install_signal_handlers()
+    except Exception:
+        traceback.print_exc()  # to the worker's log, which WorkersCannotStart quotes
+        return EXIT_CANNOT_START
     return worker.run()

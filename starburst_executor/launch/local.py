@@ -270,9 +270,9 @@ class LocalLauncher:
         if count and self._cannot_start(session_id):
             if self.live_count(session_id):
                 return []  # the live workers serve on; new ones would only fail again
-            log = self._recent[session_id][-1][1]
             # Forgotten once reported: a later submit, after the fix, gets fresh workers.
-            self._recent.pop(session_id, None)
+            recent = self._recent.pop(session_id, None)  # stop() may have popped it
+            log = recent[-1][1] if recent else self.logs_root / session_id
             raise WorkersCannotStart(
                 f"session {session_id}: the last {CRASH_LOOP_STARTS} local workers could "
                 f"not start (exit code {EXIT_CANNOT_START}) and launching stopped; the end "

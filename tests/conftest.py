@@ -93,3 +93,18 @@ def store(location):  # type: ignore[no-untyped-def]
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``, xdist groups a test by a suffix it adds to the node id.
+    A pytest that ignores it would spread a group over workers (each building its
+    expensive session fixture again) without a word: stop instead."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(
+                f"xdist_group has no effect on {item.nodeid}: this pytest keeps node ids "
+                "where pytest-xdist cannot add the group; use the versions pyproject.toml pins"
+            )

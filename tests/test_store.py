@@ -176,3 +176,43 @@ def test_an_error_or_a_cut_listing_sent_with_status_200_is_retried_as_a_500():
     assert status(error) == 500
     assert status(listing[:-10]) == 500
     assert status(listing) == 200
+
+
+def test_stores_with_explicit_credentials_share_one_sdk_session_from_many_threads(location, prefix):
+    """One SDK session per process serves every client with explicit credentials (the
+    S3 model loads once), also when executors open their stores from 8 threads at once;
+    a client that resolves its credentials from the environment keeps its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from starburst_executor.store import s3
+
+    loc, creds = location
+    made: list[object] = []
+
+    def one(i: int) -> bytes:
+        async def go() -> bytes:
+            st = S3Store(loc, credentials=creds)
+            try:
+                await st.put(f"{prefix}/threads/{i}", b"x%d" % i)
+                client = await st._ensure()
+                made.append(client)
+                return (await st.get(f"{prefix}/threads/{i}")).body
+            finally:
+                await st.close()
+
+        return asyncio.run(go())
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(8))) == [b"x%d" % i for i in range(8)]
+    shared_loader = s3.shared_session().get_component("data_loader")
+    assert len({id(c) for c in made}) == 8
+    assert all(c._loader is shared_loader for c in made)  # type: ignore[attr-defined]
+
+    async def from_environment() -> object:
+        st = S3Store(loc)
+        try:
+            return (await st._ensure())._loader
+        finally:
+            await st.close()
+
+    assert asyncio.run(from_environment()) is not shared_loader

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -190,6 +191,12 @@ def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
 
 
 _prewarmed_session: Any = None  # set in worker template processes only (prewarm)
+# The SDK session that clients with explicit credentials share (the embedded server's):
+# loading the S3 model and endpoint rules once per process instead of once per client
+# saves 130 to 240 ms of CPU per executor. Clients that resolve credentials from the
+# environment get a session of their own, so each resolves them afresh.
+_shared_session: Any = None
+_shared_session_lock = threading.Lock()
 
 
 def new_session() -> AioSession:
@@ -200,6 +207,16 @@ def new_session() -> AioSession:
 
     session: AioSession = fastparse.install(get_session())
     return session
+
+
+def shared_session() -> AioSession:
+    """The process's session for clients with explicit credentials, made on first use."""
+    global _shared_session
+    with _shared_session_lock:
+        if _shared_session is None:
+            _shared_session = new_session()
+        session: AioSession = _shared_session
+        return session
 
 
 def prewarm() -> None:
@@ -308,7 +325,9 @@ class S3Store:
                     if made is not None:
                         log.debug("S3 client for %s made before this fork", self.bucket)
                     else:
-                        session = _prewarmed_session or new_session()
+                        session = _prewarmed_session or (
+                            shared_session() if self._credentials else new_session()
+                        )
                         made = session.create_client("s3", **kwargs)
                     client = await self._stack.enter_async_context(made)
                     from . import fastparse

@@ -41,6 +41,11 @@ What was changed, and why:
   task first). A dead worker fails its future with ``BrokenProcessPool`` (as
   CPython); on purpose, the executor keeps accepting work afterwards (issue 17: only
   the dead worker's future fails), so for ours the last assertion is inverted.
+- The wait and as_completed tests take CPython 3.12's form: the call that must still be
+  pending blocks on an event the test sets afterwards (``create_event``; a file, as our
+  workers are not this interpreter's children), where 3.11 slept past a timing margin.
+  ``test_map_timeout`` holds its last call the same way; its timeout still covers two
+  quick calls.
 - The failing initializer's log line is asserted in the worker's traceback carried by
   the ``BrokenExecutor`` for ours (a ``multiprocessing.Queue`` cannot be sent to a
   worker that multiprocessing did not start).
@@ -84,10 +89,10 @@ from helpers import session_workers
 # -- replacements for test.support ------------------------------------------------
 
 SHORT_TIMEOUT = 30.0
-# Adapted: CPython's timing margins (a 1.5 s sleep against a quick call, a 5 s timeout
-# against a 6 s sleep) are multiplied by SLOW. Our quick call starts a worker or crosses
-# S3, which on a loaded 2-core machine can take longer than CPython's margins; the
-# relations the tests check are unchanged. Beyond 3x, the margins grow with the load
+# Adapted: CPython's remaining timing margins (a 5 s timeout that must cover two quick
+# calls in test_map_timeout; test_cancel_futures's sleeps) are multiplied by SLOW. Our
+# quick call starts a worker or crosses S3, which on a loaded 2-core machine can take
+# longer than CPython's margins; the relations the tests check are unchanged. Beyond 3x, the margins grow with the load
 # the machine carries when the test runs (three suites on two cores: a load of 11).
 SLOW = 3.0
 
@@ -203,9 +208,16 @@ def mul(x, y):
 def capture(*args, **kwargs):
     return args, kwargs
 
-def sleep_and_raise(t):
-    time.sleep(t)
+def wait_and_raise(e):
+    e.wait()
     raise Exception('this is an exception')
+
+def wait_or_sleep(x):
+    # Adapted (test_map_timeout): the call held past the timeout waits on an event.
+    if isinstance(x, FileEvent):
+        x.wait()
+    else:
+        time.sleep(x)
 
 def sleep_and_print(t, msg):
     time.sleep(t)
@@ -240,6 +252,27 @@ def report_pid_and_sleep(path, t):
     Path(f"{path}.part").write_text(str(os.getpid()))
     os.replace(f"{path}.part", path)  # whole when it appears
     time.sleep(t)
+
+
+class FileEvent:
+    """Adapted: CPython 3.12 replaced the sleeps that had to outlast a timing margin in
+    the wait and as_completed tests by calls that block until the test sets an event
+    (``self.create_event()``, a Manager ``Event`` for process pools). Our workers are not
+    children of this interpreter, so the event is a file on the disk they share."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def set(self):
+        Path(self.path).touch()
+
+    def wait(self, timeout=10 * SHORT_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.path):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
 
 class MyObject(object):
@@ -277,6 +310,12 @@ class ExecutorMixin:
 
         self.t1 = time.monotonic()
         self.executor = self.new_executor(self.worker_count, **self.executor_kwargs)
+
+    def create_event(self):
+        if not hasattr(self, "_events"):
+            self._events = tempfile.TemporaryDirectory(prefix="cpy-events-")
+            self.addCleanup(self._events.cleanup)
+        return FileEvent(tempfile.mktemp(dir=self._events.name))
 
     def tearDown(self):
         self.executor.shutdown(wait=True)
@@ -628,9 +667,12 @@ create_executor_tests(ProcessPoolShutdownTest)
 
 
 class WaitTests:
+    # Adapted: CPython 3.12's form of these tests (gh-109917 and its follow-ups): the
+    # call that must still be pending blocks on an event the test sets afterwards, in
+    # place of a sleep that had to outlast a timing margin.
     def test_20369(self):
         # See https://bugs.python.org/issue20369
-        future = self.executor.submit(time.sleep, 1.5 * SLOW)
+        future = self.executor.submit(mul, 1, 2)
         done, not_done = futures.wait([future, future],
                             return_when=futures.ALL_COMPLETED)
         self.assertEqual({future}, done)
@@ -638,65 +680,102 @@ class WaitTests:
 
 
     def test_first_completed(self):
+        event = self.create_event()
         future1 = self.executor.submit(mul, 21, 2)
-        future2 = self.executor.submit(time.sleep, 1.5 * SLOW)
+        future2 = self.executor.submit(event.wait)
 
-        done, not_done = futures.wait(
-                [CANCELLED_FUTURE, future1, future2],
-                 return_when=futures.FIRST_COMPLETED)
+        try:
+            done, not_done = futures.wait(
+                    [CANCELLED_FUTURE, future1, future2],
+                     return_when=futures.FIRST_COMPLETED)
 
-        self.assertEqual(set([future1]), done)
-        self.assertEqual(set([CANCELLED_FUTURE, future2]), not_done)
+            self.assertEqual(set([future1]), done)
+            self.assertEqual(set([CANCELLED_FUTURE, future2]), not_done)
+        finally:
+            event.set()
+        future2.result()  # wait for job to finish
 
     def test_first_completed_some_already_completed(self):
-        future1 = self.executor.submit(time.sleep, 1.5 * SLOW)
+        event = self.create_event()
+        future1 = self.executor.submit(event.wait)
 
-        finished, pending = futures.wait(
-                 [CANCELLED_AND_NOTIFIED_FUTURE, SUCCESSFUL_FUTURE, future1],
-                 return_when=futures.FIRST_COMPLETED)
+        try:
+            finished, pending = futures.wait(
+                     [CANCELLED_AND_NOTIFIED_FUTURE, SUCCESSFUL_FUTURE, future1],
+                     return_when=futures.FIRST_COMPLETED)
 
-        self.assertEqual(
-                set([CANCELLED_AND_NOTIFIED_FUTURE, SUCCESSFUL_FUTURE]),
-                finished)
-        self.assertEqual(set([future1]), pending)
+            self.assertEqual(
+                    set([CANCELLED_AND_NOTIFIED_FUTURE, SUCCESSFUL_FUTURE]),
+                    finished)
+            self.assertEqual(set([future1]), pending)
+        finally:
+            event.set()
+        future1.result()  # wait for job to finish
 
     def test_first_exception(self):
-        future1 = self.executor.submit(mul, 2, 21)
-        future2 = self.executor.submit(sleep_and_raise, 1.5)
-        future3 = self.executor.submit(time.sleep, 3 * SLOW)
+        event1 = self.create_event()
+        event2 = self.create_event()
+        try:
+            future1 = self.executor.submit(mul, 2, 21)
+            future2 = self.executor.submit(wait_and_raise, event1)
+            future3 = self.executor.submit(event2.wait)
 
-        finished, pending = futures.wait(
-                [future1, future2, future3],
-                return_when=futures.FIRST_EXCEPTION)
+            # Ensure that future1 is completed before future2 finishes
+            def wait_for_future1():
+                future1.result()
+                event1.set()
 
-        self.assertEqual(set([future1, future2]), finished)
-        self.assertEqual(set([future3]), pending)
+            t = threading.Thread(target=wait_for_future1)
+            t.start()
+
+            finished, pending = futures.wait(
+                    [future1, future2, future3],
+                    return_when=futures.FIRST_EXCEPTION)
+
+            self.assertEqual(set([future1, future2]), finished)
+            self.assertEqual(set([future3]), pending)
+
+            t.join(SHORT_TIMEOUT)
+        finally:
+            event1.set()
+            event2.set()
+        future3.result()  # wait for job to finish
 
     def test_first_exception_some_already_complete(self):
+        event = self.create_event()
         future1 = self.executor.submit(divmod, 21, 0)
-        future2 = self.executor.submit(time.sleep, 1.5 * SLOW)
+        future2 = self.executor.submit(event.wait)
 
-        finished, pending = futures.wait(
-                [SUCCESSFUL_FUTURE,
-                 CANCELLED_FUTURE,
-                 CANCELLED_AND_NOTIFIED_FUTURE,
-                 future1, future2],
-                return_when=futures.FIRST_EXCEPTION)
+        try:
+            finished, pending = futures.wait(
+                    [SUCCESSFUL_FUTURE,
+                     CANCELLED_FUTURE,
+                     CANCELLED_AND_NOTIFIED_FUTURE,
+                     future1, future2],
+                    return_when=futures.FIRST_EXCEPTION)
 
-        self.assertEqual(set([SUCCESSFUL_FUTURE,
-                              CANCELLED_AND_NOTIFIED_FUTURE,
-                              future1]), finished)
-        self.assertEqual(set([CANCELLED_FUTURE, future2]), pending)
+            self.assertEqual(set([SUCCESSFUL_FUTURE,
+                                  CANCELLED_AND_NOTIFIED_FUTURE,
+                                  future1]), finished)
+            self.assertEqual(set([CANCELLED_FUTURE, future2]), pending)
+        finally:
+            event.set()
+        future2.result()  # wait for job to finish
 
     def test_first_exception_one_already_failed(self):
-        future1 = self.executor.submit(time.sleep, 2 * SLOW)
+        event = self.create_event()
+        future1 = self.executor.submit(event.wait)
 
-        finished, pending = futures.wait(
-                 [EXCEPTION_FUTURE, future1],
-                 return_when=futures.FIRST_EXCEPTION)
+        try:
+            finished, pending = futures.wait(
+                     [EXCEPTION_FUTURE, future1],
+                     return_when=futures.FIRST_EXCEPTION)
 
-        self.assertEqual(set([EXCEPTION_FUTURE]), finished)
-        self.assertEqual(set([future1]), pending)
+            self.assertEqual(set([EXCEPTION_FUTURE]), finished)
+            self.assertEqual(set([future1]), pending)
+        finally:
+            event.set()
+        future1.result()  # wait for job to finish
 
     def test_all_completed(self):
         future1 = self.executor.submit(divmod, 2, 0)
@@ -718,22 +797,28 @@ class WaitTests:
         self.assertEqual(set(), pending)
 
     def test_timeout(self):
-        future1 = self.executor.submit(mul, 6, 7)
-        future2 = self.executor.submit(time.sleep, 6 * SLOW)
+        short_timeout = 0.050
 
-        finished, pending = futures.wait(
-                [CANCELLED_AND_NOTIFIED_FUTURE,
-                 EXCEPTION_FUTURE,
-                 SUCCESSFUL_FUTURE,
-                 future1, future2],
-                timeout=5 * SLOW,
-                return_when=futures.ALL_COMPLETED)
+        event = self.create_event()
+        future = self.executor.submit(event.wait)
 
-        self.assertEqual(set([CANCELLED_AND_NOTIFIED_FUTURE,
-                              EXCEPTION_FUTURE,
-                              SUCCESSFUL_FUTURE,
-                              future1]), finished)
-        self.assertEqual(set([future2]), pending)
+        try:
+            finished, pending = futures.wait(
+                    [CANCELLED_AND_NOTIFIED_FUTURE,
+                     EXCEPTION_FUTURE,
+                     SUCCESSFUL_FUTURE,
+                     future],
+                    timeout=short_timeout,
+                    return_when=futures.ALL_COMPLETED)
+
+            self.assertEqual(set([CANCELLED_AND_NOTIFIED_FUTURE,
+                                  EXCEPTION_FUTURE,
+                                  SUCCESSFUL_FUTURE]),
+                             finished)
+            self.assertEqual(set([future]), pending)
+        finally:
+            event.set()
+        future.result()  # wait for job to finish
 
 
 create_executor_tests(WaitTests)
@@ -758,7 +843,9 @@ class AsCompletedTests:
                 completed)
 
     def test_zero_timeout(self):
-        future1 = self.executor.submit(time.sleep, 2 * SLOW)
+        # Adapted: the pending call waits on an event (as in WaitTests), not a sleep.
+        event = self.create_event()
+        future1 = self.executor.submit(event.wait)
         completed_futures = set()
         try:
             for future in futures.as_completed(
@@ -770,17 +857,20 @@ class AsCompletedTests:
                 completed_futures.add(future)
         except futures.TimeoutError:
             pass
+        finally:
+            event.set()
 
         self.assertEqual(set([CANCELLED_AND_NOTIFIED_FUTURE,
                               EXCEPTION_FUTURE,
                               SUCCESSFUL_FUTURE]),
                          completed_futures)
+        future1.result()  # wait for job to finish
 
     def test_duplicate_futures(self):
         # Issue 20367. Duplicate futures should not raise exceptions or give
         # duplicate responses.
         # Issue #31641: accept arbitrary iterables.
-        future1 = self.executor.submit(time.sleep, 2 * SLOW)
+        future1 = self.executor.submit(time.sleep, 2)
         completed = [
             f for f in futures.as_completed(itertools.repeat(future1, 3))
         ]
@@ -857,16 +947,21 @@ class ExecutorTest:
         self.assertRaises(ZeroDivisionError, i.__next__)
 
     def test_map_timeout(self):
+        # Adapted: the call that must outlast the timeout waits on an event set after
+        # it, not a 6 s sleep; the timeout still has to cover two quick calls (SLOW).
+        event = self.create_event()
         results = []
         try:
-            for i in self.executor.map(time.sleep,
-                                       [0, 0, 6 * SLOW],
+            for i in self.executor.map(wait_or_sleep,
+                                       [0, 0, event],
                                        timeout=5 * SLOW):
                 results.append(i)
         except futures.TimeoutError:
             pass
         else:
             self.fail('expected TimeoutError')
+        finally:
+            event.set()
 
         self.assertEqual([None, None], results)
 

@@ -95,16 +95,17 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup``, xdist groups a test by a suffix it adds to the node id.
-    A pytest that ignores it would spread a group over workers (each building its
-    expensive session fixture again) without a word: stop instead."""
-    if not getattr(config.option, "loadgroup", False):
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
-            raise pytest.UsageError(
-                f"xdist_group has no effect on {item.nodeid}: this pytest keeps node ids "
-                "where pytest-xdist cannot add the group; use the versions pyproject.toml pins"
-            )
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``--dist loadgroup``, pytest-xdist groups a test by a suffix it writes into
+    the node id's ``_nodeid`` slot. pytest 9.2 keeps node ids elsewhere: every group would
+    be spread over the workers (each building its expensive session fixture again)
+    without a word, so the run stops here instead."""
+    from _pytest.nodes import Node
+
+    dist = config.getoption("dist", default="no")
+    if dist == "loadgroup" and "_nodeid" not in getattr(Node, "__slots__", ()):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} ignores xdist_group under --dist loadgroup "
+            "(pytest-xdist cannot add the group to node ids): install the versions "
+            "pyproject.toml pins (`make test` does)"
+        )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import threading
 from collections.abc import Awaitable, Callable
@@ -210,13 +211,26 @@ def new_session() -> AioSession:
 
 
 def shared_session() -> AioSession:
-    """The process's session for clients with explicit credentials, made on first use."""
+    """The process's session for clients with explicit credentials, made on first use.
+
+    The SDK is imported outside the lock: a fork while another thread held it for that
+    long would leave the child a lock nobody releases (reset in the child anyway)."""
     global _shared_session
-    with _shared_session_lock:
-        if _shared_session is None:
-            _shared_session = new_session()
-        session: AioSession = _shared_session
-        return session
+    if _shared_session is None:
+        made = new_session()
+        with _shared_session_lock:
+            if _shared_session is None:
+                _shared_session = made
+    session: AioSession = _shared_session
+    return session
+
+
+def _new_lock_in_child() -> None:
+    global _shared_session_lock
+    _shared_session_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def prewarm() -> None:

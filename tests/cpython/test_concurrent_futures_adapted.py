@@ -41,11 +41,12 @@ What was changed, and why:
   task first). A dead worker fails its future with ``BrokenProcessPool`` (as
   CPython); on purpose, the executor keeps accepting work afterwards (issue 17: only
   the dead worker's future fails), so for ours the last assertion is inverted.
-- The wait and as_completed tests take CPython 3.12's form: the call that must still be
-  pending blocks on an event the test sets afterwards (``create_event``; a file, as our
-  workers are not this interpreter's children), where 3.11 slept past a timing margin.
-  ``test_map_timeout`` holds its last call the same way; its timeout still covers two
-  quick calls.
+- The wait tests take the form CPython gave them in 3.13 (gh-128364): the call that must
+  still be pending blocks on an event the test sets afterwards (``create_event``; a file,
+  as our workers are not this interpreter's children), where 3.11 slept past a timing
+  margin. ``test_zero_timeout`` and ``test_map_timeout`` hold their pending call the same
+  way (our adaptation: upstream still sleeps there); the latter's timeout still covers
+  two quick calls.
 - The failing initializer's log line is asserted in the worker's traceback carried by
   the ``BrokenExecutor`` for ours (a ``multiprocessing.Queue`` cannot be sent to a
   worker that multiprocessing did not start).
@@ -255,8 +256,8 @@ def report_pid_and_sleep(path, t):
 
 
 class FileEvent:
-    """Adapted: CPython 3.12 replaced the sleeps that had to outlast a timing margin in
-    the wait and as_completed tests by calls that block until the test sets an event
+    """Adapted: CPython 3.13 (gh-128364) replaced the sleeps that had to outlast a timing
+    margin in the wait tests by calls that block until the test sets an event
     (``self.create_event()``, a Manager ``Event`` for process pools). Our workers are not
     children of this interpreter, so the event is a file on the disk they share."""
 
@@ -667,7 +668,7 @@ create_executor_tests(ProcessPoolShutdownTest)
 
 
 class WaitTests:
-    # Adapted: CPython 3.12's form of these tests (gh-109917 and its follow-ups): the
+    # Adapted: CPython 3.13's form of these tests (gh-128364: gh-130724, gh-130742): the
     # call that must still be pending blocks on an event the test sets afterwards, in
     # place of a sleep that had to outlast a timing margin.
     def test_20369(self):
@@ -736,6 +737,7 @@ class WaitTests:
             self.assertEqual(set([future3]), pending)
 
             t.join(SHORT_TIMEOUT)
+            self.assertFalse(t.is_alive())  # CPython: threading_helper.join_thread
         finally:
             event1.set()
             event2.set()
@@ -843,7 +845,8 @@ class AsCompletedTests:
                 completed)
 
     def test_zero_timeout(self):
-        # Adapted: the pending call waits on an event (as in WaitTests), not a sleep.
+        # Adapted (ours; upstream still sleeps): the pending call waits on an event, as
+        # in WaitTests, instead of a sleep past the test's end.
         event = self.create_event()
         future1 = self.executor.submit(event.wait)
         completed_futures = set()

@@ -158,8 +158,11 @@ def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monke
     server = LocalServer(tmp_path / "home")
     try:
         info = server.ensure_running(announce=False)
-        assert len(chosen) == 2
-        assert info.endpoint_url == f"http://127.0.0.1:{chosen[1][0]}"
+        # The clash made the server choose again. Beside other suites, another process
+        # can take one of the new ports too (seen once in 6 loaded runs): each clash is
+        # answered the same way, and the server runs on its last choice.
+        assert 2 <= len(chosen) <= local_server.START_ATTEMPTS
+        assert info.endpoint_url == f"http://127.0.0.1:{chosen[-1][0]}"
     finally:
         server.stop()
         taken.close()

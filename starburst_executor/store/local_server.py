@@ -51,7 +51,7 @@ _PORT_NAMES = (
     "admin_grpc",
     "metrics",
 )
-START_ATTEMPTS = 3  # a port taken between choosing it and binding it: choose again
+START_ATTEMPTS = 5  # a port taken between choosing it and binding it: choose again
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 

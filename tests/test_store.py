@@ -232,3 +232,16 @@ def test_a_child_forked_while_the_session_lock_is_held_gets_a_free_lock():
             os._exit(0 if s3._shared_session_lock.acquire(timeout=10) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_loopback_server_gets_a_patient_connect_timeout_and_aws_the_usual_one():
+    """A connect to this machine's server is at once (or refused at once); on a loaded
+    machine the client's loop can miss 5 s, which failed a listing beside two suites."""
+    from starburst_executor.store.s3 import LOOPBACK_CONNECT_TIMEOUT, _client_kwargs
+
+    local = StoreLocation(bucket="bkt", endpoint_url="http://127.0.0.1:9000")
+    aws = StoreLocation(bucket="bkt")
+    other = StoreLocation(bucket="bkt", endpoint_url="https://minio.example:9000")
+    assert _client_kwargs(local, None, 8)["config"].connect_timeout == LOOPBACK_CONNECT_TIMEOUT
+    assert _client_kwargs(aws, None, 8)["config"].connect_timeout == 5
+    assert _client_kwargs(other, None, 8)["config"].connect_timeout == 5

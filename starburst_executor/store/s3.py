@@ -73,13 +73,20 @@ CONFLICT_BASE_DELAY = 0.05
 CONFLICT_MAX_DELAY = 2.0
 
 
-def botocore_config(max_pool_connections: int = 64) -> Config:
+# A server on this machine answers a connect at once, or refuses it at once when it is
+# down; a connect still pending after 5 s means this machine is overloaded (seen at a
+# load of 12 on 2 cores: the client's loop did not run for 5 s), and waiting beats
+# failing the call.
+LOOPBACK_CONNECT_TIMEOUT = 30.0
+
+
+def botocore_config(max_pool_connections: int = 64, connect_timeout: float = 5) -> Config:
     """The client settings shared by the data plane and the control plane."""
     from botocore.config import Config
 
     return Config(
         retries={"mode": "standard", "max_attempts": 6},
-        connect_timeout=5,
+        connect_timeout=connect_timeout,
         read_timeout=120,
         max_pool_connections=max_pool_connections,
         s3={"addressing_style": "path"},
@@ -265,7 +272,9 @@ _stocked: dict[tuple[object, ...], Any] = {}
 def _client_kwargs(
     location: StoreLocation, credentials: tuple[str, str] | None, pool: int
 ) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"region_name": location.region, "config": botocore_config(pool)}
+    loopback = (location.endpoint_url or "").startswith(("http://127.0.0.1:", "http://localhost:"))
+    config = botocore_config(pool, LOOPBACK_CONNECT_TIMEOUT) if loopback else botocore_config(pool)
+    kwargs: dict[str, Any] = {"region_name": location.region, "config": config}
     if location.endpoint_url:
         kwargs["endpoint_url"] = location.endpoint_url
         if location.endpoint_url.startswith("http://"):

@@ -46,6 +46,27 @@ def server_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, elapsed) CPU seconds of the whole machine so far, all cores summed: every
+    process here (server, proxy, client, workers, task processes, other load) counts."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def machine_share(before: tuple[float, float], n: int) -> dict[str, float]:
+    """The machine's CPU spent per call since ``before``, and how busy its cores were:
+    near 1.0, the figure is bound by this machine's cores, not by waiting."""
+    busy, total = machine_cpu_s()
+    spent = busy - before[0]
+    return {
+        "machine_cpu_ms_per_call": spent / n * 1000,
+        "machine_busy": spent / max(total - before[1], 1e-9),
+        "machine_bound_per_s": (os.cpu_count() or 1) * n / spent,
+    }
+
+
 def trivial(x: int) -> int:
     return x + 1
 
@@ -84,21 +105,24 @@ def submits(where: Where, n: int) -> dict[str, float]:
     ex = DetachedExecutor(max_workers=1, **where)
     sid = ex.detach()
     client = DetachedExecutor.attach(sid, launch_workers=False, **where)
+    machine = machine_cpu_s()
     t0 = time.perf_counter()
     for i in range(n):
         client.submit(trivial, i)
     returned = time.perf_counter() - t0
     client.flush()
     durable = time.perf_counter() - t0
+    shares = machine_share(machine, n)
     assert client.status().total == n
     client.cleanup(force=True)
-    return {"submit_s": returned, "durable_s": durable, "submits_per_s": n / durable}
+    return {"submit_s": returned, "durable_s": durable, "submits_per_s": n / durable, **shares}
 
 
 def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, float]:
     ex = warm(where, workers)
     before = Counter(ex._runtime.store.counter.snapshot())
     server_before = server_cpu_s()
+    machine = machine_cpu_s()
     t0 = time.perf_counter()
     if use_map:
         assert list(ex.map(trivial, range(n))) == [i + 1 for i in range(n)]
@@ -107,6 +131,7 @@ def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, f
         assert [f.result() for f in futures] == [i + 1 for i in range(n)]
     wall = time.perf_counter() - t0
     server = server_cpu_s() - server_before
+    shares = machine_share(machine, n)
     client = Counter(ex._runtime.store.counter.snapshot())
     client.subtract(before)
     by_op = client + drain_worker_counters(ex)  # worker counters include their warm-up
@@ -118,6 +143,7 @@ def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, f
         "server_cpu_ms_per_task": server / n * 1000,
         # The most tasks/s this machine's cores allow with the server's share alone.
         "server_bound_tasks_per_s": (os.cpu_count() or 1) * n / server,
+        **shares,
     }
     out.update({f"req_{op}": count / n for op, count in by_op.items()})
     return out
@@ -126,10 +152,23 @@ def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, f
 def efficiency(where: Where, n: int, workers: int) -> dict[str, float]:
     ex = warm(where, workers)
     t0 = time.perf_counter()
-    concurrent.futures.wait([ex.submit(sleep_half, i) for i in range(n)])
+    futures = [ex.submit(sleep_half, i) for i in range(n)]
+    submitted = time.perf_counter() - t0
+    concurrent.futures.wait(futures)
     wall = time.perf_counter() - t0
+    # Where the time beyond the ideal went: from the first task's start to the last
+    # one's end, as the workers recorded them (same machine, same clock), the rest
+    # being the first pickup and the last result's delivery.
+    outcomes = [f._outcome for f in futures if f._outcome is not None]
     ex.cleanup(force=True)
-    return {"efficiency": (n * 0.5 / workers) / wall, "wall_s": wall}
+    span = max(o.finished for o in outcomes) - min(o.started for o in outcomes)
+    return {
+        "efficiency": (n * 0.5 / workers) / wall,
+        "wall_s": wall,
+        "submit_s": submitted,
+        "run_span_s": span,
+        "span_efficiency": (n * 0.5 / workers) / span,
+    }
 
 
 def sleep_second(_: int) -> float:
@@ -360,6 +399,17 @@ def report(res: dict[str, Any]) -> str:
             slow["submits"]["durable_s"] <= 20,
         ),
         row(
+            "Ceiling here: the machine's CPU per submit (all processes), cores busy, and "
+            "the most submits/s its 2 cores allow",
+            lambda c: (
+                f"{c['submits']['machine_cpu_ms_per_call']:.2f} ms, "
+                f"{c['submits']['machine_busy']:.0%} busy: "
+                f"{c['submits']['machine_bound_per_s']:.0f}/s"
+            ),
+            "(explains submits/s)",
+            None,
+        ),
+        row(
             f"{a['tasks']:,} trivial tasks on {a['workers']} workers, first submit to last result",
             lambda c: f"{c['submit_tasks']['tasks_per_s']:.0f} tasks/s",
             ">= 200 tasks/s",
@@ -375,10 +425,30 @@ def report(res: dict[str, Any]) -> str:
             None,
         ),
         row(
+            "Ceiling here: the machine's CPU per task (server, proxy, client, workers, task "
+            "processes), cores busy, and the most tasks/s its 2 cores allow",
+            lambda c: (
+                f"{c['submit_tasks']['machine_cpu_ms_per_call']:.1f} ms, "
+                f"{c['submit_tasks']['machine_busy']:.0%} busy: "
+                f"{c['submit_tasks']['machine_bound_per_s']:.0f} tasks/s"
+            ),
+            "(explains tasks/s)",
+            None,
+        ),
+        row(
             f"Parallel efficiency, 40 x 0.5 s on {a['workers']} workers",
             lambda c: f"{c['efficiency']['efficiency']:.2f}",
             ">= 0.95",
             slow["efficiency"]["efficiency"] >= 0.95,
+        ),
+        row(
+            "... of which: the 40 tasks' own span, first start to last end (efficiency within it)",
+            lambda c: (
+                f"{c['efficiency']['run_span_s']:.2f} s of {c['efficiency']['wall_s']:.2f} s "
+                f"({c['efficiency']['span_efficiency']:.2f})"
+            ),
+            "(explains efficiency)",
+            None,
         ),
         row(
             "2 workers with `cpu=2`, 40 tasks waiting 1 s: efficiency against 4 slots",

@@ -245,3 +245,48 @@ def test_the_loopback_server_gets_a_patient_connect_timeout_and_aws_the_usual_on
     assert _client_kwargs(local, None, 8)["config"].connect_timeout == LOOPBACK_CONNECT_TIMEOUT
     assert _client_kwargs(aws, None, 8)["config"].connect_timeout == 5
     assert _client_kwargs(other, None, 8)["config"].connect_timeout == 5
+
+
+def test_a_user_agent_is_built_once_per_feature_set_and_sent_as_botocore_builds_it(
+    location, prefix, monkeypatch
+):
+    """botocore builds the header twice per request; the cache builds each distinct
+    header once per client, and the headers sent are the ones botocore would send."""
+    from botocore.useragent import UserAgentString
+
+    built = []
+    build = UserAgentString.to_string
+
+    def counted(self: UserAgentString) -> str:
+        built.append(self)
+        return build(self)
+
+    monkeypatch.setattr(UserAgentString, "to_string", counted)
+    loc, creds = location
+
+    async def sent(cached: bool) -> list[str]:
+        st = S3Store(loc, credentials=creds)
+        headers: list[str] = []
+        try:
+            client = await st._ensure()
+            if not cached:
+                del client._user_agent_creator.to_string  # botocore's own, per request
+            client.meta.events.register(
+                "before-send.s3", lambda request, **_: headers.append(request.headers["User-Agent"])
+            )
+            for i in range(3):
+                await st.put(f"{prefix}/ua/{i}", b"x", if_none_match=True)
+                await st.get(f"{prefix}/ua/{i}")
+                await st.delete(f"{prefix}/ua/{i}")
+            await st.list_objects(f"{prefix}/ua/")
+            return headers
+        finally:
+            await st.close()
+
+    uncached = asyncio.run(sent(cached=False))
+    per_request = len(built)
+    built.clear()
+    cached = asyncio.run(sent(cached=True))
+    assert cached == uncached and len(cached) == 10
+    assert per_request >= 2 * len(uncached)  # what the cache saves: two builds a request
+    assert 1 <= len(built) <= len(set(cached)) + 1, len(built)

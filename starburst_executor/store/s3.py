@@ -198,6 +198,42 @@ def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
         headers.pop("Expect", None)
 
 
+USER_AGENTS_CACHED = 64  # distinct feature sets a client's User-Agent cache holds
+
+
+def cache_user_agent(client: Any) -> None:
+    """Build each of the client's User-Agent headers once, not twice per request.
+
+    botocore assembles the header from a few dozen sanitised parts before each request
+    and again while signing it: about a sixth of the client's CPU per request (profiled
+    on PUTs: 2 ms each, which bounds one client's submits per second). The string
+    depends only on the client (fixed once made) and on the feature ids the request
+    registered, so it is kept per set of features. A botocore without the parts this
+    relies on keeps building it per request."""
+    from botocore.context import get_context
+
+    creator = getattr(client, "_user_agent_creator", None)
+    build = getattr(creator, "to_string", None)
+    if build is None or not hasattr(creator, "_client_features"):
+        return
+    built: dict[tuple[frozenset[str], frozenset[str]], str] = {}
+
+    def to_string() -> str:
+        context = get_context()
+        key = (
+            frozenset(context.features) if context is not None else frozenset(),
+            frozenset(creator._client_features or ()),
+        )
+        found = built.get(key)
+        if found is None:
+            if len(built) >= USER_AGENTS_CACHED:
+                built.clear()
+            found = built[key] = build()
+        return found
+
+    creator.to_string = to_string  # the request-created handler calls it on the instance
+
+
 _prewarmed_session: Any = None  # set in worker template processes only (prewarm)
 # The SDK session that clients with explicit credentials share (the embedded server's):
 # loading the S3 model and endpoint rules once per process instead of once per client
@@ -356,6 +392,7 @@ class S3Store:
                     from . import fastparse
 
                     fastparse.install_on_client(client)
+                    cache_user_agent(client)
                     client.meta.events.register("before-send.s3", self._count)
                     client.meta.events.register("before-call.s3", _no_expect_continue)
                     self._client = client

@@ -212,7 +212,7 @@ def cache_user_agent(client: Any) -> None:
     relies on keeps building it per request."""
     from botocore.context import get_context
 
-    creator = getattr(client, "_user_agent_creator", None)
+    creator: Any = getattr(client, "_user_agent_creator", None)
     build = getattr(creator, "to_string", None)
     if build is None or not hasattr(creator, "_client_features"):
         return

@@ -97,6 +97,22 @@ def test_two_fresh_lost_races_in_a_row_move_the_worker_to_the_next_shard():
     assert shard.index == 0 and shard.collisions == 0
 
 
+def test_a_task_first_seen_after_a_long_gap_between_polls_may_have_been_stolen():
+    """A worker that ran late (its poll came long after the last) sees tasks that other
+    workers saw before it: losing them is no sign of a second owner of its shard."""
+    view = WorkView()
+    view.absorb(listing(*tasks(0)), LAYOUT, now=10.0)
+    assert not view.surely_unstolen(task_id(0), after=0.5, now=10.0)  # a backlog
+    view.absorb(listing(*tasks(0, 1)), LAYOUT, now=10.2)  # polls 0.2 s apart
+    assert view.surely_unstolen(task_id(1), after=0.5, now=10.3)
+    assert not view.surely_unstolen(task_id(1), after=0.5, now=10.8)  # waited since
+    view.absorb(listing(*tasks(0, 1, 2)), LAYOUT, now=13.0)  # 2.8 s late
+    assert view.first_seen[task_id(2)] == 13.0  # fresh to this worker ...
+    assert not view.surely_unstolen(task_id(2), after=0.5, now=13.0)  # ... not to others
+    view.drop({task_id(2)})
+    assert task_id(2) not in view.published_after
+
+
 def test_the_rate_and_when_the_shards_next_task_is_due():
     shard = Shard(width=4, index=0)
     view = WorkView()

@@ -54,6 +54,9 @@ class WorkView:
     seen: set[str] = field(default_factory=set)  # ids listed above top - SUBMIT_WINDOW
     # pending since (monotonic), in the order the tasks were first seen
     first_seen: dict[str, float] = field(default_factory=dict)
+    # published after (monotonic): the poll before the one that first showed the task,
+    # when it was not there yet. Other workers may have seen it since then.
+    published_after: dict[str, float] = field(default_factory=dict)
     # (previous poll, new tasks this poll showed): what arrived between two polls
     arrivals: deque[tuple[float, int]] = field(default_factory=deque)
     first_poll: float | None = None
@@ -106,6 +109,7 @@ class WorkView:
             self.tasks.sort()  # ids sort in index order; a late one lands in its place
             for tid in new:
                 self.first_seen[tid] = now
+                self.published_after[tid] = self.refreshed
             self.top = max(self.top, task_index(new[-1]))
             floor = self.top - SUBMIT_WINDOW  # the listing never shows these again
             self.seen = {t for t in self.seen if task_index(t) > floor}
@@ -122,6 +126,13 @@ class WorkView:
             self.nothing_running = False
         self.refreshed = now
 
+    def surely_unstolen(self, tid: str, after: float, now: float) -> bool:
+        """Whether no other worker can have stolen ``tid`` yet: it was published less
+        than ``after`` (the steal wait) ago, as bounded by the poll before the one that
+        first showed it. A worker that ran late sees its tasks first long after others
+        did, however fresh they look to it."""
+        return now - self.published_after.get(tid, float("-inf")) < after
+
     def drop(self, tids: set[str]) -> None:
         """Forget tasks now known to be claimed. A few (one claim) are found by
         bisection, so a claim costs the same with 100,000 tasks pending as with ten."""
@@ -136,6 +147,7 @@ class WorkView:
             self.tasks = [t for t in self.tasks if t not in tids]
         for t in tids:
             self.first_seen.pop(t, None)
+            self.published_after.pop(t, None)
 
 
 @dataclass
@@ -161,9 +173,11 @@ class Shard:
         return task_index(tid) % self.width == self.index
 
     def lost_race(self, fresh: bool) -> None:
-        """An own task was claimed by another worker. Nobody steals a task this fresh:
-        another worker owns this shard too. Once could be a steal from a late owner;
-        twice running is not, and this worker moves to the next shard."""
+        """An own task was claimed by another worker. ``fresh``: nobody could have
+        stolen it yet (``WorkView.surely_unstolen``), so another worker owns this shard
+        too. Once could still be chance; twice running is not, and this worker moves to
+        the next shard. A task lost after this worker ran late (others saw it first and
+        stole it) says nothing of a second owner, and resets the count."""
         self.collisions = self.collisions + 1 if fresh else 0
         if self.collisions >= 2:
             self.index, self.collisions = (self.index + 1) % self.width, 0

@@ -565,7 +565,8 @@ class Worker:
                 self._shard.collisions = 0
                 return tid, claim
             self.stats.lost_races += 1
-            self._shard.lost_race(fresh=fresh)
+            # Another owner of this shard, or a steal from this one running late?
+            self._shard.lost_race(fresh=view.surely_unstolen(tid, after, now))
         return None
 
     async def _claim_and_read(self, tid: str, *, read: bool) -> claims.Claim | None:

@@ -48,18 +48,21 @@ def server_cpu_s() -> float:
 
 def machine_cpu_s() -> tuple[float, float]:
     """(busy, elapsed) CPU seconds of the whole machine so far, all cores summed: every
-    process here (server, proxy, client, workers, task processes, other load) counts."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
+    process here (server, proxy, client, workers, task processes, and any other load)
+    counts. From /proc/stat: user nice system idle iowait irq softirq steal (guest time is
+    already in user and nice); idle, iowait and steal (the hypervisor's) are not busy."""
+    head = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    fields = [int(x) for x in head[1:9]]
     tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields) - idle) / tick, sum(fields) / tick
+    total = sum(fields)
+    return (total - fields[3] - fields[4] - fields[7]) / tick, total / tick
 
 
 def machine_share(before: tuple[float, float], n: int) -> dict[str, float]:
     """The machine's CPU spent per call since ``before``, and how busy its cores were:
     near 1.0, the figure is bound by this machine's cores, not by waiting."""
     busy, total = machine_cpu_s()
-    spent = busy - before[0]
+    spent = max(busy - before[0], 1e-9)
     return {
         "machine_cpu_ms_per_call": spent / n * 1000,
         "machine_busy": spent / max(total - before[1], 1e-9),
@@ -399,8 +402,8 @@ def report(res: dict[str, Any]) -> str:
             slow["submits"]["durable_s"] <= 20,
         ),
         row(
-            "Ceiling here: the machine's CPU per submit (all processes), cores busy, and "
-            "the most submits/s its 2 cores allow",
+            "Ceiling here: the machine's CPU per submit (every process on it), cores busy, "
+            "and the most submits/s its cores allow",
             lambda c: (
                 f"{c['submits']['machine_cpu_ms_per_call']:.2f} ms, "
                 f"{c['submits']['machine_busy']:.0%} busy: "
@@ -425,8 +428,9 @@ def report(res: dict[str, Any]) -> str:
             None,
         ),
         row(
-            "Ceiling here: the machine's CPU per task (server, proxy, client, workers, task "
-            "processes), cores busy, and the most tasks/s its 2 cores allow",
+            "Ceiling here: the machine's CPU per task (every process on it: server, proxy, "
+            "client, workers, task processes), cores busy, and the most tasks/s its cores "
+            "allow",
             lambda c: (
                 f"{c['submit_tasks']['machine_cpu_ms_per_call']:.1f} ms, "
                 f"{c['submit_tasks']['machine_busy']:.0%} busy: "

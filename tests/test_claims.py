@@ -87,3 +87,22 @@ def test_cancel_claim_blocks_workers(store, prefix):
     assert store.run(claims.try_claim(store, layout, tid, "w-worker")) is None
     read = store.run(claims.read_claim(store, layout, tid))
     assert read is not None and read.state == "cancelled"
+
+
+def test_an_owners_claim_says_so_through_renewals_and_a_takeover_does_not(store, prefix):
+    """An owner that loses a task reads the winner's claim: only another owner's claim
+    means a shared shard (a steal, a takeover or a hand-back's claimer does not)."""
+    layout = SessionLayout(prefix, new_session_id())
+    mine, stolen = task_id(0), task_id(1)
+    claim = store.run(claims.try_claim(store, layout, mine, "w-owner-a", owner=True))
+    assert claim is not None and claim.owner
+    assert store.run(claims.try_claim(store, layout, mine, "w-owner-b", owner=True)) is None
+    read = store.run(claims.read_claim(store, layout, mine))
+    assert read is not None and read.owner and read.worker_id == "w-owner-a"
+    renewed = store.run(claims.renew(store, layout, claim))
+    assert renewed is not None and renewed.owner and renewed.renewals == 1
+    read = store.run(claims.read_claim(store, layout, mine))
+    assert read is not None and read.owner and read.etag == renewed.etag
+    store.run(claims.try_claim(store, layout, stolen, "w-stealer"))
+    read = store.run(claims.read_claim(store, layout, stolen))
+    assert read is not None and not read.owner

@@ -27,6 +27,7 @@ new body, hence a new ETag.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class Claim:
     etag: str
     state: ClaimState = "running"
     renewals: int = 0
+    # Claimed by the owner of the task's shard (``_core/workview.py``), not by a steal, a
+    # takeover or a hand-back's next claimer: an owner that loses a task to another owner
+    # shares its shard.
+    owner: bool = False
 
     def body(self) -> bytes:
         return json.dumps(
@@ -60,6 +65,7 @@ class Claim:
                 "attempt": self.attempt,
                 "state": self.state,
                 "renewals": self.renewals,
+                "owner": self.owner,
                 "written": time.time(),
             }
         ).encode()
@@ -80,18 +86,20 @@ async def try_claim(
     worker_id: str,
     *,
     state: ClaimState = "running",
+    owner: bool = False,
 ) -> Claim | None:
-    """Create the claim of a pending task; None when somebody else got there first."""
-    claim = Claim(task_id, worker_id, 1, "", state)
+    """Create the claim of a pending task; None when somebody else got there first.
+    ``owner``: the claimer owns the task's shard."""
+    claim = Claim(task_id, worker_id, 1, "", state, owner=owner)
     etag = await conditional_put(
         store, layout.key("claims", task_id), claim.body(), if_none_match=True
     )
-    return None if etag is None else Claim(task_id, worker_id, 1, etag, state)
+    return None if etag is None else Claim(task_id, worker_id, 1, etag, state, owner=owner)
 
 
 async def renew(store: ObjectStore, layout: SessionLayout, claim: Claim) -> Claim | None:
     """Extend the lease; None when the claim was taken over (the lease is lost)."""
-    nxt = Claim(claim.task_id, claim.worker_id, claim.attempt, "", claim.state, claim.renewals + 1)
+    nxt = dataclasses.replace(claim, etag="", renewals=claim.renewals + 1)
     try:
         etag = await conditional_put(
             store, layout.key("claims", claim.task_id), nxt.body(), if_match=claim.etag
@@ -100,7 +108,7 @@ async def renew(store: ObjectStore, layout: SessionLayout, claim: Claim) -> Clai
         return None
     if etag is None:
         return None
-    return Claim(nxt.task_id, nxt.worker_id, nxt.attempt, etag, nxt.state, nxt.renewals)
+    return dataclasses.replace(nxt, etag=etag)
 
 
 async def read_claim(store: ObjectStore, layout: SessionLayout, task_id: str) -> Claim | None:
@@ -116,6 +124,7 @@ async def read_claim(store: ObjectStore, layout: SessionLayout, task_id: str) ->
         blob.etag,
         "cancelled" if data.get("state") == "cancelled" else "running",
         int(data.get("renewals", 0)),
+        owner=data.get("owner") is True,
     )
 
 

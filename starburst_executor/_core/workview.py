@@ -6,14 +6,15 @@ they showed, with the clock passed in, so the choice can be tested without a sto
 The session's task ids are dealt into ``width`` shards (``max_workers``) by index
 modulo ``width``. A worker owns one shard (at start, its rank among the workers the
 client registered, so a fleet launched together starts on distinct shards) and
-claims its tasks directly, with no claims listing: a lost race on a task just
-published means another worker owns the same shard, and the loser moves on to the
-next shard, so owners settle on distinct shards. A worker whose shard is empty steals
-another shard's task once it has waited longer than its owner would take (its owner
-is busy, or there is none): a claims LIST first, backing off while such checks find
-nothing to take. Polls are timed by the arrival rate every worker sees in the same
-listings: a worker sleeps until its shard's next task is due, so the fleet polls
-about once per task, whatever its size.
+claims its tasks directly, with no claims listing. Its claims say they are an owner's:
+an own task lost to another owner's claim (the loser reads it) means another worker owns
+the same shard, and the loser moves on to the next shard, so owners settle on distinct
+shards; a task stolen from a worker that ran late does not move it. A worker whose
+shard is empty steals another shard's task once it has waited longer than its owner
+would take (its owner is busy, or there is none): a claims LIST first, backing off
+while such checks find nothing to take. Polls are timed by the arrival rate every
+worker sees in the same listings: a worker sleeps until its shard's next task is due,
+so the fleet polls about once per task, whatever its size.
 """
 
 from __future__ import annotations
@@ -54,9 +55,6 @@ class WorkView:
     seen: set[str] = field(default_factory=set)  # ids listed above top - SUBMIT_WINDOW
     # pending since (monotonic), in the order the tasks were first seen
     first_seen: dict[str, float] = field(default_factory=dict)
-    # published after (monotonic): the poll before the one that first showed the task,
-    # when it was not there yet. Other workers may have seen it since then.
-    published_after: dict[str, float] = field(default_factory=dict)
     # (previous poll, new tasks this poll showed): what arrived between two polls
     arrivals: deque[tuple[float, int]] = field(default_factory=deque)
     first_poll: float | None = None
@@ -109,7 +107,6 @@ class WorkView:
             self.tasks.sort()  # ids sort in index order; a late one lands in its place
             for tid in new:
                 self.first_seen[tid] = now
-                self.published_after[tid] = self.refreshed
             self.top = max(self.top, task_index(new[-1]))
             floor = self.top - SUBMIT_WINDOW  # the listing never shows these again
             self.seen = {t for t in self.seen if task_index(t) > floor}
@@ -126,13 +123,6 @@ class WorkView:
             self.nothing_running = False
         self.refreshed = now
 
-    def surely_unstolen(self, tid: str, after: float, now: float) -> bool:
-        """Whether no other worker can have stolen ``tid`` yet: it was published less
-        than ``after`` (the steal wait) ago, as bounded by the poll before the one that
-        first showed it. A worker that ran late sees its tasks first long after others
-        did, however fresh they look to it."""
-        return now - self.published_after.get(tid, float("-inf")) < after
-
     def drop(self, tids: set[str]) -> None:
         """Forget tasks now known to be claimed. A few (one claim) are found by
         bisection, so a claim costs the same with 100,000 tasks pending as with ten."""
@@ -147,7 +137,6 @@ class WorkView:
             self.tasks = [t for t in self.tasks if t not in tids]
         for t in tids:
             self.first_seen.pop(t, None)
-            self.published_after.pop(t, None)
 
 
 @dataclass
@@ -172,13 +161,13 @@ class Shard:
     def owns(self, tid: str) -> bool:
         return task_index(tid) % self.width == self.index
 
-    def lost_race(self, fresh: bool) -> None:
-        """An own task was claimed by another worker. ``fresh``: nobody could have
-        stolen it yet (``WorkView.surely_unstolen``), so another worker owns this shard
-        too. Once could still be chance; twice running is not, and this worker moves to
-        the next shard. A task lost after this worker ran late (others saw it first and
-        stole it) says nothing of a second owner, and resets the count."""
-        self.collisions = self.collisions + 1 if fresh else 0
+    def lost_race(self, to_owner: bool) -> None:
+        """An own task was claimed by another worker. ``to_owner``: its claim says it
+        owns this shard too; twice without a win between, and this worker moves to the
+        next shard (the other stays: it won meanwhile). A task stolen from this worker
+        (it ran late, and others saw its tasks first) says nothing of a second owner."""
+        if to_owner:
+            self.collisions += 1
         if self.collisions >= 2:
             self.index, self.collisions = (self.index + 1) % self.width, 0
 

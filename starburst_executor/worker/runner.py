@@ -565,9 +565,18 @@ class Worker:
                 self._shard.collisions = 0
                 return tid, claim
             self.stats.lost_races += 1
-            # Another owner of this shard, or a steal from this one running late?
-            self._shard.lost_race(fresh=view.surely_unstolen(tid, after, now))
+            self._shard.lost_race(to_owner=self._lost_to_owner(tid))
         return None
+
+    def _lost_to_owner(self, tid: str) -> bool:
+        """Whether the claim that beat ours on ``tid`` is another owner's of its shard
+        (one GET, on lost races only: a steal from this worker, when it ran late, must
+        not make it leave its shard for another owner's)."""
+        try:
+            winner = self.loop.run(claims.read_claim(self.store, self.layout, tid))
+        except (StarburstError, ValueError):
+            return False
+        return winner is not None and winner.owner and winner.worker_id != self.worker_id
 
     async def _claim_and_read(self, tid: str, *, read: bool) -> claims.Claim | None:
         """Claim ``tid``, with ``read`` reading its payload in the same round trip (the
@@ -580,7 +589,7 @@ class Worker:
             return None
 
         claim, blob = await asyncio.gather(
-            claims.try_claim(self.store, self.layout, tid, self.worker_id), payload()
+            claims.try_claim(self.store, self.layout, tid, self.worker_id, owner=True), payload()
         )
         if claim is not None and blob is not None:
             self._prefetched[tid] = blob

@@ -245,6 +245,10 @@ def test_attach_while_workers_start_does_not_launch_more(prefix, tmp_path):
     ex = DetachedExecutor(max_workers=1)
     try:
         ex.submit(tasks.touch_then_wait, str(tmp_path / "s"), str(tmp_path / "r"))
+        # Submits are pipelined: the worker is launched once the call is durable, and
+        # registered right after (a loaded machine took longer than attach did).
+        ex.flush()
+        wait_until(lambda: ex._runtime.loop.run(ex._session.workers()), "the worker's entry")
         # The worker is still importing: only the launcher's "starting" entry exists.
         other = DetachedExecutor.attach(ex.session_id)
         assert other._runtime.launcher.live_count(ex.session_id) == 1

@@ -36,6 +36,16 @@ CLIENT_NICE = -19  # the test process (the client) and its S3 server
 WORKER_NICE = -10  # the workers: below those two, above everything else on the machine
 
 
+def autogroup_nice(group: Path) -> str | None:
+    """The autogroup's niceness ("/autogroup-1 nice 0"), or None where there is none to
+    set: no file, or an empty one (a kernel booted with autogroups off reads empty)."""
+    try:
+        m = re.search(r"\bnice\s+(-?\d+)", group.read_text())
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
 class Priorities:
     """Emulates AWS's separate machines on this one, where it is allowed (root).
 
@@ -58,7 +68,7 @@ class Priorities:
         group = Path(f"/proc/{pid}/autogroup")
         try:  # each where allowed (root), else the test runs as it is
             before = os.getpriority(os.PRIO_PROCESS, pid)
-            before_group = group.read_text().split()[-1] if group.exists() else None
+            before_group = autogroup_nice(group)
             os.setpriority(os.PRIO_PROCESS, pid, nice)
         except OSError:  # not allowed, or the process ended
             return

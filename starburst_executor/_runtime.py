@@ -37,7 +37,7 @@ from .launch.base import Launcher
 from .launch.local import LocalLauncher
 from .launch_spec import BACKENDS, ECS_ONLY, Backend, LaunchSpec
 from .store.local_server import LocalServer, read_credentials
-from .store.s3 import S3Store
+from .store.s3 import S3Store, refuse_fast
 
 
 class Runtime:
@@ -225,6 +225,7 @@ def open_store(
         region=region,
         backend=choose_backend(backend),
     )
+    refuse_fast(location)
     return Runtime(location, credentials)
 
 

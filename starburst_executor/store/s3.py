@@ -26,7 +26,10 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
 )
@@ -185,6 +189,41 @@ def translate_error(
     return EndpointUnreachable(
         f"s3:{operation} on {where} failed: cannot reach {endpoint or 'AWS S3'} ({err}); {fix}"
     )
+
+
+def refuse_fast(location: StoreLocation, timeout: float = 5.0) -> None:
+    """Raise ``EndpointUnreachable`` at once when an explicit endpoint refuses a
+    connection or names no host. Botocore retries a connect error with backoff, about
+    30 s before the first error reaches a user who mistyped ``endpoint_url``. A connect
+    that is only slow, a transient name lookup, or an endpoint behind a proxy is left to
+    botocore's retries: only an answer that no retry can change fails here."""
+    url = location.endpoint_url
+    if not url or location.local_home is not None:  # AWS, or the server started for us
+        return
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    failure: OSError
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return
+    except ConnectionRefusedError as err:
+        failure = err
+    except socket.gaierror as err:
+        if err.errno != socket.EAI_NONAME:
+            return
+        failure = err
+    except OSError:
+        return
+    raise translate_error(
+        EndpointConnectionError(endpoint_url=url, error=failure),
+        operation="connect",
+        bucket=location.bucket,
+        key=location.prefix,
+        location=location,
+    ) from failure
 
 
 def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:

@@ -129,4 +129,6 @@ def test_missing_credentials_and_unreachable_endpoint_are_told_apart(
         DetachedExecutor(endpoint_url=nowhere, bucket="starburst")
     text = str(unreachable.value)
     assert f"cannot reach {nowhere}" in text and f"a server listens at {nowhere}" in text
+    # Told by the refused connect itself, not after botocore's connect retries (30 s).
+    assert isinstance(unreachable.value.__cause__, ConnectionRefusedError)
     assert "local status" not in text

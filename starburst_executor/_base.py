@@ -137,6 +137,7 @@ class SessionExecutor(concurrent.futures.Executor):
         runtime = open_runtime(options)
         session = SessionStore(runtime.store, runtime.location.prefix, new_session_id())
         try:
+            runtime.probe()
             # The deadline is on the store's clock, as workers judge it: a client clock
             # that is hours off moves neither the deadline nor any lease.
             now = runtime.loop.run(session.server_time()).timestamp()

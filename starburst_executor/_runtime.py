@@ -64,6 +64,11 @@ class Runtime:
         """How this runtime's workers launch (image and placement resolved)."""
         return self.launcher.spec
 
+    def probe(self) -> None:
+        """Fail at once if an explicit endpoint refuses connections (``refuse_fast``):
+        before a client's first request, not a worker's, which rides a restart through."""
+        refuse_fast(self.location)
+
     def start_launcher(self, spec: LaunchSpec) -> Launcher:
         self._launcher = make_launcher(spec, self.location)
         return self._launcher
@@ -215,9 +220,11 @@ def open_store(
     bucket: str | None = None,
     prefix: str | None = None,
     region: str | None = None,
+    probe: bool = True,
 ) -> Runtime:
     """Open the store ``backend`` and the location arguments choose; no launcher yet
-    (an attached session's comes from its manifest)."""
+    (an attached session's comes from its manifest). With ``probe``, an explicit
+    endpoint that refuses connections fails here (``refuse_fast``)."""
     location, credentials = resolve_location(
         endpoint_url=endpoint_url,
         bucket=bucket,
@@ -225,7 +232,8 @@ def open_store(
         region=region,
         backend=choose_backend(backend),
     )
-    refuse_fast(location)
+    if probe:
+        refuse_fast(location)
     return Runtime(location, credentials)
 
 
@@ -240,6 +248,7 @@ def open_runtime(options: Mapping[str, Any]) -> Runtime:
         bucket=options.get("bucket"),
         prefix=options.get("prefix"),
         region=options.get("region"),
+        probe=False,  # the session's creation contacts the store, and probes first
     )
     try:
         runtime.start_launcher(replace(spec, region=runtime.location.region))

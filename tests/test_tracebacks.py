@@ -131,4 +131,9 @@ def test_missing_credentials_and_unreachable_endpoint_are_told_apart(
     assert f"cannot reach {nowhere}" in text and f"a server listens at {nowhere}" in text
     # Told by the refused connect itself, not after botocore's connect retries (30 s).
     assert isinstance(unreachable.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(EndpointUnreachable) as on_attach:
+        DetachedExecutor.attach(
+            "session-0123456789abcdef", endpoint_url=nowhere, bucket="starburst"
+        )
+    assert isinstance(on_attach.value.__cause__, ConnectionRefusedError)
     assert "local status" not in text

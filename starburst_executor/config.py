@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,6 +121,21 @@ def starburst_home(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "starburst"
 
 
+def check_endpoint_url(url: str) -> tuple[str, int]:
+    """The host and port of an S3 endpoint URL, or ``ConfigError`` naming the fix."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise ConfigError(
+            f"invalid endpoint {url!r}: use http(s)://host[:port], for example "
+            f"http://127.0.0.1:9000 (endpoint_url / {ENV_ENDPOINT})"
+        )
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreLocation:
     """Where sessions live: endpoint, bucket, key prefix and request options.
@@ -148,6 +164,8 @@ class StoreLocation:
                 f"invalid key prefix {self.prefix!r}: use letters, digits, '.', '_', '-' "
                 "in at most four '/'-separated parts"
             )
+        if self.endpoint_url is not None:
+            check_endpoint_url(self.endpoint_url)
 
     def owner_extra(self) -> dict[str, Any]:
         """Parameters every S3 call carries (the bucket-owner check on AWS)."""

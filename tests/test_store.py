@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -10,10 +11,12 @@ from starburst_executor.config import StoreLocation
 from starburst_executor.errors import (
     AccessDenied,
     BucketNotFound,
+    ConfigError,
+    EndpointUnreachable,
     ObjectNotFound,
     PreconditionFailed,
 )
-from starburst_executor.store.s3 import S3Store
+from starburst_executor.store.s3 import S3Store, refuse_fast
 
 
 def test_create_only_put_has_one_winner(store, prefix):
@@ -290,3 +293,48 @@ def test_a_user_agent_is_built_once_per_feature_set_and_sent_as_botocore_builds_
     assert cached == uncached and len(cached) == 10
     assert per_request >= 2 * len(uncached)  # what the cache saves: two builds a request
     assert 1 <= len(built) <= len(set(cached)) + 1, len(built)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_endpoint_that_keeps_refusing_fails_at_once_unless_a_proxy_carries_it(monkeypatch):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    there = StoreLocation(bucket="starburst", endpoint_url=url)
+    with pytest.raises(EndpointUnreachable, match=f"cannot connect to {url}: connection refused"):
+        refuse_fast(there)
+    # Through a proxy only the proxy's answer counts (botocore's rule, NO_PROXY included).
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    refuse_fast(there)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(EndpointUnreachable):
+        refuse_fast(there)
+    # The embedded server is started (and restarted) for the user: never probed here.
+    refuse_fast(StoreLocation(bucket="starburst", endpoint_url=url, local_home="/nowhere"))
+
+
+def test_a_host_name_that_does_not_resolve_is_named(monkeypatch):
+    def no_such_name(address: object, timeout: float) -> socket.socket:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_such_name)
+    there = StoreLocation(bucket="starburst", endpoint_url="https://s3.exmaple.com")
+    with pytest.raises(EndpointUnreachable, match=r"host name 's3\.exmaple\.com' does not resolve"):
+        refuse_fast(there)
+
+    def lookup_failed_for_now(address: object, timeout: float) -> socket.socket:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", lookup_failed_for_now)
+    refuse_fast(there)  # botocore's retries decide
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:9000", "ftp://127.0.0.1:9000", "http://127.0.0.1:port", "http://:9000"]
+)
+def test_an_endpoint_that_is_not_a_url_is_a_config_error(url):
+    with pytest.raises(ConfigError, match=r"invalid endpoint .*http\(s\)://host\[:port\]"):
+        StoreLocation(bucket="starburst", endpoint_url=url)

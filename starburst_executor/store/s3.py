@@ -28,8 +28,8 @@ import os
 import random
 import socket
 import threading
+import time
 import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
 )
 
-from ..config import StoreLocation
+from ..config import ENV_ENDPOINT, StoreLocation, check_endpoint_url
 from ..errors import (
     AccessDenied,
     BucketNotFound,
@@ -191,39 +190,50 @@ def translate_error(
     )
 
 
-def refuse_fast(location: StoreLocation, timeout: float = 5.0) -> None:
-    """Raise ``EndpointUnreachable`` at once when an explicit endpoint refuses a
-    connection or names no host. Botocore retries a connect error with backoff, about
-    30 s before the first error reaches a user who mistyped ``endpoint_url``. A connect
-    that is only slow, a transient name lookup, or an endpoint behind a proxy is left to
-    botocore's retries: only an answer that no retry can change fails here."""
+REFUSED_FOR = 2.0  # a server that is starting refuses for a moment; a wrong port for good
+
+
+def refuse_fast(location: StoreLocation, timeout: float = 2.0) -> None:
+    """Raise ``EndpointUnreachable`` at once when an explicit endpoint keeps refusing
+    connections (for ``REFUSED_FOR`` seconds) or its host name does not resolve.
+
+    Botocore retries a connect error with backoff, about 30 s before the first error
+    reaches a user who mistyped ``endpoint_url``. A connect that is only slow, a
+    transient name lookup and an endpoint reached through a proxy (botocore's own rule)
+    are left to botocore's retries. Runs in the caller's thread, before its first request.
+    """
     url = location.endpoint_url
     if not url or location.local_home is not None:  # AWS, or the server started for us
         return
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname
-    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+    from botocore.utils import get_environ_proxies
+
+    host, port = check_endpoint_url(url)
+    if get_environ_proxies(url).get(urllib.parse.urlsplit(url).scheme):
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    failure: OSError
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return
-    except ConnectionRefusedError as err:
-        failure = err
-    except socket.gaierror as err:
-        if err.errno != socket.EAI_NONAME:
+    deadline = time.monotonic() + REFUSED_FOR
+    cause: OSError
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
             return
-        failure = err
-    except OSError:
-        return
-    raise translate_error(
-        EndpointConnectionError(endpoint_url=url, error=failure),
-        operation="connect",
-        bucket=location.bucket,
-        key=location.prefix,
-        location=location,
-    ) from failure
+        except ConnectionRefusedError as err:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)  # polling the port with a bounded deadline
+                continue
+            why, fix, cause = "connection refused", "check that an S3 server listens there", err
+        except socket.gaierror as err:
+            if err.errno != socket.EAI_NONAME:
+                return
+            why, fix, cause = (
+                f"host name {host!r} does not resolve",
+                "check its spelling and the network",
+                err,
+            )
+        except OSError:
+            return
+        raise EndpointUnreachable(
+            f"cannot connect to {url}: {why}; {fix} (endpoint_url / {ENV_ENDPOINT})"
+        ) from cause
 
 
 def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:

@@ -671,8 +671,8 @@ def cleanup_sessions(
     for info in chosen:
         try:
             ex = DetachedExecutor.attach(info.session_id, launch_workers=False, **where)
-        except StarburstError:
-            continue  # deleted meanwhile by someone else
+        except SessionNotFound:
+            continue  # deleted meanwhile by someone else; any other error is the caller's
         ex.cleanup(stop_workers=True, force=True)
     return chosen
 

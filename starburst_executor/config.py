@@ -21,6 +21,11 @@ named by one constant below:
 ``STARBURST_SPOT_WATCH``       worker: ``1`` watches EC2's Spot interruption notice
 ``STARBURST_IMDS_ENDPOINT``    worker: the instance metadata endpoint (tests)
 ``STARBURST_STORED_FD``        worker forked locally: where it says its outcome is stored
+``STARBURST_SESSION_ID``       worker: its session (``WORKER_ID``, ``TASK_ID``,
+                               ``TAKEOVER``, ``WORKER_LOG`` alike: set by the launcher)
+``STARBURST_EXPECTED_BUCKET_OWNER``  worker: the account the bucket must belong to
+``STARBURST_TERM_GRACE``       worker: seconds it gets after SIGTERM (default 100)
+``STARBURST_LOG_LEVEL``        worker: its log level (default ``INFO``)
 ``ECS_CONTAINER_METADATA_URI_V4`` worker on ECS (set by ECS): its task's metadata
 =============================  ===================================================
 

@@ -3,31 +3,31 @@
 Environment variables (read when a function here is called, never at import), each
 named by one constant below:
 
-=============================  ===================================================
-``STARBURST_HOME``             state directory of the embedded local S3 server
-``STARBURST_S3_ENDPOINT``      an S3-compatible endpoint to use instead of it
-``STARBURST_BUCKET``           the bucket on that endpoint
-``STARBURST_PREFIX``           key prefix for sessions (default ``starburst``)
-``STARBURST_REGION``           region (``resolve_region`` gives the precedence)
-``STARBURST_BACKEND``          ``local`` (default) or ``ecs``
-``STARBURST_SSE``              ``AES256`` (default on AWS) or ``aws:kms``
-``STARBURST_SSE_KMS_KEY_ID``   the KMS key for ``aws:kms``
-``STARBURST_SHIP_CODE``        ``0`` turns off shipping the user's own modules
-``STARBURST_RETENTION``        how long a finished session is kept (default ``7d``)
-``STARBURST_FORKSERVER``       ``0``: start local per-call workers as subprocesses
-``STARBURST_MAX_OBJECT_BYTES`` the largest pickled call or result
-``STARBURST_CONFIG_DIR``       where ``starburst setup`` saves ``aws.json``
-``STARBURST_AWS_ENDPOINT``     one endpoint for every AWS control-plane call (tests)
-``STARBURST_SPOT_WATCH``       worker: ``1`` watches EC2's Spot interruption notice
-``STARBURST_IMDS_ENDPOINT``    worker: the instance metadata endpoint (tests)
-``STARBURST_STORED_FD``        worker forked locally: where it says its outcome is stored
-``STARBURST_SESSION_ID``       worker: its session (``WORKER_ID``, ``TASK_ID``,
-                               ``TAKEOVER``, ``WORKER_LOG`` alike: set by the launcher)
+===================================  ===================================================
+``STARBURST_HOME``                   state directory of the embedded local S3 server
+``STARBURST_S3_ENDPOINT``            an S3-compatible endpoint to use instead of it
+``STARBURST_BUCKET``                 the bucket on that endpoint
+``STARBURST_PREFIX``                 key prefix for sessions (default ``starburst``)
+``STARBURST_REGION``                 region (``resolve_region`` gives the precedence)
+``STARBURST_BACKEND``                ``local`` (default) or ``ecs``
+``STARBURST_SSE``                    ``AES256`` (default on AWS) or ``aws:kms``
+``STARBURST_SSE_KMS_KEY_ID``         the KMS key for ``aws:kms``
+``STARBURST_SHIP_CODE``              ``0`` turns off shipping the user's own modules
+``STARBURST_RETENTION``              how long a finished session is kept (default ``7d``)
+``STARBURST_FORKSERVER``             ``0``: start local per-call workers as subprocesses
+``STARBURST_MAX_OBJECT_BYTES``       the largest pickled call or result
+``STARBURST_CONFIG_DIR``             where ``starburst setup`` saves ``aws.json``
+``STARBURST_AWS_ENDPOINT``           one endpoint for every AWS control-plane call (tests)
+``STARBURST_SPOT_WATCH``             worker: ``1`` watches EC2's Spot interruption notice
+``STARBURST_IMDS_ENDPOINT``          worker: the instance metadata endpoint (tests)
+``STARBURST_STORED_FD``              worker forked locally: where it says its outcome is stored
+``STARBURST_SESSION_ID``             worker: its session (``WORKER_ID``, ``TASK_ID``,
+                                     ``TAKEOVER``, ``WORKER_LOG`` alike: set by the launcher)
 ``STARBURST_EXPECTED_BUCKET_OWNER``  worker: the account the bucket must belong to
-``STARBURST_TERM_GRACE``       worker: seconds it gets after SIGTERM (default 100)
-``STARBURST_LOG_LEVEL``        worker: its log level (default ``INFO``)
-``ECS_CONTAINER_METADATA_URI_V4`` worker on ECS (set by ECS): its task's metadata
-=============================  ===================================================
+``STARBURST_TERM_GRACE``             worker: seconds it gets after SIGTERM (default 100)
+``STARBURST_LOG_LEVEL``              worker: its log level (default ``INFO``)
+``ECS_CONTAINER_METADATA_URI_V4``    worker on ECS (set by ECS): its task's metadata
+===================================  ===================================================
 
 A worker receives its session through the variables ``WorkerEnv`` reads, the same
 ones the ECS launcher passes as container overrides: ids and locations, never

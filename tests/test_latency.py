@@ -22,7 +22,7 @@ from starburst_executor._core.codec import (
     encode_call_pieces,
     payload_blobs,
 )
-from starburst_executor._core.layout import task_id
+from starburst_executor._core.layout import RELEASED_DIR, task_id
 from starburst_executor._core.loop import LoopThread
 from starburst_executor.errors import CorruptObject, ObjectNotFound, PicklingError, WorkerDied
 from starburst_executor.store.local_server import LocalServer, read_credentials
@@ -285,8 +285,9 @@ def test_a_busy_worker_claims_its_next_task_ahead_and_starts_it_when_the_slot_fr
 
 def test_a_task_claimed_ahead_is_handed_back_when_its_slot_runs_over(prefix, tmp_path):
     """A long task does not keep the task its worker claimed ahead from an idle worker."""
-    started, release = tmp_path / "started", tmp_path / "release"
+    held = [(tmp_path / f"started{i}", tmp_path / f"release{i}") for i in range(2)]
     ex = DetachedExecutor(max_workers=2, lease_seconds=600)
+    store, released = ex._runtime.store, ex._session.layout.dir("tasks") + RELEASED_DIR
     try:
         ex.scale(2)
         # Both workers learn how long a task takes (a claim ahead needs that).
@@ -298,22 +299,32 @@ def test_a_task_claimed_ahead_is_handed_back_when_its_slot_runs_over(prefix, tmp
             return len(ran_on) == 2
 
         wait_until(both_ran, "both workers to run a task", TIMEOUT)
-        slow = ex.submit(tasks.touch_then_wait, str(started), str(release))
+        # Both workers run a task that outlasts what they learned, so no idle worker takes
+        # the quick tasks first (beside two other suites one did): a worker claims one
+        # ahead, its slot runs over, and it hands that task back.
+        slow = [ex.submit(tasks.touch_then_wait, str(s), str(r)) for s, r in held]
+        for started, _ in held:
+            wait_until(started.exists, "both slow tasks to start", TIMEOUT)
         quick = [ex.submit(tasks.square, i) for i in range(6)]
-        wait_until(started.exists, "the slow task to start", TIMEOUT)
-        # Every quick task ends while the slow one still runs, including the ones its
-        # worker claimed ahead: those are handed back to the other worker.
+
+        def handed_back() -> bool:
+            return bool(ex._runtime.loop.run(store.list_objects(released)).objects)
+
+        wait_until(handed_back, "a task claimed ahead to be handed back", TIMEOUT)
+        held[1][1].write_text("go")
+        # The freed worker runs every quick task, the handed-back ones too, while the
+        # other slow task still runs; that one's worker ran none of them.
         assert [f.result(timeout=TIMEOUT) for f in quick] == [i * i for i in range(6)]
-        assert not slow.done()
-        release.write_text("go")
-        slow.result(timeout=TIMEOUT)
-        # The slow task's worker ran none of the quick ones: those it had claimed ahead
-        # went back, and the other worker ran them.
-        assert slow.worker_id not in {f.worker_id for f in quick}
+        assert not slow[0].done()
+        held[0][1].write_text("go")
+        slow[0].result(timeout=TIMEOUT)
+        assert slow[0].worker_id not in {f.worker_id for f in quick}
         ex.shutdown()
         stats = _worker_stats(ex)
         assert sum(s["ahead_handed_back"] for s in stats) >= 1, stats
     finally:
+        for _, release in held:
+            release.write_text("go")
         ex.cleanup(force=True)
 
 

@@ -134,8 +134,9 @@ def test_expired_session_refuses_work_and_workers_leave(prefix):
 
     from starburst_executor.errors import SessionExpired
 
-    # Long enough for a worker to start and run one call on a loaded machine.
-    ex = DetachedExecutor(max_workers=1, absolute_timeout=20)
+    # Long enough for a worker to start and run one call on a loaded machine (beside two
+    # suites, at a load of 20, starting two workers took more than 20 s).
+    ex = DetachedExecutor(max_workers=1, absolute_timeout=60)
     try:
         assert ex.submit(abs, -2).result(timeout=TIMEOUT) == 2
         deadline = time.monotonic() + 180  # the idle worker polls every 30 s at most

@@ -127,11 +127,13 @@ def test_2_hostile_exceptions_reach_the_future_and_the_worker_goes_on(prefix):
 
 def test_3_deadline_with_tasks_pending_ends_them_without_a_storm(prefix, tmp_path):
     release = tmp_path / "release"
-    ex = DetachedExecutor(max_workers=2, absolute_timeout=20, lease_seconds=4)
+    # Both workers must claim before the deadline (none claims after it): beside two
+    # suites (a load of 20 on 2 cores) that took more than 20 s.
+    ex = DetachedExecutor(max_workers=2, absolute_timeout=60, lease_seconds=4)
     sid = ex.session_id
     try:
         busy = [ex.submit(tasks.wait_for_file, str(release), 300) for _ in range(2)]
-        wait_until(lambda: ex.status().running == 2, "both workers busy")
+        wait_until(lambda: ex.status().running == 2, "both workers busy", 50)
         pending = [ex.submit(pow, i, 2) for i in range(4)]
         deadline = ex.deadline.timestamp()
         wait_until(lambda: time.time() > deadline + 1, "the deadline")

@@ -374,8 +374,19 @@ class LocalServer:
                 )
             try:
                 client.head_bucket(Bucket=LOCAL_BUCKET)
-                # A write proves the volume layer is up too, not just the gateway.
-                client.put_object(Bucket=LOCAL_BUCKET, Key=".ready", Body=b"")
+                # Restarted on old data, the server answers reads of it with 500s until
+                # its volumes are registered (seen at a load of 20): the marker the last
+                # start wrote must read back. A first start has none; a marker that
+                # never reads back (its volume lost) stops holding the start at half time.
+                try:
+                    client.get_object(Bucket=LOCAL_BUCKET, Key=".ready")["Body"].read()
+                except ClientError as err:
+                    missing = err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
+                    if not missing and time.monotonic() < deadline - START_TIMEOUT / 2:
+                        raise
+                # A write proves the volume layer is up too, not just the gateway. Not
+                # empty: an empty object has no chunk to read back from a volume.
+                client.put_object(Bucket=LOCAL_BUCKET, Key=".ready", Body=str(info.pid).encode())
                 return
             except (BotoCoreError, ClientError) as err:
                 last = err

@@ -35,8 +35,9 @@ from ..config import ENV_STORED_FD, ENV_TASK
 REAP_INTERVAL = 0.5  # a fallback: a worker's exit wakes the template (SIGCHLD)
 
 
-def _child(request: dict[str, Any], channel: tuple[int, ...]) -> None:
-    """In the forked worker: become the process ``python -m ...worker`` would have been."""
+def _child(request: dict[str, Any], channel: tuple[int, ...], logging_fd: int) -> None:
+    """In the forked worker: become the process ``python -m ...worker`` would have been.
+    Closing ``logging_fd`` tells the template its output now goes to its log."""
     code = 1
     try:
         os.setsid()
@@ -53,7 +54,7 @@ def _child(request: dict[str, Any], channel: tuple[int, ...]) -> None:
         os.dup2(log, 2)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in {log, null, *channel} - {0, 1, 2}:
+        for fd in {log, null, *channel, logging_fd} - {0, 1, 2}:
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
@@ -117,9 +118,18 @@ def serve() -> None:
                 request = json.loads(line)
                 sys.stdout.flush()
                 sys.stderr.flush()
+                logging, logging_fd = os.pipe()
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, (requests, replies, woken, wake))
+                    os.close(logging)
+                    _child(request, (requests, replies, woken, wake), logging_fd)
+                os.close(logging_fd)
+                # The pid is reported once the worker's output goes to its log: that is
+                # how a client attaching meanwhile tells the session's worker from a
+                # reused pid (``_procs.writes_under``). EOF when the child closed its end.
+                with contextlib.suppress(OSError):
+                    os.read(logging, 1)
+                os.close(logging)
                 children.add(pid)
                 reply({"pid": pid})
                 with contextlib.suppress(Exception):  # only a missed saving, never fatal

@@ -276,8 +276,11 @@ class DetachedExecutor(SessionExecutor):
         """Tell every worker to exit, then stop those of this launcher (idle by now)."""
         loop = self._runtime.loop
         loop.run(self._session.request_stop())
-        registry = loop.run(self._session.workers())
-        self._workers.stop(registry)
+        # Under the scale lock: a top-up in flight ends first, and none starts after
+        # (``_stopped``), so the registry read here holds every worker to stop.
+        with self._scale_lock:
+            registry = loop.run(self._session.workers())
+            self._workers.stop(registry)
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -546,6 +549,8 @@ class DetachedExecutor(SessionExecutor):
 
     def _top_up(self, workers: int) -> int:
         with self._scale_lock:
+            if self._stopped:  # shutdown stopped the workers: none may start after
+                return 0
             live = self._workers.live_count()
             missing = max(0, workers - live)
             if missing and not self._may_launch():

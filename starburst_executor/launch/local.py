@@ -401,19 +401,25 @@ class LocalLauncher:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + (STOP_GRACE if grace is None else grace)
-        while time.monotonic() < deadline and any(self._reap(pid) for pid in pids):
-            time.sleep(0.05)
+        self._wait_gone(pids, STOP_GRACE if grace is None else grace)
         for pid in pids:
             if self._reap(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+        # A killed process is gone only once the kernel has run its exit, which a loaded
+        # machine delays: none may outlive the stop (``shutdown(wait=True)`` says so).
+        self._wait_gone(pids, STOP_GRACE)
         for proc in self._procs.pop(session_id, []):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_GRACE)  # reaps; they were SIGKILLed above if need be
         self._adopted.pop(session_id, None)
         self._recent.pop(session_id, None)
         return len(pids)
+
+    def _wait_gone(self, pids: Collection[int], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(self._reap(pid) for pid in pids):
+            time.sleep(0.05)  # polling the processes with a bounded deadline
 
     def _reap(self, pid: int) -> bool:
         """True while ``pid`` is still running (reaps it if it is our child)."""

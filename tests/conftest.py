@@ -95,6 +95,12 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first: pytest-xdist hands tests out in collection order, and a minute-long
+    test handed out last would end the run alone while the other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under ``--dist loadgroup``, pytest-xdist groups a test by a suffix it writes into
     the node id's ``_nodeid`` slot. pytest 9.2 keeps node ids elsewhere: every group would

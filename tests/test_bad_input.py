@@ -129,6 +129,7 @@ def test_payload_and_result_over_the_object_limit(prefix, monkeypatch):
         ex.cleanup(force=True)
 
 
+@pytest.mark.long
 def test_expired_session_refuses_work_and_workers_leave(prefix):
     import time
 

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 import tasks
 from helpers import starburst, wait_until
 
@@ -211,6 +212,7 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.long
 def test_bulk_cleanup_by_retention_and_all(prefix, starburst_home, tmp_path):
     finished = DetachedExecutor(max_workers=1)
     assert finished.submit(tasks.square, 3).result(timeout=120) == 9

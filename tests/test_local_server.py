@@ -138,6 +138,7 @@ def test_unwritable_state_directory_is_a_clear_error(tmp_path):
         LocalServer(blocker / "home").ensure_running()
 
 
+@pytest.mark.long
 def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monkeypatch):
     """Two servers starting at once (two test runs, two users) can pick the same free
     port; the one that loses the race starts again on others instead of failing."""

@@ -125,6 +125,7 @@ def test_2_hostile_exceptions_reach_the_future_and_the_worker_goes_on(prefix):
 # -- 3. deadlines and stops: no claim abandoned, no launch storm, typed endings ------------
 
 
+@pytest.mark.long
 def test_3_deadline_with_tasks_pending_ends_them_without_a_storm(prefix, tmp_path):
     release = tmp_path / "release"
     # Both workers must claim before the deadline (none claims after it): beside two

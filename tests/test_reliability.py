@@ -132,6 +132,7 @@ def test_interpreter_exit_makes_every_submitted_call_durable(prefix):
         ex.cleanup(force=True)
 
 
+@pytest.mark.long
 def test_restarted_local_server_is_ridden_through(tmp_path, monkeypatch):
     home = tmp_path / "own-home"
     monkeypatch.setenv("STARBURST_HOME", str(home))

@@ -78,6 +78,7 @@ def test_409_that_never_clears_is_a_store_error_naming_the_key(proxied, starburs
         loop.close()
 
 
+@pytest.mark.long
 def test_tasks_run_exactly_once_with_409s_on_claims_renewals_and_results(proxied, tmp_path):
     proxy = proxied(conflict_fraction=0.3)
     path = tmp_path / "ran.txt"

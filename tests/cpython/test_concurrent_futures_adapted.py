@@ -83,6 +83,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import multiprocessing as mp
 
+import pytest
+
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from helpers import session_workers
 
@@ -954,6 +956,7 @@ class ExecutorTest:
         self.assertEqual(i.__next__(), (0, 1))
         self.assertRaises(ZeroDivisionError, i.__next__)
 
+    @pytest.mark.long  # Adapted: run first under -n (it waits out 5 * SLOW)
     def test_map_timeout(self):
         # Adapted: the call that must outlast the timeout waits on an event set after
         # it, not a 6 s sleep; the timeout still has to cover two quick calls (SLOW).

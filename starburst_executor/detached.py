@@ -694,7 +694,13 @@ async def _list_sessions(runtime: Runtime) -> list[SessionInfo]:
             try:
                 manifest, _ = await session.load()
                 status = await session.status()
-            except StarburstError:
+            except SessionNotFound:  # deleted since the listing
+                return None
+            except StarburstError as err:
+                # Not fatal to the listing, and never silent: the user may own it.
+                log.warning(
+                    "session %s is not listed: %s (try `starburst status %s`)", sid, err, sid
+                )
                 return None
             return SessionInfo(
                 session_id=sid,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -65,6 +66,24 @@ def test_manifest_from_a_newer_release_is_refused(prefix):
             DetachedExecutor.attach(ex.session_id)
     finally:
         ex.cleanup(force=True)
+
+
+def test_a_session_that_cannot_be_read_is_named_not_hidden_by_list_sessions(prefix, caplog):
+    # No work, so no worker starts.
+    good, bad = DetachedExecutor(max_workers=1), DetachedExecutor(max_workers=1)
+    try:
+        store = bad._runtime.store
+        bad._runtime.loop.run(store.put(bad._session.layout.manifest, b"{not json"))
+        with caplog.at_level(logging.WARNING, logger="starburst_executor"):
+            ids = {s.session_id for s in starburst_executor.list_sessions()}
+        assert good.session_id in ids and bad.session_id not in ids
+        assert any(
+            bad.session_id in r.getMessage() and "manifest" in r.getMessage()
+            for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+    finally:
+        good.cleanup(force=True)
+        bad.cleanup(force=True)
 
 
 def test_corrupted_payload_fails_its_task_naming_the_key(prefix):

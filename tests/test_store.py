@@ -242,10 +242,17 @@ def test_the_loopback_server_gets_a_patient_connect_timeout_and_aws_the_usual_on
     machine the client's loop can miss 5 s, which failed a listing beside two suites."""
     from starburst_executor.store.s3 import LOOPBACK_CONNECT_TIMEOUT, _client_kwargs
 
-    local = StoreLocation(bucket="bkt", endpoint_url="http://127.0.0.1:9000")
+    for url in (
+        "http://127.0.0.1:9000",
+        "http://localhost",
+        "http://[::1]:9000",
+        "http://127.0.0.2",
+    ):
+        local = StoreLocation(bucket="bkt", endpoint_url=url)
+        timeout = _client_kwargs(local, None, 8)["config"].connect_timeout
+        assert timeout == LOOPBACK_CONNECT_TIMEOUT, url
     aws = StoreLocation(bucket="bkt")
     other = StoreLocation(bucket="bkt", endpoint_url="https://minio.example:9000")
-    assert _client_kwargs(local, None, 8)["config"].connect_timeout == LOOPBACK_CONNECT_TIMEOUT
     assert _client_kwargs(aws, None, 8)["config"].connect_timeout == 5
     assert _client_kwargs(other, None, 8)["config"].connect_timeout == 5
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
@@ -356,10 +357,21 @@ def prewarm() -> None:
 _stocked: dict[tuple[object, ...], Any] = {}
 
 
+def _is_loopback(url: str) -> bool:
+    """True for an endpoint on this machine: localhost, 127.0.0.0/8 or ``[::1]``."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
+
+
 def _client_kwargs(
     location: StoreLocation, credentials: tuple[str, str] | None, pool: int
 ) -> dict[str, Any]:
-    loopback = (location.endpoint_url or "").startswith(("http://127.0.0.1:", "http://localhost:"))
+    loopback = bool(location.endpoint_url) and _is_loopback(location.endpoint_url or "")
     config = botocore_config(pool, LOOPBACK_CONNECT_TIMEOUT) if loopback else botocore_config(pool)
     kwargs: dict[str, Any] = {"region_name": location.region, "config": config}
     if location.endpoint_url:

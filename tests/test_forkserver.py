@@ -4,6 +4,9 @@ that has imported everything."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,62 @@ def test_per_call_workers_are_forked_from_one_template(prefix):
             for f in [ex.submit(tasks.env, "STARBURST_TASK_ID") for _ in range(2)]
         ]
         assert task_ids == [f.task_id for f in ex.futures[-2:]]
+
+
+def template_of_a_call(ex: StarburstExecutor) -> int:
+    """The template that forked the worker of one call of ``ex``."""
+    template = ex.submit(os.getppid).result(timeout=TIMEOUT)
+    cmdline = Path(f"/proc/{template}/cmdline").read_bytes().split(b"\0")
+    assert b"starburst_executor.worker.forkserver" in cmdline
+    return template
+
+
+def test_executors_in_turn_share_a_template_and_a_live_ones_is_kept(prefix, monkeypatch, tmp_path):
+    """A process that creates executor after executor starts the template once. A
+    template in use stays while another working directory needs its own, and the idle
+    one is let go only when yet another setup comes."""
+    with StarburstExecutor(max_workers=1) as first:
+        template = template_of_a_call(first)
+    with StarburstExecutor(max_workers=1) as second:
+        assert template_of_a_call(second) == template
+        home = os.getcwd()
+        monkeypatch.chdir(tmp_path)  # a template imports from its working directory
+        with StarburstExecutor(max_workers=1) as elsewhere:
+            other = template_of_a_call(elsewhere)
+            assert other != template
+        monkeypatch.chdir(home)
+        assert template_of_a_call(second) == template  # in use meanwhile: kept
+    with StarburstExecutor(max_workers=1) as third:
+        assert template_of_a_call(third) == template
+    # The idle template of the other directory was let go when this one was taken.
+    wait_until(lambda: not Path(f"/proc/{other}").exists(), "the idle template to exit")
+
+
+def test_a_forked_client_starts_its_own_template(prefix):
+    """The parent's template answers on the parent's pipe: a forked child that creates
+    an executor must not use it."""
+    script = """
+        import os, sys
+        from starburst_executor import StarburstExecutor
+        with StarburstExecutor(max_workers=1) as ex:
+            parent_template = ex.submit(os.getppid).result(timeout=120)
+        pid = os.fork()
+        if pid == 0:
+            with StarburstExecutor(max_workers=1) as ex:
+                child_template = ex.submit(os.getppid).result(timeout=120)
+            os._exit(0 if child_template != parent_template else 7)
+        _, status = os.waitpid(pid, 0)
+        with StarburstExecutor(max_workers=1) as ex:  # the parent's still answers it
+            assert ex.submit(os.getppid).result(timeout=120) == parent_template
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
 
 
 def test_the_template_can_be_turned_off(prefix, monkeypatch):

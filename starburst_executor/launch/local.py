@@ -8,7 +8,8 @@ variables the ECS launcher would pass. Its output goes to
 Workers (one per call for ``StarburstExecutor``, a session's pool for
 ``DetachedExecutor``) are forked from a template process that has already imported the
 worker (``worker/forkserver.py``): a worker then costs a fork, not an interpreter start
-and the SDK's imports. ``STARBURST_FORKSERVER=0`` starts them as subprocesses instead.
+and the SDK's imports. The process's launchers share templates (``_acquire_template``).
+``STARBURST_FORKSERVER=0`` starts them as subprocesses instead.
 A worker is told apart from a reused pid by its output: the session's log folder.
 """
 
@@ -53,7 +54,6 @@ class ForkServer:
     """The client's end of one template process (see ``worker/forkserver.py``)."""
 
     def __init__(self, env: dict[str, str], cwd: str, log: Path) -> None:
-        self.key = (env.get("PYTHONPATH", ""), cwd)
         log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(log, "ab") as errors:
             self.proc = subprocess.Popen(
@@ -120,6 +120,49 @@ class ForkServer:
             self.proc.wait(timeout=STOP_GRACE)
 
 
+# The templates this process's launchers share, by what a template's state depends on:
+# its import path, and the AWS settings its SDK session may have read (a forked worker's
+# environment is otherwise its own: worker/forkserver.py replaces it). Starting
+# one costs about 0.4 s of CPU: a process that creates executor after executor pays it
+# once. A template no launcher uses lingers, for the next executor, until one with
+# another key starts; it exits by itself with this process (its request pipe closes).
+_TemplateKey = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
+_templates: dict[_TemplateKey, ForkServer] = {}
+_template_users: dict[_TemplateKey, int] = {}
+_templates_lock = threading.Lock()
+
+
+def _forget_templates() -> None:
+    # A forked child must not talk to its parent's templates: their replies go to the
+    # parent's reader threads. The child starts its own when it needs one.
+    global _templates_lock
+    _templates.clear()
+    _template_users.clear()
+    _templates_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_templates)
+
+
+def _acquire_template(key: _TemplateKey, env: dict[str, str], log: Path) -> ForkServer:
+    """The live template for ``key`` (started when there is none), counted as in use."""
+    with _templates_lock:
+        for other in [k for k, n in _template_users.items() if n == 0 and k != key]:
+            _templates.pop(other).close()  # idle, and another setup came: let it go
+            del _template_users[other]
+        server = _templates.get(key)
+        if server is None or not server.alive():
+            server = _templates[key] = ForkServer(env, key[2], log)
+        _template_users[key] = _template_users.get(key, 0) + 1
+        return server
+
+
+def _release_template(key: _TemplateKey) -> None:
+    with _templates_lock:
+        if _template_users.get(key, 0) > 0:
+            _template_users[key] -= 1
+
+
 class ForkedWorker:
     """A worker forked by the template: its exit code comes from the template."""
 
@@ -164,6 +207,7 @@ class LocalLauncher:
         self._recent: dict[str, deque[tuple[Any, Path]]] = {}
         self._worker_ids: dict[int, str] = {}  # pid -> worker id, to spare busy ones
         self._fork_server: ForkServer | None = None
+        self._fork_key: _TemplateKey | None = None
         self._fork_lock = threading.Lock()
 
     def _serves(self, pid: int, session_id: str) -> bool:
@@ -227,16 +271,24 @@ class LocalLauncher:
         return worker_id, proc, path
 
     def _forkserver(self, base: dict[str, str]) -> ForkServer:
-        """The template for this environment's import path, started on first use (and
-        again when it died or ``PYTHONPATH``/the working directory changed)."""
+        """The template for this environment's import path, shared with this process's
+        other launchers; another is used when it died or ``PYTHONPATH`` or the working
+        directory changed."""
+        key: _TemplateKey = (
+            sys.executable,
+            base.get("PYTHONPATH", ""),
+            os.getcwd(),
+            str(self.logs_root),
+            tuple(sorted((k, v) for k, v in base.items() if k.startswith("AWS_") or k == "HOME")),
+        )
         with self._fork_lock:
             server = self._fork_server
-            key = (base.get("PYTHONPATH", ""), os.getcwd())
-            if server is None or not server.alive() or server.key != key:
-                if server is not None:
-                    server.close()
-                server = ForkServer(base, key[1], self.logs_root / "forkserver.log")
-                self._fork_server = server
+            if server is None or not server.alive() or self._fork_key != key:
+                # Taken before ours is let go, so that taking it cannot close ours.
+                server = _acquire_template(key, base, self.logs_root / "forkserver.log")
+                if self._fork_key is not None:
+                    _release_template(self._fork_key)
+                self._fork_server, self._fork_key = server, key
             return server
 
     def _fork(self, session_id: str, env: Mapping[str, str]) -> tuple[str, ForkedWorker, Path]:
@@ -428,10 +480,12 @@ class LocalLauncher:
         return pid_alive(pid)
 
     def close(self) -> None:
-        """Let the worker template go (it exits; workers it forked run on)."""
-        if self._fork_server is not None:
-            self._fork_server.close()
-            self._fork_server = None
+        """Let the worker template go (the next launcher may use it; workers it forked
+        run on either way)."""
+        with self._fork_lock:
+            if self._fork_key is not None:
+                _release_template(self._fork_key)
+            self._fork_server = self._fork_key = None
 
 
 def _tail(log: Path) -> str:

@@ -26,7 +26,8 @@ typecheck: $(STAMP)
 
 # Most tests wait on workers and S3 rather than compute: a few pytest workers overlap them.
 # On an idle 2-core machine the parallel phase took 264 s with 4 and 306 s with 3, using
-# about 1.4 and 1.2 cores.
+# about 1.4 and 1.2 cores; 5 gained nothing (293 s). Since the worker template is shared,
+# 4 take about 250 s.
 TEST_WORKERS ?= 4
 
 # Tests marked `alone` count S3 requests per task: other tests' load stretches their run

@@ -4,6 +4,7 @@ that has imported everything."""
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import tasks
 from helpers import parent_of, session_workers, wait_until
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
+from starburst_executor._procs import pid_alive
 
 TIMEOUT = 120
 
@@ -43,7 +45,7 @@ def template_of_a_call(ex: StarburstExecutor) -> int:
     return template
 
 
-def test_executors_in_turn_share_a_template_and_a_live_ones_is_kept(prefix, monkeypatch, tmp_path):
+def test_executors_in_turn_share_a_template_and_a_live_one_is_kept(prefix, monkeypatch, tmp_path):
     """A process that creates executor after executor starts the template once. A
     template in use stays while another working directory needs its own, and the idle
     one is let go only when yet another setup comes."""
@@ -61,26 +63,41 @@ def test_executors_in_turn_share_a_template_and_a_live_ones_is_kept(prefix, monk
     with StarburstExecutor(max_workers=1) as third:
         assert template_of_a_call(third) == template
     # The idle template of the other directory was let go when this one was taken.
-    wait_until(lambda: not Path(f"/proc/{other}").exists(), "the idle template to exit")
+    wait_until(lambda: not pid_alive(other), "the idle template to exit")
 
 
 def test_a_forked_client_starts_its_own_template(prefix):
-    """The parent's template answers on the parent's pipe: a forked child that creates
-    an executor must not use it."""
+    """The parent's template answers on the parent's pipe: a forked child, with the
+    parent's executor open across the fork or not, must not use it, and the parent's
+    executor goes on with its own."""
     script = """
         import os, sys
         from starburst_executor import StarburstExecutor
-        with StarburstExecutor(max_workers=1) as ex:
-            parent_template = ex.submit(os.getppid).result(timeout=120)
-        pid = os.fork()
-        if pid == 0:
+        from starburst_executor.launch import local
+
+        def child(parent_template):
+            assert not local._templates, "the parent's templates were inherited"
             with StarburstExecutor(max_workers=1) as ex:
-                child_template = ex.submit(os.getppid).result(timeout=120)
-            os._exit(0 if child_template != parent_template else 7)
-        _, status = os.waitpid(pid, 0)
-        with StarburstExecutor(max_workers=1) as ex:  # the parent's still answers it
-            assert ex.submit(os.getppid).result(timeout=120) == parent_template
-        sys.exit(os.waitstatus_to_exitcode(status))
+                assert ex.submit(os.getppid).result(timeout=120) != parent_template
+
+        def fork(parent_template):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    child(parent_template)
+                    code = 0
+                finally:
+                    os._exit(code)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+        with StarburstExecutor(max_workers=1) as ex:
+            template = ex.submit(os.getppid).result(timeout=120)
+            fork(template)  # with the executor open across the fork
+            assert ex.submit(os.getppid).result(timeout=120) == template
+        fork(template)  # with the template idle
+        with StarburstExecutor(max_workers=1) as ex:
+            assert ex.submit(os.getppid).result(timeout=120) == template
     """
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -89,6 +106,35 @@ def test_a_forked_client_starts_its_own_template(prefix):
         timeout=300,
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+
+
+def test_a_reused_pid_is_told_from_its_earlier_worker():
+    """The template is shared by the process's executors: a handle one kept for a worker
+    that exited must not take a later worker with the same pid for its own, nor see
+    what that one reports."""
+    import io
+    import types
+
+    from starburst_executor.launch.local import ForkedWorker, ForkServer
+
+    server = ForkServer.__new__(ForkServer)
+    server._pids, server._forks, server._exits, server._stored = queue.Queue(), {}, {}, set()
+    server.proc = types.SimpleNamespace(poll=lambda: None)  # type: ignore[assignment]
+
+    def feed(*lines: bytes) -> None:
+        server.proc.stdout = io.BytesIO(b"".join(lines))  # type: ignore[attr-defined]
+        server._read()
+
+    feed(b'{"pid": 42}\n')
+    earlier = ForkedWorker(*server._pids.get_nowait(), server)
+    assert earlier.poll() is None
+    feed(b'{"stored": 42}\n', b'{"exited": 42, "code": 0}\n', b'{"pid": 42}\n')
+    later = ForkedWorker(*server._pids.get_nowait(), server)
+    assert earlier.poll() == 0 and earlier.stored()
+    assert later.poll() is None and not later.stored()  # nothing of the earlier's
+    feed(b'{"exited": 42, "code": 3}\n')
+    assert later.poll() == 3 and not later.stored() and earlier.poll() == 0
+    assert not server._exits and not server._stored  # forgotten once their handles read
 
 
 def test_the_template_can_be_turned_off(prefix, monkeypatch):
@@ -140,28 +186,8 @@ def test_a_per_call_worker_says_its_outcome_is_stored_before_it_exits(prefix):
     not after its exit; none of those workers outlives the executor."""
     with StarburstExecutor(max_workers=2) as ex:
         pids = {f.result(timeout=TIMEOUT) for f in [ex.submit(os.getpid) for _ in range(4)]}
-        server = ex._runtime.launcher._fork_server
-        assert server is not None
-        assert pids <= server._stored  # each said so, on the template's reply pipe
+        handles = {w.pid: w for w in ex._runtime.launcher._forked[ex.session_id]}
+        # Each said so, on the template's reply pipe.
+        assert pids <= handles.keys() and all(handles[pid].stored() for pid in pids)
         sid = ex.session_id
     assert session_workers(sid) == []
-
-
-def test_a_reused_pid_does_not_inherit_what_its_earlier_worker_reported():
-    """The template reaps (and reports) a worker before the kernel can give its pid to
-    a new fork: the new fork's pid reply clears the old exit and "stored" reports."""
-    import io
-    import queue
-    import types
-
-    from starburst_executor.launch.local import ForkServer
-
-    lines = [b'{"pid": 42}\n', b'{"stored": 42}\n', b'{"exited": 42, "code": 0}\n']
-    server = ForkServer.__new__(ForkServer)
-    server.proc = types.SimpleNamespace(stdout=io.BytesIO(b"".join(lines)))  # type: ignore[assignment]
-    server._pids, server._exits, server._stored = queue.Queue(), {}, set()
-    server._read()
-    assert server.stored(42) and server._exits[42] == 0
-    server.proc = types.SimpleNamespace(stdout=io.BytesIO(b'{"pid": 42}\n'))  # type: ignore[assignment]
-    server._read()  # the pid, given to a new worker
-    assert not server.stored(42) and 42 not in server._exits

@@ -247,6 +247,7 @@ def test_the_loopback_server_gets_a_patient_connect_timeout_and_aws_the_usual_on
         "http://localhost",
         "http://[::1]:9000",
         "http://127.0.0.2",
+        "http://[::ffff:127.0.0.1]:9000",
     ):
         local = StoreLocation(bucket="bkt", endpoint_url=url)
         timeout = _client_kwargs(local, None, 8)["config"].connect_timeout

@@ -66,9 +66,12 @@ class ForkServer:
                 start_new_session=True,  # Ctrl-C in the client's terminal must not reach it
             )
         self._lock = threading.Lock()
-        self._pids: queue.Queue[int] = queue.Queue()
-        self._exits: dict[int, int] = {}
-        self._stored: set[int] = set()  # workers that said their outcome is stored
+        # A worker is its pid and that pid's fork count here: the template is shared, and
+        # a handle an executor kept must not take a later worker with its pid for its own.
+        self._pids: queue.Queue[tuple[int, int]] = queue.Queue()
+        self._forks: dict[int, int] = {}  # pid -> its fork count, the newest worker's
+        self._exits: dict[tuple[int, int], int] = {}  # until its handle reads it
+        self._stored: set[tuple[int, int]] = set()  # said its outcome is stored
         self._reader = threading.Thread(target=self._read, name="starburst-forkserver", daemon=True)
         self._reader.start()
 
@@ -77,16 +80,17 @@ class ForkServer:
         for line in self.proc.stdout:
             message = json.loads(line)
             if "pid" in message:
-                pid = int(message["pid"])
                 # A reused pid: what its earlier holder reported came before this reply
                 # (the template reaps a worker, and reports it, before it forks again).
-                self._exits.pop(pid, None)
-                self._stored.discard(pid)
-                self._pids.put(pid)
+                pid = int(message["pid"])
+                self._forks[pid] = self._forks.get(pid, 0) + 1
+                self._pids.put((pid, self._forks[pid]))
             elif "stored" in message:  # from the worker itself (worker/forkserver.py)
-                self._stored.add(int(message["stored"]))
+                pid = int(message["stored"])
+                self._stored.add((pid, self._forks.get(pid, 0)))
             else:
-                self._exits[int(message["exited"])] = int(message["code"])
+                pid = int(message["exited"])
+                self._exits[(pid, self._forks.get(pid, 0))] = int(message["code"])
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -98,19 +102,30 @@ class ForkServer:
             try:
                 self.proc.stdin.write(request)
                 self.proc.stdin.flush()
-                pid = self._pids.get(timeout=FORK_REPLY_TIMEOUT)
+                pid, forks = self._pids.get(timeout=FORK_REPLY_TIMEOUT)
             except (OSError, queue.Empty) as err:
+                # A late reply would answer the next request: this template is done
+                # (not alive, so its launchers' next worker gets a new one).
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
                 raise StarburstError(f"the worker template process did not fork: {err}") from err
-        return ForkedWorker(pid, self)
+        return ForkedWorker(pid, forks, self)
 
-    def stored(self, pid: int) -> bool:
-        return pid in self._stored
+    def stored(self, pid: int, forks: int) -> bool:
+        return (pid, forks) in self._stored
 
-    def exit_code(self, pid: int) -> int | None:
-        code = self._exits.get(pid)
+    def take_exit(self, pid: int, forks: int) -> tuple[int | None, bool]:
+        """The worker's exit code (None while it runs) and whether it said its outcome
+        is stored; both forgotten here once it exited (its handle keeps them)."""
+        code = self._exits.pop((pid, forks), None)
         if code is None and not self.alive() and not pid_alive(pid):
-            return -signal.SIGKILL  # the template died before reporting it; it is gone
-        return code
+            code = -signal.SIGKILL  # the template died before reporting it; it is gone
+        if code is None:
+            return None, False
+        # Its "stored" came before its exit on the same pipe: it is here if it was said.
+        stored = (pid, forks) in self._stored
+        self._stored.discard((pid, forks))
+        return code, stored
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -121,8 +136,9 @@ class ForkServer:
 
 
 # The templates this process's launchers share, by what a template's state depends on:
-# its import path, and the AWS settings its SDK session may have read (a forked worker's
-# environment is otherwise its own: worker/forkserver.py replaces it). Starting
+# its import path, and the settings its SDK session and interpreter may have read at its
+# start (a forked worker's environment is otherwise its own: worker/forkserver.py
+# replaces it). Starting
 # one costs about 0.4 s of CPU: a process that creates executor after executor pays it
 # once. A template no launcher uses lingers, for the next executor, until one with
 # another key starts; it exits by itself with this process (its request pipe closes).
@@ -130,6 +146,17 @@ _TemplateKey = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
 _templates: dict[_TemplateKey, ForkServer] = {}
 _template_users: dict[_TemplateKey, int] = {}
 _templates_lock = threading.Lock()
+
+
+def _template_reads(name: str) -> bool:
+    """Whether a template's state may depend on the variable ``name``: its SDK session
+    (AWS settings, proxies, the home of ~/.aws) and its interpreter."""
+    upper = name.upper()
+    return (
+        upper.startswith(("AWS_", "PYTHON", "LC_"))
+        or upper.endswith("_PROXY")
+        or upper in ("HOME", "LANG", "TZ")
+    )
 
 
 def _forget_templates() -> None:
@@ -166,16 +193,21 @@ def _release_template(key: _TemplateKey) -> None:
 class ForkedWorker:
     """A worker forked by the template: its exit code comes from the template."""
 
-    def __init__(self, pid: int, server: ForkServer) -> None:
+    def __init__(self, pid: int, forks: int, server: ForkServer) -> None:
         self.pid = pid
+        self._forks = forks
         self._server = server
+        self._code: int | None = None
+        self._stored = False
 
     def poll(self) -> int | None:
-        return self._server.exit_code(self.pid)
+        if self._code is None:
+            self._code, self._stored = self._server.take_exit(self.pid, self._forks)
+        return self._code
 
     def stored(self) -> bool:
         """The worker said its task's outcome is stored (it is exiting)."""
-        return self._server.stored(self.pid)
+        return self._stored or self._server.stored(self.pid, self._forks)
 
 
 class LocalLauncher:
@@ -208,6 +240,7 @@ class LocalLauncher:
         self._worker_ids: dict[int, str] = {}  # pid -> worker id, to spare busy ones
         self._fork_server: ForkServer | None = None
         self._fork_key: _TemplateKey | None = None
+        self._fork_pid = 0  # the process that took it: a forked child's registry is empty
         self._fork_lock = threading.Lock()
 
     def _serves(self, pid: int, session_id: str) -> bool:
@@ -279,16 +312,15 @@ class LocalLauncher:
             base.get("PYTHONPATH", ""),
             os.getcwd(),
             str(self.logs_root),
-            tuple(sorted((k, v) for k, v in base.items() if k.startswith("AWS_") or k == "HOME")),
+            tuple(sorted((k, v) for k, v in base.items() if _template_reads(k))),
         )
         with self._fork_lock:
             server = self._fork_server
             if server is None or not server.alive() or self._fork_key != key:
                 # Taken before ours is let go, so that taking it cannot close ours.
                 server = _acquire_template(key, base, self.logs_root / "forkserver.log")
-                if self._fork_key is not None:
-                    _release_template(self._fork_key)
-                self._fork_server, self._fork_key = server, key
+                self._let_template_go()
+                self._fork_server, self._fork_key, self._fork_pid = server, key, os.getpid()
             return server
 
     def _fork(self, session_id: str, env: Mapping[str, str]) -> tuple[str, ForkedWorker, Path]:
@@ -479,13 +511,15 @@ class LocalLauncher:
             os.waitpid(pid, os.WNOHANG)
         return pid_alive(pid)
 
+    def _let_template_go(self) -> None:
+        if self._fork_key is not None and self._fork_pid == os.getpid():
+            _release_template(self._fork_key)
+        self._fork_server = self._fork_key = None
+
     def close(self) -> None:
         """Let the worker template go (the next launcher may use it; workers it forked
         run on either way)."""
-        with self._fork_lock:
-            if self._fork_key is not None:
-                _release_template(self._fork_key)
-            self._fork_server = self._fork_key = None
+        self._let_template_go()
 
 
 def _tail(log: Path) -> str:

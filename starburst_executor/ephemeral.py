@@ -118,8 +118,14 @@ class StarburstExecutor(SessionExecutor):
         if error is not None:
             raise error
         with self._cv:
-            self._queue.append(future)
-            self._cv.notify_all()
+            # The initializer may have broken the executor while the call was stored:
+            # then it is one of the queued calls that fail (_fail_queued), never started.
+            broken = self._broken
+            if broken is None:
+                self._queue.append(future)
+                self._cv.notify_all()
+        if broken is not None:
+            future._fail(BrokenExecutor(broken))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

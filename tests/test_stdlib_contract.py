@@ -257,6 +257,31 @@ def test_queued_calls_fail_when_the_initializer_breaks_the_executor(prefix, tmp_
         ex.shutdown()
 
 
+def test_a_call_stored_while_the_initializer_breaks_the_executor_never_starts(prefix, monkeypatch):
+    """The break can land while ``submit`` waits for its call to be in S3 (seen beside
+    two other suites): that call is queued too late for ``_fail_queued``, and must not
+    start a worker of its own."""
+    ex = StarburstExecutor(1, initializer=tasks.failing_init, initargs=("no",))
+    try:
+        first = ex.submit(tasks.square, 0)
+        store = ex._pipeline.flush
+
+        def flush_then_break(timeout: float | None = None) -> None:
+            store(timeout)
+            concurrent.futures.wait([first], timeout=TIMEOUT)  # the break lands here
+
+        monkeypatch.setattr(ex._pipeline, "flush", flush_then_break)
+        second = ex.submit(tasks.square, 1)
+        assert isinstance(first.exception(timeout=TIMEOUT), InitializerError)
+        with pytest.raises(BrokenExecutor, match=ex.session_id):
+            second.result(timeout=TIMEOUT)
+        assert not isinstance(second.exception(), InitializerError)  # no worker ran it
+        with pytest.raises(BrokenExecutor):
+            ex.submit(tasks.square, 2)
+    finally:
+        ex.shutdown()
+
+
 def test_detached_executor_runs_its_initializer_before_the_call(prefix):
     ex = DetachedExecutor(1, initializer=tasks.init_marker, initargs=("ready",))
     try:

@@ -138,10 +138,10 @@ class ForkServer:
 # The templates this process's launchers share, by what a template's state depends on:
 # its import path, and the settings its SDK session and interpreter may have read at its
 # start (a forked worker's environment is otherwise its own: worker/forkserver.py
-# replaces it). Starting
-# one costs about 0.4 s of CPU: a process that creates executor after executor pays it
-# once. A template no launcher uses lingers, for the next executor, until one with
-# another key starts; it exits by itself with this process (its request pipe closes).
+# replaces it). Starting one costs about 0.4 s of CPU: a process that creates executor
+# after executor pays it once. A template no launcher uses lingers, for the next
+# executor, until one with another key starts; it exits by itself with this process
+# (its request pipe closes).
 _TemplateKey = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
 _templates: dict[_TemplateKey, ForkServer] = {}
 _template_users: dict[_TemplateKey, int] = {}
@@ -304,9 +304,9 @@ class LocalLauncher:
         return worker_id, proc, path
 
     def _forkserver(self, base: dict[str, str]) -> ForkServer:
-        """The template for this environment's import path, shared with this process's
-        other launchers; another is used when it died or ``PYTHONPATH`` or the working
-        directory changed."""
+        """The template for this interpreter, import path, working directory and the
+        settings a template reads (``_template_reads``), shared with this process's
+        other launchers; another is used when it died or one of those changed."""
         key: _TemplateKey = (
             sys.executable,
             base.get("PYTHONPATH", ""),

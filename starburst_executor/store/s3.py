@@ -373,7 +373,7 @@ def _is_loopback(url: str) -> bool:
 def _client_kwargs(
     location: StoreLocation, credentials: tuple[str, str] | None, pool: int
 ) -> dict[str, Any]:
-    loopback = bool(location.endpoint_url) and _is_loopback(location.endpoint_url or "")
+    loopback = _is_loopback(location.endpoint_url or "")
     config = botocore_config(pool, LOOPBACK_CONNECT_TIMEOUT) if loopback else botocore_config(pool)
     kwargs: dict[str, Any] = {"region_name": location.region, "config": config}
     if location.endpoint_url:

@@ -40,3 +40,13 @@ def writes_under(pid: int, folder: Path) -> bool:
     except OSError:
         return False
     return Path(target).parent == folder
+
+
+def writers_under(folder: Path) -> list[int]:
+    """The live processes whose standard output is a file under ``folder``: a local
+    session's workers and their task processes (``writes_under``)."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and writes_under(int(entry.name), folder)
+    ]

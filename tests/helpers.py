@@ -42,12 +42,7 @@ def parent_of(pid: int) -> int:
 def session_workers(session_id: str) -> list[int]:
     """Live local processes of ``session_id``'s workers (and their task processes):
     those whose output goes to the session's log folder, however they were started."""
-    from starburst_executor._procs import writes_under
+    from starburst_executor._procs import writers_under
     from starburst_executor.config import starburst_home
 
-    folder = starburst_home() / "logs" / session_id
-    return [
-        int(p.name)
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit() and writes_under(int(p.name), folder)
-    ]
+    return writers_under(starburst_home() / "logs" / session_id)

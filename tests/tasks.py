@@ -289,3 +289,10 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)
+
+
+def leave_a_process_behind() -> int:
+    """Start a process that outlives this task, with this task's output; its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "600"], start_new_session=True).pid

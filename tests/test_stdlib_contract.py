@@ -28,6 +28,7 @@ import tasks
 from helpers import session_workers
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
+from starburst_executor._procs import pid_alive
 from starburst_executor.errors import (
     BrokenExecutor,
     CorruptObject,
@@ -343,6 +344,18 @@ def test_result_whose_unpickling_exits_resolves_the_future(prefix):
 
 
 # -- no worker left after shutdown(wait=True) ----------------------------------------
+
+
+def test_nothing_a_stopped_session_started_outlives_shutdown(prefix):
+    """Not a worker, not its task process, and not a process a task left behind with
+    the task's output (as stopping an ECS task ends its whole container)."""
+    ex = DetachedExecutor(1)
+    sid = ex.session_id
+    left = ex.submit(tasks.leave_a_process_behind).result(timeout=TIMEOUT)
+    assert left in session_workers(sid)
+    ex.shutdown(wait=True)
+    assert session_workers(sid) == []
+    assert not pid_alive(left)
 
 
 def test_detached_shutdown_leaves_no_worker_running(prefix):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .._core.layout import new_worker_id
-from .._procs import pid_alive, writes_under
+from .._procs import pid_alive, writers_under, writes_under
 from ..config import (
     ENV_ECS_METADATA,
     ENV_SESSION,
@@ -493,12 +493,30 @@ class LocalLauncher:
         # A killed process is gone only once the kernel has run its exit, which a loaded
         # machine delays: none may outlive the stop (``shutdown(wait=True)`` says so).
         self._wait_gone(pids, STOP_GRACE)
+        if pids:
+            self._stop_task_processes(session_id)
         for proc in self._procs.pop(session_id, []):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_GRACE)  # reaps; they were SIGKILLed above if need be
         self._adopted.pop(session_id, None)
         self._recent.pop(session_id, None)
         return len(pids)
+
+    def _stop_task_processes(self, session_id: str) -> None:
+        """Wait for the stopped workers' task processes to be gone: they run in sessions
+        of their own (a signal to a worker's group misses them) and die with their
+        worker (``PR_SET_PDEATHSIG``), which a loaded machine runs late. None may
+        outlive the stop: what is still there after ``STOP_GRACE`` is killed."""
+        folder = self.logs_root / session_id
+        for last in (False, True):
+            deadline = time.monotonic() + STOP_GRACE
+            while (left := writers_under(folder)) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the processes with a bounded deadline
+            if not left or last:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _wait_gone(self, pids: Collection[int], seconds: float) -> None:
         deadline = time.monotonic() + seconds

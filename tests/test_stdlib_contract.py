@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import tasks
-from helpers import session_workers
+from helpers import session_workers, wait_until
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor._procs import pid_alive
@@ -269,7 +269,8 @@ def test_a_call_stored_while_the_initializer_breaks_the_executor_never_starts(pr
 
         def flush_then_break(timeout: float | None = None) -> None:
             store(timeout)
-            concurrent.futures.wait([first], timeout=TIMEOUT)  # the break lands here
+            # The break lands here: a future's waiters wake before its callbacks run.
+            wait_until(lambda: ex._broken is not None, "the initializer to break the executor")
 
         monkeypatch.setattr(ex._pipeline, "flush", flush_then_break)
         second = ex.submit(tasks.square, 1)

@@ -493,8 +493,9 @@ class LocalLauncher:
         # A killed process is gone only once the kernel has run its exit, which a loaded
         # machine delays: none may outlive the stop (``shutdown(wait=True)`` says so).
         self._wait_gone(pids, STOP_GRACE)
-        if pids:
-            self._stop_task_processes(session_id)
+        # Also when no worker was left to stop: one that exited on the stop request may
+        # have left its task process (or what its task started) behind.
+        self._stop_task_processes(session_id, STOP_GRACE if grace is None else grace)
         for proc in self._procs.pop(session_id, []):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_GRACE)  # reaps; they were SIGKILLed above if need be
@@ -502,16 +503,18 @@ class LocalLauncher:
         self._recent.pop(session_id, None)
         return len(pids)
 
-    def _stop_task_processes(self, session_id: str) -> None:
+    def _stop_task_processes(self, session_id: str, grace: float) -> None:
         """Wait for the stopped workers' task processes to be gone: they run in sessions
         of their own (a signal to a worker's group misses them) and die with their
         worker (``PR_SET_PDEATHSIG``), which a loaded machine runs late. None may
-        outlive the stop: what is still there after ``STOP_GRACE`` is killed."""
+        outlive the stop: what is still there after ``grace`` is killed."""
         folder = self.logs_root / session_id
-        for last in (False, True):
-            deadline = time.monotonic() + STOP_GRACE
-            while (left := writers_under(folder)) and time.monotonic() < deadline:
+        for wait, last in ((grace, False), (STOP_GRACE, True)):
+            left = writers_under(folder)  # one scan of /proc; then only these are polled
+            deadline = time.monotonic() + wait
+            while left and time.monotonic() < deadline:
                 time.sleep(0.05)  # polling the processes with a bounded deadline
+                left = [pid for pid in left if writes_under(pid, folder)]
             if not left or last:
                 return
             for pid in left:

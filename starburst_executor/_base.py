@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ._core.calls import chain_results, get_chunks, initialized_call, process_chunk
-from ._core.codec import encode_call, encode_call_pieces, fingerprint
+from ._core.codec import encode_call, encode_call_pieces, fingerprint, payload_nonce
 from ._core.futures import TaskFuture
 from ._core.layout import new_session_id, task_id, task_index
 from ._core.manifest import Manifest
 from ._core.session import SessionStatus, SessionStore
-from ._core.submits import SubmitPipeline
+from ._core.submits import SUBMIT_WINDOW, SubmitPipeline
 from ._core.usercode import CodeBundle, CodeShipper
 from ._runtime import Runtime, open_runtime
 from .config import SessionSettings, ship_code_enabled
@@ -130,6 +130,9 @@ class SessionExecutor(concurrent.futures.Executor):
     _session: SessionStore
     _manifest: Manifest
     _futures: list[TaskFuture]
+    # Calls one task object may hold. A polling worker reads a batch once for all its
+    # tasks; a worker started for one call (StarburstExecutor) reads its call alone.
+    _max_batch: ClassVar[int] = SUBMIT_WINDOW
 
     def _create_session(
         self, mode: str, settings: SessionSettings, options: Mapping[str, Any]
@@ -192,7 +195,8 @@ class SessionExecutor(concurrent.futures.Executor):
         self._initargs: tuple[Any, ...] = ()
         self._pipeline = SubmitPipeline(
             runtime.loop,
-            session.put_task,
+            session.put_tasks,
+            max_batch=self._max_batch,
             write_blob=session.put_blob,
             # Weakly: the finalizer below holds the pipeline, which must not keep the
             # executor alive.
@@ -277,6 +281,7 @@ class SessionExecutor(concurrent.futures.Executor):
                 )
             tid = task_id(self._next_index)
             future = TaskFuture(self.session_id, tid, canceller=canceller)
+            future._call = payload_nonce(payload)
             # Under the lock: task ids reach the pipeline in increasing order.
             self._pipeline.enqueue(tid, payload, future, blobs)
             self._next_index += 1

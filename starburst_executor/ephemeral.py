@@ -69,6 +69,8 @@ class StarburstExecutor(SessionExecutor):
             ``DetachedExecutor``.
     """
 
+    _max_batch = 1  # each call's worker starts once its call is stored: no batching
+
     def __init__(
         self,
         max_workers: int | None = None,

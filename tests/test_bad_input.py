@@ -89,7 +89,7 @@ def test_a_session_that_cannot_be_read_is_named_not_hidden_by_list_sessions(pref
 def test_corrupted_payload_fails_its_task_naming_the_key(prefix):
     ex = DetachedExecutor(max_workers=1)
     sid = ex.session_id
-    ex._runtime.loop.run(ex._session.put_task(task_id(0), b"garbage"))
+    ex._runtime.loop.run(ex._session.put_tasks(task_id(0), [b"garbage"]))
     ex.detach()
     attached = DetachedExecutor.attach(sid)
     try:
@@ -104,7 +104,7 @@ def test_corrupted_result_fails_the_future_naming_the_key(prefix):
     ex = DetachedExecutor(max_workers=1)
     sid = ex.session_id
     session = ex._session
-    ex._runtime.loop.run(session.put_task(task_id(0), encode_call(abs, (-1,), {})))
+    ex._runtime.loop.run(session.put_tasks(task_id(0), [encode_call(abs, (-1,), {})]))
     ex._runtime.loop.run(session.store.put(session.layout.key("results", task_id(0)), b"junk"))
     ex.detach()
     attached = DetachedExecutor.attach(sid)

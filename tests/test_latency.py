@@ -210,7 +210,7 @@ def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefi
     try:
         ex.scale(1)
         for index in range(1, 4):  # written before task 0, as overlapping submits may be
-            loop.run(session.put_task(task_id(index), encode_call(tasks.square, (index,), {})))
+            loop.run(session.put_tasks(task_id(index), [encode_call(tasks.square, (index,), {})]))
 
         def outcome(index: int) -> object:
             try:
@@ -219,7 +219,7 @@ def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefi
                 return None
 
         wait_until(lambda: all(outcome(i) is not None for i in range(1, 4)), "tasks 1-3", 120)
-        loop.run(session.put_task(task_id(0), encode_call(tasks.square, (7,), {})))
+        loop.run(session.put_tasks(task_id(0), [encode_call(tasks.square, (7,), {})]))
         wait_until(lambda: outcome(0) == 49, "the late task 0", 60)
     finally:
         ex.cleanup(force=True)

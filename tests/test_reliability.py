@@ -16,7 +16,7 @@ from fault_proxy import FaultProxy
 from helpers import parent_of, wait_until
 
 from starburst_executor import DetachedExecutor
-from starburst_executor._core.codec import decode_call
+from starburst_executor._core.codec import decode_batch, decode_call
 from starburst_executor.store.local_server import LocalServer, read_credentials
 
 TIMEOUT = 240
@@ -93,11 +93,16 @@ def test_client_killed_mid_submit_loop_keeps_every_flushed_call(prefix, tmp_path
         assert set(range(last_flush)) <= set(indices)  # every flushed call is there
         # Lost: only calls after the last flush (one more flush may have ended unprinted).
         assert max(indices) < last_flush + 100
-        for future, index in zip(ex.futures, indices, strict=True):
-            key = ex._session.layout.key("tasks", future.task_id)
-            body = ex._runtime.loop.run(ex._session.store.get(key)).body
-            fn, args, kwargs = decode_call(body, key=key)  # whole, never half-written
-            assert (fn, args, kwargs) == (pow, (index, 2), {})
+        layout, loop, store = ex._session.layout, ex._runtime.loop, ex._session.store
+        stored = {}
+        for o in loop.run(store.list_objects(layout.dir("tasks"))).objects:
+            first, count = layout.task_range(o.key)  # only task objects: no junk, no part
+            body = loop.run(store.get(o.key)).body
+            payloads = [body] if count == 1 else decode_batch(body, count, key=o.key)
+            for index, payload in enumerate(payloads, first):
+                stored[index] = decode_call(payload, key=o.key)  # whole, never half-written
+        assert sorted(stored) == indices
+        assert all(stored[i] == (pow, (i, 2), {}) for i in indices)
         results = [f.result(timeout=TIMEOUT) for f in ex.futures]
         assert results == [i * i for i in indices]
         assert ex.status().completed == len(indices)

@@ -62,6 +62,24 @@ def test_the_next_listing_starts_a_submit_window_below_the_top():
     assert all(int(t[1:]) > 5 for t in view.seen)
 
 
+def test_a_batch_key_adds_each_of_its_tasks_and_junk_like_it_adds_none():
+    view = WorkView()
+    keys = [LAYOUT.batch(task_id(0), 3), *tasks(3), LAYOUT.batch(task_id(4), 60)]
+    junk = [LAYOUT.key("tasks", task_id(70)) + s for s in (".1", ".x", ".99999", ".0")]
+    view.absorb(listing(*keys, *junk), LAYOUT, now=1.0)
+    assert view.tasks == ids(*range(64)) and view.top == 63
+    assert list(view.first_seen) == ids(*range(64))  # in id order
+    view.absorb(listing(LAYOUT.batch(task_id(64), 64)), LAYOUT, now=2.0)
+    assert view.top == 127 and list(view.arrivals) == [(1.0, 64)]
+    assert view.listing_start() == 127 - SUBMIT_WINDOW
+    assert all(int(t[1:]) > 127 - SUBMIT_WINDOW for t in view.seen)
+    # The next listing starts past every key of that id: a batch starting there sorts
+    # after ``t<id>`` itself, and its ids are no longer remembered.
+    start = LAYOUT.after("tasks", task_id(127 - SUBMIT_WINDOW))
+    assert LAYOUT.batch(task_id(127 - SUBMIT_WINDOW), 5) < start
+    assert start < LAYOUT.key("tasks", task_id(128 - SUBMIT_WINDOW))
+
+
 def test_claimed_tasks_are_dropped_one_by_one_or_in_bulk():
     view = WorkView()
     view.absorb(listing(*tasks(*range(200))), LAYOUT, now=0.0)

@@ -60,6 +60,7 @@ MAGIC_PAYLOAD_V1 = b"SBP1"  # read only: payloads of sessions from before the no
 MAGIC_PAYLOAD = b"SBP2"
 NONCE_BYTES = 16
 MAGIC_OUTCOME = b"SBO1"
+MAGIC_BATCH = b"SBB1"  # count (4 bytes), each payload's length (4 bytes each), payloads
 BLOBS_SEPARATOR = "|"
 BLOB_THRESHOLD = 1 << 20  # pickled pieces over 1 MiB are stored once, by content
 
@@ -294,6 +295,45 @@ def _split_payload(data: bytes, key: str) -> tuple[tuple[str, ...], tuple[str, .
     raise CorruptObject(f"payload {key} is not a starburst payload (bad header); resubmit the task")
 
 
+def payload_nonce(data: bytes) -> str:
+    """The hex nonce that tells one stored call from every other ("" for a V1 payload)."""
+    if data.startswith(MAGIC_PAYLOAD):
+        return data[len(MAGIC_PAYLOAD) : len(MAGIC_PAYLOAD) + NONCE_BYTES].hex()
+    return ""
+
+
+def encode_batch(payloads: Sequence[bytes]) -> bytes:
+    """Several payloads in one task object (``layout.SessionLayout.batch``)."""
+    head = [MAGIC_BATCH, len(payloads).to_bytes(4, "big")]
+    head += [len(p).to_bytes(4, "big") for p in payloads]
+    return b"".join([*head, *payloads])
+
+
+def decode_batch(data: bytes, count: int, *, key: str) -> list[bytes]:
+    """The ``count`` payloads of a batch object, in task order."""
+    start = len(MAGIC_BATCH) + 4 + 4 * count
+    if (
+        not data.startswith(MAGIC_BATCH)
+        or len(data) < start
+        or int.from_bytes(data[4:8], "big") != count
+    ):
+        raise CorruptObject(
+            f"task batch {key} is not a starburst batch of {count} calls (bad header); "
+            "its tasks cannot run: resubmit them"
+        )
+    payloads, offset = [], start
+    for i in range(count):
+        size = int.from_bytes(data[8 + 4 * i : 12 + 4 * i], "big")
+        payloads.append(data[offset : offset + size])
+        offset += size
+    if offset != len(data):
+        raise CorruptObject(
+            f"task batch {key} is truncated or padded ({len(data)} bytes, header says "
+            f"{offset}); its tasks cannot run: resubmit them"
+        )
+    return payloads
+
+
 def payload_code(data: bytes, *, key: str) -> tuple[str, ...]:
     """The code bundle digests a payload needs imported before it is unpickled."""
     return _split_payload(data, key)[0]
@@ -354,6 +394,7 @@ class Outcome:
     stdout: str = ""
     stderr: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    call: str = ""  # the nonce of the payload that ran ("": none ran, or an older worker)
 
     @classmethod
     def success(cls, task_id: str, value: Any, **meta: Any) -> Outcome:

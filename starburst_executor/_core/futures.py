@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import SubmitConflict
 from .codec import Outcome
 
 
@@ -32,6 +33,7 @@ class TaskFuture(concurrent.futures.Future[Any]):
         self.task_id = task_id
         self._canceller = canceller
         self._outcome: Outcome | None = None
+        self._call = ""  # the nonce of the payload this client stored ("": attached)
         # Serialises cancel-then-notify: Future.cancel() answers True for a future that
         # is already cancelled, so without it two cancellers could both notify waiters
         # and the second set_running_or_notify_cancel() would raise.
@@ -87,6 +89,18 @@ class TaskFuture(concurrent.futures.Future[Any]):
     def _resolve(self, outcome: Outcome) -> None:
         """Set the result or exception from a decoded outcome (executor only)."""
         if self.done():
+            return
+        if outcome.call and self._call and outcome.call != self._call:
+            # Another client's call ran under this id (two clients submitted to one
+            # session at once, in batches that overlap): ours was never run.
+            self._fail(
+                SubmitConflict(
+                    f"task {self.task_id} of session {self.session_id} ran another "
+                    "client's call: two clients submitted to this session at once and "
+                    "this call was not run; submit from one client at a time (attach "
+                    "again to see the other client's tasks)"
+                )
+            )
             return
         self._outcome = outcome
         try:

@@ -6,6 +6,10 @@
         manifest.json            settings, deadline, fingerprint    client: create; extend: IfMatch
         tasks/t000000000         payload (cloudpickle)              client: create-only
         tasks/t000000001         ...task ids sort in submission order
+        tasks/t000000002.30      30 payloads, tasks t000000002 to    client: create-only
+                                 t000000031 (a batch: calls that
+                                 queued during one write); sorts
+                                 right after its first id
         tasks/~released/t000000000.<etag>                           hand-back: create, then
                                  empty: the claim with <etag> was   delete the claim; the
                                  released; sorts after every task   next claimer deletes it
@@ -29,6 +33,10 @@ listing of task keys each worker polls with (from ``SUBMIT_WINDOW`` below the
 highest task id it has seen) shows them at no extra cost: a handed-back task is
 claimable by every live worker on its next poll, however far its view has moved on.
 
+A task id is in exactly one task object, alone or in a batch; the key says which ids
+a batch holds, so listings expand it without reading it. Claims, outcomes and markers
+stay one key per task.
+
 Reading state needs only listings: a task is pending when it has no claim,
 running when it has a claim and no result, finished when it has a result; the
 ``failed/`` and ``cancelled/`` markers split finished results by kind. Ids are
@@ -46,6 +54,8 @@ from ..errors import CorruptObject, InvalidSessionId
 
 SESSION_ID_RE = re.compile(r"^session-[0-9a-f]{16}$")
 TASK_ID_RE = re.compile(r"^t[0-9]{9}$")
+BATCH_RE = re.compile(r"^t([0-9]{9})\.([0-9]{1,4})$")
+MAX_BATCH = 9999  # ids in one batch key, at most (the key's count has 4 digits)
 WORKER_ID_RE = re.compile(r"^w-[0-9a-z-]{4,40}$")
 CODE_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 STOP_MARKER = "~stop"
@@ -143,9 +153,38 @@ class SessionLayout:
     def key(self, kind: str, tid: str) -> str:
         return self.dir(kind) + check_task_id(tid)
 
+    def batch(self, first: str, count: int) -> str:
+        """The key of the task object holding ``count`` calls from ``first`` on."""
+        if count == 1:
+            return self.key("tasks", first)
+        if not 1 < count <= MAX_BATCH:
+            raise ValueError(f"a batch holds 2 to {MAX_BATCH} tasks, not {count}")
+        return f"{self.key('tasks', first)}.{count}"
+
+    def task_range(self, key: str) -> tuple[int, int] | None:
+        """``(first index, count)`` of the tasks a ``tasks/`` key holds (one, or a
+        batch's); None for markers and anything else."""
+        head = self.dir("tasks")
+        if not key.startswith(head):
+            return None
+        name = key[len(head) :]
+        if TASK_ID_RE.match(name):
+            return int(name[1:]), 1
+        match = BATCH_RE.match(name)
+        if match is None:
+            return None
+        first, count = int(match[1]), int(match[2])
+        return (first, count) if count > 1 and first + count <= MAX_TASKS else None
+
+    def task_ids_of(self, key: str) -> list[str]:
+        """The ids of the tasks a ``tasks/`` key holds, in order (empty: not a task)."""
+        found = self.task_range(key)
+        return [] if found is None else [task_id(i) for i in range(found[0], sum(found))]
+
     def after(self, kind: str, tid: str | None) -> str | None:
-        """A ``StartAfter`` value that lists ``kind`` keys past ``tid``."""
-        return None if tid is None else self.dir(kind) + tid
+        """A ``StartAfter`` value that lists ``kind`` keys past ``tid`` (past a batch
+        that starts at ``tid`` too: ``~`` sorts after its count)."""
+        return None if tid is None else f"{self.key(kind, tid)}.~"
 
     @property
     def stop_marker(self) -> str:

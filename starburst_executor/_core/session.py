@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..store.base import Listing, ObjectStore
 from . import claims
-from .codec import Outcome
+from .codec import Outcome, encode_batch
 from .layout import MAX_TASKS, SessionLayout, check_session_id, task_id, task_index
 from .manifest import Manifest
 from .writes import conditional_put
@@ -122,11 +122,14 @@ class SessionStore:
             ) from None
         return Manifest.from_json(blob.body, key=self.layout.manifest), blob.etag
 
-    async def put_task(self, tid: str, payload: bytes) -> None:
-        key = self.layout.key("tasks", tid)
-        if await conditional_put(self.store, key, payload, if_none_match=True) is None:
+    async def put_tasks(self, first: str, payloads: list[bytes]) -> None:
+        """Store the calls from task ``first`` on as one task object, create-only."""
+        key = self.layout.batch(first, len(payloads))
+        body = payloads[0] if len(payloads) == 1 else encode_batch(payloads)
+        if await conditional_put(self.store, key, body, if_none_match=True) is None:
+            ids = first if len(payloads) == 1 else f"{first} to {self.layout.task_ids_of(key)[-1]}"
             raise SubmitConflict(
-                f"task {tid} of session {self.session_id} already exists: another client "
+                f"task {ids} of session {self.session_id} already exists: another client "
                 "is submitting to this session and this call was not stored; submit from "
                 "one client at a time (attach again to see the other client's tasks)"
             ) from None
@@ -138,25 +141,38 @@ class SessionStore:
 
     async def task_ids(self) -> list[str]:
         (listing,) = await self.list_kinds(("tasks",))
-        return [t for o in listing.objects if (t := self.layout.tid_of(o.key))]
+        return self.listed_tasks(listing)
+
+    def listed_tasks(self, listing: Listing) -> list[str]:
+        """The task ids a listing of ``tasks/`` shows, in order (batches expanded; an id
+        two objects claim, from two clients, once)."""
+        return sorted({t for o in listing.objects for t in self.layout.task_ids_of(o.key)})
 
     async def list_kinds(self, kinds: tuple[str, ...]) -> list[Listing]:
         """Every key of each kind of ``kinds`` (folders keyed by task id).
 
-        One page of each folder first, all at once. When ``tasks/`` fits in its page,
-        so does every other folder (each holds at most one key per task), and that
-        is the answer: one LIST per folder. A larger session would take one page
-        after another per folder (100 of them for 100,000 tasks, each a round trip),
-        so its ids are bounded by one round of 1-key probes and every folder is
-        listed in up to ``RANGES_MAX`` id ranges at once; the last range is open, so a
-        task written meanwhile is not missed.
+        One page of each folder first, all at once. When ``tasks/`` fits in its page
+        and its ids stay below the page's size, so does every other folder (each holds
+        at most one key per task), and that is the answer: one LIST per folder. A
+        larger session would take one page after another per folder (100 of them for
+        100,000 tasks, each a round trip), so its ids are bounded (by the page's
+        highest id, or by one round of 1-key probes when ``tasks/`` overflows its page)
+        and every folder is listed in up to ``RANGES_MAX`` id ranges at once; the last
+        range is open, so a task written meanwhile is not missed.
         """
         asked = ("tasks", *(k for k in kinds if k != "tasks"))
         firsts = await asyncio.gather(
             *(self.store.list_objects(self.layout.dir(k), max_keys=self.page_keys) for k in asked)
         )
         first = dict(zip(asked, firsts, strict=True))
-        if len(first["tasks"].objects) < self.page_keys:
+        tasks = first["tasks"].objects
+        if len(tasks) >= self.page_keys:
+            bounds = self._ranges(await self._id_bound())
+            return list(await asyncio.gather(*(self._list_ranges(k, bounds) for k in kinds)))
+        # Every task object is in the page, so the highest task id is known; it, not the
+        # count of keys, bounds the other folders (a batch object holds many tasks).
+        end = max((sum(r) for o in tasks if (r := self.layout.task_range(o.key))), default=0)
+        if end <= self.page_keys:
             full = [k for k in kinds if len(first[k].objects) >= self.page_keys]
             rests = await asyncio.gather(
                 *(
@@ -169,7 +185,7 @@ class SessionStore:
             for k, rest in zip(full, rests, strict=True):
                 first[k] = Listing(first[k].objects + rest.objects, first[k].server_time)
             return [first[k] for k in kinds]
-        bounds = self._ranges(await self._id_bound())
+        bounds = self._ranges(end)
         return list(await asyncio.gather(*(self._list_ranges(k, bounds) for k in kinds)))
 
     async def _id_bound(self) -> int:
@@ -187,7 +203,7 @@ class SessionStore:
         )
         bound = 1 << self.page_keys.bit_length()
         for p, probe in zip(powers, probes, strict=True):
-            if any(self.layout.tid_of(o.key) for o in probe.objects):
+            if any(self.layout.task_ids_of(o.key) for o in probe.objects):
                 bound = 2 * p
         return min(bound, MAX_TASKS)
 
@@ -266,9 +282,11 @@ class SessionStore:
         kinds = ("tasks", "claims", "results", "failed", "cancelled", "reexecuted")
         listings = await self.list_kinds(kinds)
         ids = [
-            {t for o in listing.objects if (t := self.layout.tid_of(o.key))} for listing in listings
+            {t for o in listing.objects if (t := self.layout.tid_of(o.key))}
+            for listing in listings[1:]
         ]
-        tasks, claimed, results, failed, cancelled, reexecuted = ids
+        tasks = set(self.listed_tasks(listings[0]))
+        claimed, results, failed, cancelled, reexecuted = ids
         finished = results & tasks
         running = (claimed & tasks) - finished
         stamps = [o.last_modified for listing in listings for o in listing.objects]

@@ -1,14 +1,24 @@
-"""The write pipeline: ``submit`` queues a call, many task PUTs fly at once.
+"""The write pipeline: ``submit`` queues a call, a few task objects fly at once.
 
 ::
 
     submit (any thread)              event loop (LoopThread)                 S3
     ───────────────────              ───────────────────────                 ──
-    pickle, draw task id ──enqueue──▶ queue ──start while in window──▶ PUT tasks/<t> IfNoneMatch=*
-      returns the future              │ done: durable (count up, wake flush, on_durable)
-      (blocks only while              │ 412 from another client: SubmitConflict on the
-       BACKLOG calls wait)            │   future, and raised by the next flush()
+    pickle, draw task id ──enqueue──▶ queue ──start while under the limits──▶ PUT tasks/<t>
+      returns the future              │ the calls that queued meanwhile go     or tasks/<t>.<n>
+      (blocks only while              │   out as one batch object              IfNoneMatch=*
+       BACKLOG calls wait)            │ done: durable (count up, wake flush, on_durable)
+                                      │ 412 from another client: SubmitConflict on the
+                                      │   futures, and raised by the next flush()
                                       ▼ an outage: retried with backoff, in place
+
+**Batches.** A call that finds nothing in flight is written at once, alone (a single
+call waits one round trip). Up to ``OBJECTS_IN_FLIGHT`` writes overlap; calls that queue
+while they are all busy go out together as one batch object when one ends, so a fast
+loop of submits costs one PUT per batch, not per call (the server's and the client's CPU
+per request are what limit a loop of submits; measured in bench/RESULTS.md). A batch
+holds consecutive task ids, at most ``max_batch`` calls and ``BATCH_BYTES`` of payloads
+(a call over that goes alone).
 
 **Durability point.** A call is durable once its task object is in S3. ``flush()``
 returns when every call queued before it is durable (or failed), and so do
@@ -16,12 +26,14 @@ returns when every call queued before it is durable (or failed), and so do
 flush. Until then a client killed with SIGKILL loses the calls that were not yet
 durable: at most ``BACKLOG`` calls (``submit`` waits while that many are queued or in
 flight), in practice the calls of the last round trip or so. A PUT is atomic, so
-nothing is ever half-written.
+nothing is ever half-written: a batch is there whole or not at all.
 
 **Order.** Writes overlap, so tasks appear out of order, but never by more than
-``WINDOW``: the write of task ``i + WINDOW`` starts only after the write of task ``i``
-ended. A worker that has seen task ``m`` therefore lists from ``m - WINDOW`` and sees
-every task that can still appear (``SUBMIT_WINDOW`` is part of the protocol).
+``WINDOW``: a task object whose last id is ``i + WINDOW`` starts only after every
+object holding ids up to ``i`` ended. A worker that has seen task ``m`` therefore lists
+from ``m - WINDOW`` and sees every task object that can still appear
+(``SUBMIT_WINDOW`` is part of the protocol). A batch never holds more than ``WINDOW``
+calls.
 """
 
 from __future__ import annotations
@@ -48,7 +60,9 @@ from .loop import LoopThread
 
 log = logging.getLogger("starburst_executor")
 
-SUBMIT_WINDOW = 64  # writes in flight at most; tasks appear at most this far out of order
+SUBMIT_WINDOW = 64  # task ids in flight at most; tasks appear at most this far out of order
+OBJECTS_IN_FLIGHT = 4  # task objects written at once; calls queued meanwhile are batched
+BATCH_BYTES = 1 << 20  # payload bytes in one batch object, at most
 BACKLOG = 512  # submit waits while this many calls are not yet durable
 RETRY_SECONDS = 120.0  # an outage is ridden through this long before the call fails
 FINAL_ERRORS = (SubmitConflict, CorruptObject, AccessDenied, BucketNotFound, CredentialsMissing)
@@ -63,27 +77,33 @@ class _Call:
 
 
 class SubmitPipeline:
-    """Writes one session's task objects, many at once, in task order within a window.
+    """Writes one session's task objects, a few at once, in task order within a window.
 
-    ``write_task(tid, payload)`` stores one task (create-only); ``write_blob(digest,
-    data)`` stores a content-addressed piece once. Both run on ``loop``.
+    ``write_tasks(first_tid, payloads)`` stores the calls from ``first_tid`` on as one
+    task object (create-only); ``write_blob(digest, data)`` stores a content-addressed
+    piece once. Both run on ``loop``. ``max_batch=1`` writes every call alone.
     """
 
     def __init__(
         self,
         loop: LoopThread,
-        write_task: Callable[[str, bytes], Awaitable[None]],
+        write_tasks: Callable[[str, list[bytes]], Awaitable[None]],
         *,
         write_blob: Callable[[str, bytes], Awaitable[None]] | None = None,
         on_durable: Callable[[TaskFuture], None] | None = None,
         window: int = SUBMIT_WINDOW,
         backlog: int = BACKLOG,
+        max_batch: int = SUBMIT_WINDOW,
+        objects_in_flight: int = OBJECTS_IN_FLIGHT,
     ) -> None:
         self._loop = loop
-        self._write_task = write_task
+        self._write_tasks = write_tasks
         self._write_blob = write_blob
         self._on_durable = on_durable
         self._window = window
+        self._max_batch = max(1, min(max_batch, window))
+        # Unbatched calls each get a write of their own, up to the window.
+        self._objects = objects_in_flight if self._max_batch > 1 else window
         self._backlog = max(backlog, window)
         self._cond = threading.Condition()
         self._queued = 0  # calls enqueued, ever
@@ -91,7 +111,7 @@ class SubmitPipeline:
         self._errors: list[StarburstError] = []
         # Loop-thread state below.
         self._waiting: deque[_Call] = deque()
-        self._in_flight: set[int] = set()
+        self._in_flight: set[int] = set()  # the first index of each object being written
         self._blobs: dict[str, asyncio.Future[None]] = {}
 
     # -- any thread ------------------------------------------------------------------
@@ -137,38 +157,63 @@ class SubmitPipeline:
         self._pump()
 
     def _pump(self) -> None:
-        while self._waiting:
-            index = task_index(self._waiting[0].tid)
-            if self._in_flight and index >= min(self._in_flight) + self._window:
+        while self._waiting and len(self._in_flight) < self._objects:
+            calls = self._next_batch()
+            if not calls:
                 return
-            call = self._waiting.popleft()
-            self._in_flight.add(index)
-            self._loop.loop.create_task(self._store(call, index))
+            first = task_index(calls[0].tid)
+            self._in_flight.add(first)
+            self._loop.loop.create_task(self._store(calls, first))
 
-    async def _store(self, call: _Call, index: int) -> None:
+    def _next_batch(self) -> list[_Call]:
+        """The waiting calls the next object holds: consecutive ids, within the window
+        (its last id below the lowest first id in flight plus ``WINDOW``) and the caps."""
+        calls: list[_Call] = []
+        size = 0
+        limit: int | None = min(self._in_flight) + self._window if self._in_flight else None
+        while self._waiting and len(calls) < self._max_batch:
+            call = self._waiting[0]
+            index = task_index(call.tid)
+            if limit is None:
+                limit = index + self._window
+            if index >= limit:
+                break
+            if calls and (
+                index != task_index(calls[-1].tid) + 1 or size + len(call.payload) > BATCH_BYTES
+            ):
+                break
+            calls.append(self._waiting.popleft())
+            size += len(call.payload)
+        return calls
+
+    async def _store(self, calls: list[_Call], first: int) -> None:
         error: StarburstError | None = None
+        what = calls[0].tid if len(calls) == 1 else f"{calls[0].tid} to {calls[-1].tid}"
         try:
-            for digest, data in call.blobs.items():
-                await self._blob(digest, data)
-            await self._retrying(lambda: self._write_task(call.tid, call.payload))
+            for call in calls:
+                for digest, data in call.blobs.items():
+                    await self._blob(digest, data)
+            payloads = [call.payload for call in calls]
+            await self._retrying(lambda: self._write_tasks(calls[0].tid, payloads))
         except StarburstError as err:
             error = err
         except Exception as err:  # a bug must not leave flush() waiting forever
-            log.exception("storing task %s failed", call.tid)
-            error = StarburstError(f"storing task {call.tid} failed: {err}")
+            log.exception("storing tasks %s failed", what)
+            error = StarburstError(f"storing tasks {what} failed: {err}")
         finally:
-            self._in_flight.discard(index)
-        if error is not None:
-            call.future._fail(error)
-        elif self._on_durable is not None:
-            try:
-                self._on_durable(call.future)
-            except Exception:
-                log.exception("after storing task %s", call.tid)
-        with self._cond:
-            self._ended += 1
+            self._in_flight.discard(first)
+        for call in calls:
             if error is not None:
-                self._errors.append(error)
+                call.future._fail(error)
+            elif self._on_durable is not None:
+                try:
+                    self._on_durable(call.future)
+                except Exception:
+                    log.exception("after storing task %s", call.tid)
+        with self._cond:
+            self._ended += len(calls)
+            if error is not None:
+                self._errors.extend([error] * len(calls))
             self._cond.notify_all()
         self._pump()
 

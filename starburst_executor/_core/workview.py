@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..store.base import Listing
-from .layout import SessionLayout, task_index
+from .layout import SessionLayout, task_id, task_index
 from .submits import SUBMIT_WINDOW
 
 IDLE_MIN_DELAY = 0.01
@@ -93,11 +93,13 @@ class WorkView:
         new = []
         released = []
         for o in listing.objects:
-            tid = layout.tid_of(o.key)
-            if tid:
-                if tid not in self.seen:
-                    self.seen.add(tid)
-                    new.append(tid)
+            held = layout.task_range(o.key)  # one task, or a batch's
+            if held is not None:
+                for index in range(held[0], held[0] + held[1]):
+                    tid = task_id(index)
+                    if tid not in self.seen:
+                        self.seen.add(tid)
+                        new.append(tid)
             elif o.key == layout.stop_marker:
                 self.stop_seen = True
             elif layout.released_of(o.key):
@@ -105,6 +107,7 @@ class WorkView:
         if new:
             self.tasks.extend(new)
             self.tasks.sort()  # ids sort in index order; a late one lands in its place
+            new.sort()
             for tid in new:
                 self.first_seen[tid] = now
             self.top = max(self.top, task_index(new[-1]))

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._core import claims
-from .._core.codec import Outcome, fingerprint, fingerprint_mismatch
+from .._core.codec import Outcome, fingerprint, fingerprint_mismatch, payload_nonce
 from .._core.layout import (
     check_session_id,
     check_task_id,
@@ -78,13 +78,13 @@ from ..config import (
     WorkerEnv,
 )
 from ..errors import CorruptObject, EnvironmentMismatch, StarburstError, WorkerDied, WorkerLost
-from ..store.base import Blob
 from ..store.local_server import read_credentials
 from ..store.s3 import S3Store, stock_client
 from .child import ChildExited, TaskProcess
 from .code import prepare_pieces, prepare_user_code
 from .ecs_meta import own_task_arn
 from .execute import run_call
+from .payloads import TaskPayloads
 from .spot import IMDS, SpotWatch
 
 # How often a serving worker rewrites its registry entry: the session's record of its
@@ -172,7 +172,8 @@ class Worker:
         self._terminating = threading.Event()
         self._manifest: Manifest | None = None
         self._mismatch: str | None = None
-        self._prefetched: dict[str, Blob] = {}  # payloads read with the claim
+        self._payloads = TaskPayloads(self.store, self.layout)
+        self._prefetched: dict[str, tuple[str, bytes]] = {}  # (key, payload) read with the claim
         # one-task mode: the claim made together with the first reads
         self._early_claim: tuple[claims.Claim | None] | tuple[()] = ()
         self._stored_fd = env.stored_fd  # where a per-call worker says its outcome is stored
@@ -275,8 +276,9 @@ class Worker:
         says the task is then answered under it; a takeover claims afterwards."""
 
         async def payload() -> None:
+            key = self.layout.key("tasks", tid)  # a per-call executor writes no batches
             with contextlib.suppress(StarburstError):
-                self._prefetched[tid] = await self.store.get(self.layout.key("tasks", tid))
+                self._prefetched[tid] = key, (await self.store.get(key)).body
 
         async def claim() -> None:
             if not self._takeover:
@@ -499,6 +501,8 @@ class Worker:
             self.store.list_objects(self.layout.dir("tasks"), start_after=start)
         )
         view.absorb(listing, self.layout, time.monotonic())
+        self._payloads.learn(listing)
+        self._payloads.forget_below(view.claimed_below)
 
     def _list_claims(self, view: WorkView) -> None:
         """One LIST of the claims from the claimed low-water mark: forget the tasks it
@@ -582,17 +586,17 @@ class Worker:
         """Claim ``tid``, with ``read`` reading its payload in the same round trip (the
         read is dropped when the claim is lost)."""
 
-        async def payload() -> Blob | None:
+        async def payload() -> tuple[str, bytes] | None:
             if read:
                 with contextlib.suppress(StarburstError):
-                    return await self.store.get(self.layout.key("tasks", tid))
+                    return await self._payloads.get(tid)
             return None
 
-        claim, blob = await asyncio.gather(
+        claim, found = await asyncio.gather(
             claims.try_claim(self.store, self.layout, tid, self.worker_id, owner=True), payload()
         )
-        if claim is not None and blob is not None:
-            self._prefetched[tid] = blob
+        if claim is not None and found is not None:
+            self._prefetched[tid] = found
         return claim
 
     def _steal(self, view: WorkView) -> tuple[str, claims.Claim] | None:
@@ -681,7 +685,7 @@ class Worker:
             tid = task_id(index)
             if tid in done or tid in held:
                 continue
-            if not self.loop.run(self.store.exists(layout.key("tasks", tid))):
+            if self.loop.run(self._payloads.key_of(tid)) is None:
                 continue  # still in flight from the client (or its write failed)
             view.nothing_running = False
             fresh = self.loop.run(claims.try_claim(self.store, layout, tid, self.worker_id))
@@ -895,27 +899,28 @@ class Worker:
         task process, a failure outcome, or None when the claim was handed back."""
         started = time.time()
         lease = _Lease(self, claim)
-        key = self.layout.key("tasks", tid)
         prefetched = self._prefetched.pop(tid, None)
         try:
             if self._mismatch:
                 raise EnvironmentMismatch(
                     f"task {tid} of session {self.session_id}: {self._mismatch}"
                 )
-            blob = prefetched or self.loop.run(
-                self._durably(lambda: self.store.get(key), f"payload {key}")
+            found = prefetched or self.loop.run(
+                self._durably(lambda: self._payloads.get(tid), f"payload of task {tid}")
             )
-            if blob is None:  # the store stayed away: let another worker try later
+            if found is None:  # the store stayed away: let another worker try later
                 with contextlib.suppress(StarburstError):
                     self.loop.run(claims.hand_back(self.store, self.layout, lease.claim))
                 return None
+            key, payload = found
+            meta["call"] = payload_nonce(payload)  # the client tells its own call's outcome
             # The user's own modules the call needs: fetched once, cached on disk.
             code = prepare_user_code(
-                blob.body, key=key, prefix=self.location.prefix, fetch=self._fetch
+                payload, key=key, prefix=self.location.prefix, fetch=self._fetch
             )
             # Big closures and arguments: fetched once per worker, then from disk.
             pieces = prepare_pieces(
-                blob.body,
+                payload,
                 key=key,
                 folder=self._pieces_dir(),
                 fetch=self._fetch,
@@ -932,7 +937,7 @@ class Worker:
             return Outcome.failure(tid, failure, started=started, finished=time.time(), **meta)
         request = {
             "task_id": tid,
-            "payload": blob.body,
+            "payload": payload,
             "key": key,
             "seed": self.settings.seed,
             "meta": meta,

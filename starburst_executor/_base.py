@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ._core.calls import chain_results, get_chunks, initialized_call, process_chunk
-from ._core.codec import encode_call, encode_call_pieces, fingerprint, payload_nonce
+from ._core.codec import (
+    PieceCache,
+    encode_call,
+    encode_call_pieces,
+    fingerprint,
+    payload_nonce,
+)
 from ._core.futures import TaskFuture
 from ._core.layout import new_session_id, task_id, task_index
 from ._core.manifest import Manifest
@@ -179,6 +185,7 @@ class SessionExecutor(concurrent.futures.Executor):
     ) -> None:
         self._runtime = runtime
         self._clock_offset = clock_offset  # the store's clock minus ours
+        self._piece_cache = PieceCache()
         self._code = (
             CodeShipper(runtime.store, runtime.location.prefix)
             if ship_code_enabled(ship_code)
@@ -256,7 +263,9 @@ class SessionExecutor(concurrent.futures.Executor):
         self._check_open()
         code = self._code.digests(self._runtime.loop.run) if self._code else ()
         if self._initializer is None:
-            payload, blobs = encode_call_pieces(fn, args, kwargs, code=code)
+            payload, blobs = encode_call_pieces(
+                fn, args, kwargs, code=code, cache=self._piece_cache
+            )
         else:
             try:
                 payload, blobs = encode_call_pieces(
@@ -267,6 +276,7 @@ class SessionExecutor(concurrent.futures.Executor):
                     # The caller's own objects, not the tuple wrapping them (new each call).
                     parts=[self._initializer, *self._initargs, fn, *args, *kwargs.values()],
                     hint=fn,
+                    cache=self._piece_cache,
                 )
             except PicklingError:
                 encode_call(fn, args, kwargs)  # raises naming the culprit, if it is there

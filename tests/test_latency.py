@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ from helpers import parent_of, wait_until
 
 from starburst_executor import DetachedExecutor
 from starburst_executor._core.codec import (
+    PieceCache,
     decode_call,
     encode_call,
     encode_call_pieces,
@@ -201,6 +203,49 @@ def test_a_function_that_made_a_big_call_is_still_pickled_as_it_is_at_each_call(
         assert fn(*args, **kwargs) == size + 1
     with pytest.raises(PicklingError, match="argument 0"):  # still named, on the hinted path
         encode_call_pieces(measure, (threading.Lock(),), {}, threshold=1024 * 1024)
+
+
+def test_big_immutable_data_a_call_holds_is_pickled_and_hashed_once_per_client():
+    """bytes and str cannot change, so a client pickles and hashes them once (cached by
+    identity); a new object, or mutable data, is pickled again at every call."""
+    mib = 1024 * 1024
+    cache = PieceCache()
+    model = os.urandom(2 * mib)
+    buffer = bytearray(b"m" * (2 * mib))  # mutable: never cached
+
+    def closure(i: int) -> int:
+        return len(model) + i
+
+    def both(i: int, data: bytes = model) -> int:
+        return len(data) + len(buffer) + buffer[0] + i
+
+    first, pieces = encode_call_pieces(closure, (1,), {}, threshold=mib, cache=cache)
+    digest = payload_blobs(first, key="k")
+    again, pieces_again = encode_call_pieces(closure, (2,), {}, threshold=mib, cache=cache)
+    assert payload_blobs(again, key="k") == digest and pieces_again == pieces
+    assert len(first) < 4096 and list(cache._entries) == [id(model)]
+    fn, args, kwargs = decode_call(again, key="k", pieces=pieces_again)
+    assert fn(*args, **kwargs) == 2 * mib + 2
+    # A partial's argument and a plain argument are found the same way.
+    text = "t" * (2 * mib)
+    payload, pieces = encode_call_pieces(
+        functools.partial(len), (text,), {}, threshold=mib, cache=cache
+    )
+    assert decode_call(payload, key="k", pieces=pieces)[1] == (text,)
+    # The mutable buffer goes inline in the function's own piece, pickled at each call,
+    # and that piece refers to the cached bytes (a piece within a piece).
+    for value in (b"x", b"y"):
+        buffer[0] = value[0]
+        payload, pieces = encode_call_pieces(both, (3,), {}, threshold=mib, cache=cache)
+        assert len(pieces) == 2 and digest[0] in pieces
+        fn, args, kwargs = decode_call(payload, key="k", pieces=pieces)
+        assert fn(*args, **kwargs) == 4 * mib + value[0] + 3
+    # A new object under the same name is a new piece.
+    model = os.urandom(2 * mib)
+    payload, pieces = encode_call_pieces(closure, (0,), {}, threshold=mib, cache=cache)
+    assert payload_blobs(payload, key="k") != digest
+    fn, args, kwargs = decode_call(payload, key="k", pieces=pieces)
+    assert fn(*args, **kwargs) == 2 * mib
 
 
 def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefix):

@@ -373,6 +373,64 @@ def test_a_task_claimed_ahead_is_handed_back_when_its_slot_runs_over(prefix, tmp
         ex.cleanup(force=True)
 
 
+def test_tasks_shorter_than_a_claim_are_claimed_together_and_each_runs_once(prefix, tmp_path):
+    path = tmp_path / "ran.txt"
+    ex = DetachedExecutor(max_workers=1)
+    try:
+        for i in range(3):  # the worker learns that a task takes less than a claim
+            assert ex.submit(tasks.square, i).result(timeout=TIMEOUT) == i * i
+        futures = [ex.submit(tasks.append_index, str(path), i) for i in range(200)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(200))
+        assert sorted(int(x) for x in path.read_text().split()) == list(range(200))
+        ex.shutdown()
+        (stats,) = _worker_stats(ex)
+        assert stats["claimed_together"] > 0 and stats["tasks_run"] == 203, stats
+        assert stats["lost_races"] == 0 and ex.status().reexecuted == 0
+    finally:
+        ex.cleanup(force=True)
+
+
+def test_after_sigterm_the_tasks_claimed_together_and_not_started_are_handed_back(
+    prefix, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("STARBURST_TERM_GRACE", "600")  # the running task may finish
+    started, release = tmp_path / "started", tmp_path / "release"
+    ex = DetachedExecutor(max_workers=1, lease_seconds=600)
+    session, store, loop = ex._session, ex._runtime.store, ex._runtime.loop
+    try:
+        for i in range(3):  # short tasks: the worker claims several per round trip
+            assert ex.submit(tasks.square, i).result(timeout=TIMEOUT) == i * i
+        # One batch object, seen in one listing: a task that holds its slot, then five.
+        held = encode_call(tasks.touch_then_wait, (str(started), str(release)), {})
+        quick = [encode_call(tasks.square, (i,), {}) for i in range(5)]
+        loop.run(session.put_tasks(task_id(3), [held, *quick]))
+        wait_until(started.exists, "the held task to start", TIMEOUT)
+        worker = parent_of(int(started.read_text()))
+        claimed = [session.layout.key("claims", task_id(i)) for i in range(4, 9)]
+
+        def waiting() -> list[str]:
+            return [key for key in claimed if loop.run(store.exists(key))]
+
+        wait_until(lambda: len(waiting()) >= 2, "tasks claimed with the held one", TIMEOUT)
+        together = waiting()
+        os.kill(worker, signal.SIGTERM)
+        wait_until(lambda: not waiting(), "every waiting task to be handed back", TIMEOUT)
+        release.write_text("go")
+        again = DetachedExecutor.attach(ex.session_id)  # its workers run what came back
+        assert [f.result(timeout=TIMEOUT) for f in again.futures[4:]] == [i * i for i in range(5)]
+        again.detach()
+
+        def exit_reason() -> str:
+            entry = next(w for w in loop.run(session.workers()) if w.get("pid") == worker)
+            return str(entry.get("reason") or "")
+
+        wait_until(exit_reason, "the worker to record why it exited", TIMEOUT)
+        assert exit_reason().count("claimed ahead, not started") == len(together)
+    finally:
+        release.write_text("go")
+        ex.cleanup(force=True)
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -10,6 +10,7 @@ from starburst_executor._core.submits import SUBMIT_WINDOW
 from starburst_executor._core.workview import (
     AHEAD_HOLD_MIN,
     AHEAD_LEAD,
+    BURST_MAX,
     DUE_MAX,
     FOREIGN_AFTER,
     IDLE_MAX_DELAY,
@@ -202,6 +203,22 @@ def test_a_claim_ahead_goes_out_before_the_first_running_task_is_expected_to_end
     quick = Lookahead()
     quick.ran(AHEAD_LEAD / 10)  # tasks faster than a claim: claiming ahead hides nothing
     assert quick.due([100.0]) is None
+
+
+def test_tasks_shorter_than_a_claim_are_claimed_several_in_one_round_trip():
+    ahead = Lookahead()
+    assert ahead.burst() == 1  # how long a task takes is not known yet
+    ahead.ran(AHEAD_LEAD / 4)
+    assert ahead.burst() == 4  # as many as run while the next claims go out
+    ahead.ran(0.0)
+    ahead.ran(0.0)
+    assert 4 < ahead.burst() <= BURST_MAX
+    for _ in range(20):
+        ahead.ran(0.0)
+    assert ahead.burst() == BURST_MAX
+    for _ in range(20):
+        ahead.ran(2 * AHEAD_LEAD)
+    assert ahead.burst() == 1  # longer than a claim: one at a time (and claims ahead)
 
 
 def test_a_claim_ahead_is_held_at_most_a_bounded_time_and_not_retried_until_a_task_ends():

@@ -11,6 +11,7 @@ shard each read a batch once, not once per task.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import OrderedDict
 
@@ -32,6 +33,7 @@ class TaskPayloads:
         self._firsts: list[int] = []  # sorted first indexes of the objects known
         self._counts: dict[int, int] = {}  # first index -> how many ids the object holds
         self._kept: OrderedDict[str, list[bytes]] = OrderedDict()  # key -> payloads
+        self._reading: dict[str, asyncio.Future[list[bytes]]] = {}  # batches being read
 
     def learn(self, listing: Listing) -> None:
         """Take in the task objects a listing of ``tasks/`` shows."""
@@ -86,13 +88,26 @@ class TaskPayloads:
             )
         first, count = self._layout.task_range(key) or (task_index(tid), 1)
         payloads = self._kept.get(key)
-        if payloads is None:
-            body = (await self._store.get(key)).body
-            payloads = [body] if count == 1 else decode_batch(body, count, key=key)
-            if count > 1:  # a lone task's payload is read once: nothing to keep
-                self._kept[key] = payloads
-                while len(self._kept) > KEPT_OBJECTS:
-                    self._kept.popitem(last=False)
-        else:
+        if payloads is not None:
             self._kept.move_to_end(key)
+        elif count == 1:  # a lone task's payload is read once: nothing to keep
+            payloads = [(await self._store.get(key)).body]
+        else:
+            # Claims made together read their batch together: one GET for all of them.
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = asyncio.ensure_future(self._read_batch(key, count))
+                self._reading[key] = reading
+            payloads = await asyncio.shield(reading)
         return key, payloads[task_index(tid) - first]
+
+    async def _read_batch(self, key: str, count: int) -> list[bytes]:
+        try:
+            body = (await self._store.get(key)).body
+            payloads = decode_batch(body, count, key=key)
+        finally:
+            del self._reading[key]
+        self._kept[key] = payloads
+        while len(self._kept) > KEPT_OBJECTS:
+            self._kept.popitem(last=False)
+        return payloads

@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,7 @@ class _Stats:
     lost_races: int = 0
     lost_steals: int = 0  # of lost_races, those of steals
     claimed_ahead: int = 0  # tasks claimed while every slot was busy
+    claimed_together: int = 0  # tasks claimed in one round trip with others (short tasks)
     ahead_handed_back: int = 0  # of those, handed back: their slot's task ran over
     duplicates_dropped: int = 0
     leases_lost: int = 0
@@ -184,7 +186,9 @@ class Worker:
         # one-task worker runs its task in itself.
         self._idle_processes: list[TaskProcess] = []
         self._running: dict[str, _Running] = {}  # by task id
-        self._ahead: _Running | None = None  # claimed ahead, waiting for a slot
+        # Claimed ahead (or with others in one round trip), waiting for a slot, in order.
+        self._ahead: deque[_Running] = deque()
+        self._claimed_more: list[tuple[str, claims.Claim]] = []  # won with the one picked
         self._lookahead = Lookahead()
         self._writing: list[_Writing] = []  # outcomes being written
         self._pieces: Path | None = None  # the fetched pieces of payloads, by digest
@@ -356,7 +360,7 @@ class Worker:
         try:
             return self._serve_until_done()
         finally:
-            if self._ahead is not None:  # never started: the next worker need not wait
+            if self._ahead:  # never started: the next worker need not wait
                 self._give_back_ahead()
             self._drain_writes()
 
@@ -372,7 +376,7 @@ class Worker:
         handed: list[str] = []
         while True:
             terminating = self._terminating.is_set()
-            if terminating and self._ahead is not None:
+            if terminating and self._ahead:
                 handed.append(self._give_back_ahead())
             self._reap_writes()
             if terminating and not running:
@@ -381,11 +385,11 @@ class Worker:
             if now - self._registered >= REGISTRY_REFRESH:
                 self._register("running")  # a worker killed outright is still counted
             full = len(running) >= slots
-            if self._ahead is not None and now - self._ahead.held > ahead.hold:
-                self._give_back_ahead()  # its slot's task ran over
+            if self._ahead and now - self._ahead[0].held > ahead.hold:
+                self._give_back_ahead()  # their slots' tasks ran over
                 ahead.held_back = True
             due = None
-            if full and self._ahead is None and not terminating:
+            if full and not self._ahead and not terminating:
                 due = ahead.due([job.launched for job in running.values()])
             wanted = not full or (due is not None and now >= due)
             if not terminating and wanted and now >= next_poll:
@@ -398,15 +402,18 @@ class Worker:
                 if picked is not None:
                     job = self._begin(*picked)
                     if isinstance(job, _Running):
+                        ahead.prepared(time.monotonic() - now)
                         if full:
-                            ahead.prepared(time.monotonic() - now)
                             job.held = time.monotonic()
-                            self._ahead = job
+                            self._ahead.append(job)
                             self.stats.claimed_ahead += 1
                         else:
                             self._start(job)
                     elif job is not None:
                         self._finish_later(job, None)
+                    self._queue_claimed_more()
+                    while len(running) < slots and self._ahead:
+                        self._start(self._ahead.popleft())
                     delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
                     next_poll = self._after_task(view)  # another slot may be free
                     continue
@@ -555,9 +562,15 @@ class Worker:
         return None
 
     def _claim_own(self, view: WorkView) -> tuple[str, claims.Claim] | None:
-        """Claim the lowest pending task of this worker's shard, without listing claims."""
+        """Claim the lowest pending task of this worker's shard, without listing claims;
+        tasks shorter than a claim, several at once (``Lookahead.burst``)."""
         now = time.monotonic()
         after = self._shard.steal_after(view, now)
+        burst = self._lookahead.burst()
+        if burst > 1 and not self._terminating.is_set():
+            picked = self._claim_own_burst(view, self._shard.own_pending(view, burst), now, after)
+            if picked is not None:
+                return picked
         for tid in self._shard.own_pending(view, 2):
             seen = view.first_seen.get(tid, now)
             # A fresh task is rarely lost (nobody steals it yet): read its payload in
@@ -571,6 +584,33 @@ class Worker:
             self.stats.lost_races += 1
             self._shard.lost_race(to_owner=self._lost_to_owner(tid))
         return None
+
+    def _claim_own_burst(
+        self, view: WorkView, tids: list[str], now: float, after: float
+    ) -> tuple[str, claims.Claim] | None:
+        """Claim ``tids`` in one round trip (payloads read with them, as for one); the
+        first won is returned, the others wait in ``_claimed_more``."""
+        if len(tids) < 2:
+            return None
+        fresh = [now - view.first_seen.get(tid, now) < after for tid in tids]
+
+        async def claim_all() -> list[claims.Claim | None]:
+            reads = zip(tids, fresh, strict=True)
+            return list(await asyncio.gather(*(self._claim_and_read(t, read=f) for t, f in reads)))
+
+        won = self.loop.run(claim_all())
+        view.drop(set(tids))
+        mine = [(t, c) for t, c in zip(tids, won, strict=True) if c is not None]
+        lost = len(tids) - len(mine)
+        if lost:
+            self.stats.lost_races += lost
+            self._shard.lost_race(to_owner=self._lost_to_owner(tids[won.index(None)]))
+        if not mine:
+            return None
+        self._shard.collisions = 0
+        self._claimed_more = mine[1:]
+        self.stats.claimed_together += len(mine)
+        return mine[0]
 
     def _lost_to_owner(self, tid: str) -> bool:
         """Whether the claim that beat ours on ``tid`` is another owner's of its shard
@@ -803,17 +843,33 @@ class Worker:
             return
         self._running[job.tid] = job
 
+    def _queue_claimed_more(self) -> None:
+        """Prepare the tasks won in the same round trip as the one just picked; they
+        wait for a slot with the tasks claimed ahead."""
+        more, self._claimed_more = self._claimed_more, []
+        for tid, claim in more:
+            job = self._begin(tid, claim, None)
+            if isinstance(job, _Running):
+                job.held = time.monotonic()
+                self._ahead.append(job)
+            elif job is not None:
+                self._finish_later(job, None)
+
     def _give_back_ahead(self) -> str:
-        """Hand back the task claimed ahead, which never started."""
-        job, self._ahead = self._ahead, None
-        assert job is not None
-        self.stats.ahead_handed_back += 1
-        released = False
-        with contextlib.suppress(StarburstError, TimeoutError):
-            released = self.loop.run(claims.hand_back(self.store, self.layout, job.lease.claim), 10)
-        what = "handed back" if released else "could not hand back (its lease will expire)"
-        log.info("worker %s: task %s claimed ahead: %s", self.worker_id, job.tid, what)
-        return f"{what} {job.tid} (claimed ahead, not started)"
+        """Hand back every task claimed ahead, none of which started."""
+        given = []
+        while self._ahead:
+            job = self._ahead.popleft()
+            self.stats.ahead_handed_back += 1
+            released = False
+            with contextlib.suppress(StarburstError, TimeoutError):
+                released = self.loop.run(
+                    claims.hand_back(self.store, self.layout, job.lease.claim), 10
+                )
+            what = "handed back" if released else "could not hand back (its lease will expire)"
+            log.info("worker %s: task %s claimed ahead: %s", self.worker_id, job.tid, what)
+            given.append(f"{what} {job.tid} (claimed ahead, not started)")
+        return "; ".join(given)
 
     def _wait(
         self, running: dict[str, _Running], timeout: float, handed: list[str], closed: bool
@@ -835,17 +891,19 @@ class Worker:
                     running[job.tid] = job
                     continue
                 outcome = Outcome.decode(answer, key=f"the answer of task process for {job.tid}")
-                self._lookahead.ran(time.monotonic() - job.launched)
+                # The call's own time (its process's clock), not until this loop saw it
+                # end: a claim that held the loop meanwhile would make short tasks look
+                # as long as a claim, and they would be claimed one round trip at a time.
+                self._lookahead.ran(max(outcome.finished - outcome.started, 0.0))
             except ChildExited as exited:
                 # A crash fails this task at once; the other slots run on.
                 outcome = self._died(job, exited)
             ended += 1
             self._idle_processes.append(job.process)
-            if self._ahead is not None and closed:
+            if self._ahead and closed:
                 self._give_back_ahead()
-            elif self._ahead is not None and not self._terminating.is_set():
-                nxt, self._ahead = self._ahead, None
-                self._start(nxt)
+            elif self._ahead and not self._terminating.is_set():
+                self._start(self._ahead.popleft())
             self._finish_later(outcome, job.lease)
         for tid, job in list(running.items()):
             try:
@@ -856,8 +914,8 @@ class Worker:
                     self._idle_processes.append(job.process)
                 del running[tid]
                 handed.append(str(back))
-        if self._ahead is not None:
-            self._ahead.lease.tick(on_term=False)
+        for waiting in self._ahead:
+            waiting.lease.tick(on_term=False)
         return ended > 0 or len(running) < len(by_fd)
 
     def _died(self, job: _Running, exited: ChildExited) -> Outcome:

@@ -13,6 +13,7 @@ import pytest
 from starburst_executor import DetachedExecutor
 from starburst_executor._core.codec import Outcome
 from starburst_executor._core.futures import TaskFuture
+from starburst_executor._core.poller import WAVE_MIN, Waves
 
 ROUNDS = 2000
 THREADS = 4
@@ -122,3 +123,23 @@ def test_many_threads_cancel_a_live_session_while_the_poller_resolves(prefix: st
         assert ex.status().cancelled == len(futures)
     finally:
         ex.cleanup(force=True)
+
+
+def test_the_poller_looks_for_the_next_wave_of_long_tasks_when_it_is_due() -> None:
+    """Results of long tasks come in waves; the next is read when due, not a grown
+    backoff later. Short tasks and cancels leave the trickle and backoff delays alone."""
+    waves = Waves(min_delay=0.005, max_delay=1.0)
+    assert waves.delay(0.8, 0, now=10.0, wall=1000.0, rtt=0.02) == 0.8  # nothing read yet
+    waves.learn(Outcome("t000000000", "cancelled", started=0.0, finished=0.0))
+    assert waves.duration is None
+    waves.learn(Outcome("t000000000", "ok", started=999.0, finished=999.5))
+    # Next result: 0.5 s after the latest finish, plus its write (one round trip).
+    assert waves.delay(0.8, 0, now=10.0, wall=1000.0, rtt=0.02) == pytest.approx(0.02)
+    assert waves.delay(0.8, 4, now=9.9, wall=999.9, rtt=0.02) == pytest.approx(0.12)
+    assert waves.delay(0.01, 4, now=9.9, wall=999.9, rtt=0.02) == 0.01  # sooner stays
+    # Late: every sixteenth of a task time for half a task time, then the backoff again.
+    assert waves.delay(0.8, 0, now=10.1, wall=1000.1, rtt=0.02) == pytest.approx(0.5 / 16)
+    assert waves.delay(0.8, 0, now=10.4, wall=1000.4, rtt=0.02) == 0.8
+    short = Waves(min_delay=0.005, max_delay=1.0)
+    short.learn(Outcome("t000000001", "ok", started=999.0, finished=999.0 + WAVE_MIN / 2))
+    assert short.delay(0.5, 3, now=10.0, wall=999.1, rtt=0.02) == 0.5  # a stream: trickle

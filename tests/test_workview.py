@@ -125,6 +125,10 @@ def test_the_rate_and_when_the_shards_next_task_is_due():
     view = WorkView()
     view.absorb(listing(*tasks(0)), LAYOUT, now=0.0)
     assert shard.rate(view, 0.0) == 0.0 and shard.own_due(view, 0.0) is None
+    view.absorb(listing(*tasks(*range(4))), LAYOUT, now=0.4)
+    view.absorb(listing(*tasks(*range(8))), LAYOUT, now=0.8)
+    # Two polls showed tasks: a burst or two, no stream yet, so nothing is "due".
+    assert shard.rate(view, 0.8) > 0 and shard.own_due(view, 0.8) is None
     view.absorb(listing(*tasks(*range(11))), LAYOUT, now=1.0)  # 10 tasks in 1 s
     assert shard.rate(view, 1.0) == 10.0
     # top is 10: the shard's next id is 12, the 2nd after it, due two submits late
@@ -169,7 +173,8 @@ def test_the_pause_before_the_next_poll():
     assert shard.pause(view, 1e6, 0.0, hot=False) == IDLE_MAX_DELAY
     assert shard.pause(view, 0.5, 0.0, hot=False) == 0.5
     view.absorb(listing(*tasks(0)), LAYOUT, now=0.0)
-    view.absorb(listing(*tasks(*range(11))), LAYOUT, now=1.0)
+    for n, now in ((4, 0.4), (8, 0.8), (11, 1.0)):  # a stream: three polls showed tasks
+        view.absorb(listing(*tasks(*range(n))), LAYOUT, now=now)
     view.drop(set(ids(*range(11))))
     due = shard.own_due(view, 1.0)
     assert due is not None

@@ -6,7 +6,8 @@ before, fetched concurrently. With at most ``DIRECT_MAX`` futures pending, a rou
 GETs their result keys directly instead (one round trip, not two); a store that
 answers 403 for missing keys turns that off for good. Rounds back off from ``min_delay`` to
 ``max_delay`` while nothing changes, and sleep entirely while nothing is
-pending. Futures are resolved on the poller's own thread, so done-callbacks may
+pending; results of long tasks, which come in waves, are looked for when the next
+wave is due (``Waves``). Futures are resolved on the poller's own thread, so done-callbacks may
 call back into the executor.
 """
 
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import AccessDenied, CorruptObject, StarburstError
 from .codec import Outcome
@@ -32,6 +34,49 @@ TRICKLE_MAX_DELAY = 0.5  # results of a stream gather this long at most per LIST
 DIRECT_MAX = 8  # at most this many pending: GET their result keys, no LIST
 HOT_SECONDS = 1.0
 HOT_PERIOD = 0.02
+WAVE_MIN = 0.1  # tasks at least this long (and 4 round trips) end in waves worth timing
+
+
+@dataclass
+class Waves:
+    """Long tasks end in waves (one per worker slot, every task time): when the next
+    result should be readable, from the outcomes already read.
+
+    A worker starts its next task as its last one ends, so the next result lands one
+    task time after the latest finish seen, plus its write. The next round goes out
+    then, not a grown backoff later; one that finds nothing looks again every sixteenth
+    of a task time (at least a round's duration) for half a task time, then backs off as
+    before. Short tasks (under ``WAVE_MIN`` or 4 rounds) stream rather than come in
+    waves: the trickle delays gather them."""
+
+    min_delay: float
+    max_delay: float
+    last_finished: float | None = None  # the latest finish read (worker clock, epoch s)
+    duration: float | None = None  # a task's time, smoothed
+
+    def learn(self, outcome: Outcome) -> None:
+        if outcome.kind == "cancelled" or not 0 < outcome.started <= outcome.finished:
+            return
+        took = outcome.finished - outcome.started
+        self.duration = took if self.duration is None else 0.7 * self.duration + 0.3 * took
+        self.last_finished = max(self.last_finished or 0.0, outcome.finished)
+
+    def delay(
+        self, delay: float, resolved: int, now: float, wall: float, rtt: float | None
+    ) -> float:
+        """``delay`` (what the trickle and backoff rules chose), shortened to meet the
+        next wave; ``now`` is monotonic, ``wall`` the epoch time at the same instant."""
+        if self.duration is None or self.last_finished is None:
+            return delay
+        rtt = rtt or 0.0
+        if self.duration < max(WAVE_MIN, 4 * rtt):
+            return delay
+        due = now + (self.last_finished + self.duration + rtt - wall)
+        if now < due:
+            return min(delay, due - now) if resolved else min(due - now, self.max_delay)
+        if now < due + self.duration / 2:
+            return min(delay, max(self.duration / 16, rtt, self.min_delay))
+        return delay
 
 
 class ResultPoller:
@@ -62,6 +107,7 @@ class ResultPoller:
         self._direct = True  # GET known result keys while few are pending
         self._rtt: float | None = None  # a poll round's duration, smoothed
         self._tracked_at = -1e9
+        self._waves = Waves(min_delay, max_delay)
         self._thread = threading.Thread(
             target=self._run, name=f"starburst-poller-{session.session_id}", daemon=True
         )
@@ -138,6 +184,7 @@ class ResultPoller:
                 resolved = 0
             streaming, tracked = self._tracked != tracked, self._tracked
             delay = self._next_delay(delay, resolved, len(pending) - resolved, streaming)
+            delay = self._waves.delay(delay, resolved, time.monotonic(), time.time(), self._rtt)
             self._wake.clear()
             self._deep_sleep = delay > TRICKLE_MAX_DELAY
             if self._wake.wait(delay):
@@ -232,6 +279,7 @@ class ResultPoller:
             future = pending[tid]
             try:
                 if isinstance(outcome, Outcome):
+                    self._waves.learn(outcome)
                     future._resolve(outcome)
                 elif isinstance(outcome, CorruptObject):
                     future._fail(outcome)

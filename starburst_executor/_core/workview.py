@@ -13,8 +13,10 @@ shards; a task stolen from a worker that ran late does not move it. A worker who
 shard is empty steals another shard's task once it has waited longer than its owner
 would take (its owner is busy, or there is none): a claims LIST first, backing off
 while such checks find nothing to take. Polls are timed by the arrival rate every
-worker sees in the same listings: a worker sleeps until its shard's next task is due,
-so the fleet polls about once per task, whatever its size.
+worker sees in the same listings: in a stream (``RATE_MIN_POLLS`` polls showed new
+tasks), a worker sleeps until its shard's next task is due, so the fleet polls about
+once per task, whatever its size; after a burst or two it backs off as an idle worker
+does, so the next burst is not left waiting for a "due" time its thin evidence set.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ STEAL_AFTER_MAX = 3.0  # ... and at most this (its owner is busy, or there is no
 # Shards past FLEET_UNIT stretch STEAL_AFTER_MAX, STEAL_CHECK_MAX and DUE_MAX in proportion.
 STEAL_CHECK_MAX = 8.0  # fruitless steal checks (a claims LIST each) back off to this
 RATE_WINDOW = 5.0  # the arrival rate is counted over this many seconds
+RATE_MIN_POLLS = 3  # ... from at least this many polls that showed new tasks
 BATCH_WAIT = 0.25  # in fast streams a task may wait this long for its owner's next poll
 DUE_MAX = 3.0  # a worker sleeps at most this long for its shard's next expected task
 # Shards past this many stretch STEAL_CHECK_MAX and DUE_MAX in proportion, so the fleet's
@@ -198,7 +201,9 @@ class Shard:
         """When the next task of this shard is expected (monotonic): it is the j-th
         task after the highest seen, and tasks arrive at the observed rate."""
         rate = self.rate(view, now)
-        if rate <= 0:
+        if rate <= 0 or len(view.arrivals) < RATE_MIN_POLLS:
+            # One or two bursts are no stream: a worker that slept until a task "due" at
+            # their rate would start its share of the next burst late.
             return None
         j = (self.index - (view.top + 1)) % self.width + 1
         # Fast streams: wait for as many of its tasks as arrive within BATCH_WAIT, so

@@ -411,7 +411,10 @@ def payload_blobs(data: bytes, *, key: str) -> tuple[str, ...]:
 
 class _PieceUnpickler(pickle.Unpickler):
     def __init__(
-        self, data: memoryview, pieces: Mapping[str, bytes], loaded: dict[str, Any] | None = None
+        self,
+        data: memoryview | bytes,
+        pieces: Mapping[str, bytes],
+        loaded: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(io.BytesIO(data))
         self._pieces = pieces
@@ -425,24 +428,36 @@ class _PieceUnpickler(pickle.Unpickler):
                 raise pickle.UnpicklingError(f"piece {pid} was not fetched") from None
             # A piece may refer to another (a function's piece to the big bytes it
             # closes over, stored once for every call that holds them).
-            nested = _PieceUnpickler(memoryview(piece), self._pieces, self._loaded)
+            # From the bytes themselves: BytesIO shares them (a memoryview is copied).
+            nested = _PieceUnpickler(piece, self._pieces, self._loaded)
             self._loaded[pid] = nested.load()
         return self._loaded[pid]
 
 
 def decode_call(
-    data: bytes, *, key: str, pieces: Mapping[str, bytes] | None = None
+    data: bytes,
+    *,
+    key: str,
+    pieces: Mapping[str, bytes] | None = None,
+    immutable: dict[str, Any] | None = None,
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Unpickle a call; ``pieces`` holds the bytes of every piece it refers to."""
+    """Unpickle a call; ``pieces`` holds the bytes of every piece it refers to.
+
+    ``immutable``: pieces already unpickled that are ``bytes`` or ``str`` (they cannot
+    change, so calls may share them), by digest; the ones this call unpickles are added.
+    A 20 MB piece then costs its copy once per process, not once per call."""
     _, _, blob = _split_payload(data, key)
+    loaded: dict[str, Any] = dict(immutable or {})
     try:
-        fn, args, kwargs = _PieceUnpickler(blob, pieces or {}).load()
+        fn, args, kwargs = _PieceUnpickler(blob, pieces or {}, loaded).load()
     except (Exception, SystemExit) as err:  # a __reduce__ may even call sys.exit
         raise CorruptObject(
             f"payload {key} cannot be unpickled: {type(err).__name__}: {err}; "
             "resubmit the task, and check the worker has the modules it needs (the image's "
             "lock, `starburst image show`; the user's own modules ship unless ship_code=False)"
         ) from err
+    if immutable is not None:
+        immutable.update((d, o) for d, o in loaded.items() if type(o) in (bytes, str))
     return fn, tuple(args), dict(kwargs)
 
 

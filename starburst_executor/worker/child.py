@@ -197,6 +197,7 @@ def _die_with_parent(parent: int | None) -> None:
 
 
 _PIECES: dict[str, bytes] = {}  # this process's last pieces: the next task often shares them
+_IMMUTABLE: dict[str, Any] = {}  # of those, the ones that unpickle to bytes or str, unpickled
 PIECES_KEPT_BYTES = 256 * 1024**2  # kept between tasks at most (one task's own are never evicted)
 
 
@@ -215,6 +216,7 @@ def _load_pieces(paths: dict[str, str]) -> dict[str, bytes]:
         if kept + sum(len(d) for d in _PIECES.values()) <= PIECES_KEPT_BYTES:
             break
         del _PIECES[digest]
+        _IMMUTABLE.pop(digest, None)
     _PIECES.update(wanted)  # newest last
     return wanted
 
@@ -243,6 +245,7 @@ def serve(request_fd: int, result_fd: int, parent: int | None = None) -> int:
             seed=request["seed"],
             meta=request["meta"],
             pieces=_load_pieces(request.get("pieces", {})),
+            immutable=_IMMUTABLE,
         )
         _send(result_fd, outcome.encode())
 

@@ -64,12 +64,13 @@ def run_call(
     seed: int | None,
     meta: dict[str, Any],
     pieces: Mapping[str, bytes] | None = None,
+    immutable: dict[str, Any] | None = None,
 ) -> Outcome:
     """Run the call stored in ``payload`` (its big ``pieces`` by digest) and return its
     outcome; never raises."""
     started = time.time()
     try:
-        fn, args, kwargs = decode_call(payload, key=key, pieces=pieces)
+        fn, args, kwargs = decode_call(payload, key=key, pieces=pieces, immutable=immutable)
     except BaseException as err:
         outcome = Outcome.failure(tid, err, **meta)
     else:

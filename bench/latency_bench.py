@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import statistics
@@ -154,7 +155,7 @@ def throughput(where: Where, n: int, workers: int, use_map: bool) -> dict[str, f
 
 def efficiency(where: Where, n: int, workers: int) -> dict[str, float]:
     ex = warm(where, workers)
-    t0 = time.perf_counter()
+    t0, epoch = time.perf_counter(), time.time()
     futures = [ex.submit(sleep_half, i) for i in range(n)]
     submitted = time.perf_counter() - t0
     concurrent.futures.wait(futures)
@@ -165,12 +166,27 @@ def efficiency(where: Where, n: int, workers: int) -> dict[str, float]:
     outcomes = [f._outcome for f in futures if f._outcome is not None]
     ex.cleanup(force=True)
     span = max(o.finished for o in outcomes) - min(o.started for o in outcomes)
+    by_worker: dict[str, list[Any]] = {}
+    for o in outcomes:
+        by_worker.setdefault(o.worker_id, []).append(o)
+    firsts = [min(o.started for o in runs) for runs in by_worker.values()]
+    gaps = []
+    for runs in by_worker.values():
+        ordered = sorted(runs, key=lambda o: o.started)
+        gaps += [b.started - a.finished for a, b in itertools.pairwise(ordered)]
     return {
         "efficiency": (n * 0.5 / workers) / wall,
         "wall_s": wall,
         "submit_s": submitted,
         "run_span_s": span,
         "span_efficiency": (n * 0.5 / workers) / span,
+        # Diagnostics: how far apart the workers' first starts were, the longest pause
+        # between two tasks of one worker, and the tasks of the busiest worker.
+        "first_start_s": min(firsts) - epoch,  # the first pickup, from the first submit
+        "last_result_lag_s": epoch + wall - max(o.finished for o in outcomes),
+        "first_start_spread_s": max(firsts) - min(firsts),
+        "max_gap_s": max(gaps, default=0.0),
+        "most_tasks_on_one_worker": max(len(runs) for runs in by_worker.values()),
     }
 
 

@@ -26,6 +26,7 @@ from starburst_executor._core.codec import (
 )
 from starburst_executor._core.layout import RELEASED_DIR, task_id
 from starburst_executor._core.loop import LoopThread
+from starburst_executor._core.workview import BURST_AFTER
 from starburst_executor.errors import CorruptObject, ObjectNotFound, PicklingError, WorkerDied
 from starburst_executor.store.local_server import LocalServer, read_credentials
 from starburst_executor.store.s3 import S3Store, _no_expect_continue
@@ -248,6 +249,25 @@ def test_big_immutable_data_a_call_holds_is_pickled_and_hashed_once_per_client()
     assert fn(*args, **kwargs) == 2 * mib
 
 
+def test_a_task_process_unpickles_an_immutable_piece_once_and_a_mutable_one_per_call():
+    mib = 1024 * 1024
+    model = os.urandom(2 * mib)
+    rows = bytearray(2 * mib)
+
+    def first_bytes(i: int, data: bytes = model) -> int:
+        rows[0] = (rows[0] + i) % 256  # a call may change its own copy of mutable data
+        return data[0] + rows[0]
+
+    payload, pieces = encode_call_pieces(first_bytes, (1,), {}, threshold=mib, cache=PieceCache())
+    assert len(pieces) == 2  # the bytes, and the function holding the bytearray
+    immutable: dict[str, object] = {}
+    fn, args, _ = decode_call(payload, key="k", pieces=pieces, immutable=immutable)
+    assert list(immutable) == [next(d for d, p in pieces.items() if len(p) < len(model) + 64)]
+    again, args_again, _ = decode_call(payload, key="k", pieces=pieces, immutable=immutable)
+    assert fn.__defaults__[0] is again.__defaults__[0]  # the bytes: shared, unpickled once
+    assert fn(*args) == again(*args_again) == model[0] + 1  # each call its own bytearray
+
+
 def test_tasks_that_appear_out_of_order_are_run_without_waiting_for_a_scan(prefix):
     # A long lease: the expiry scan (which would find a skipped task) waits 150 s.
     ex = DetachedExecutor(max_workers=1, lease_seconds=600)
@@ -379,6 +399,7 @@ def test_tasks_shorter_than_a_claim_are_claimed_together_and_each_runs_once(pref
     try:
         for i in range(3):  # the worker learns that a task takes less than a claim
             assert ex.submit(tasks.square, i).result(timeout=TIMEOUT) == i * i
+        # The first few go one claim at a time (BURST_AFTER), then claims go together.
         futures = [ex.submit(tasks.append_index, str(path), i) for i in range(200)]
         assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(200))
         assert sorted(int(x) for x in path.read_text().split()) == list(range(200))
@@ -398,15 +419,16 @@ def test_after_sigterm_the_tasks_claimed_together_and_not_started_are_handed_bac
     ex = DetachedExecutor(max_workers=1, lease_seconds=600)
     session, store, loop = ex._session, ex._runtime.store, ex._runtime.loop
     try:
-        for i in range(3):  # short tasks: the worker claims several per round trip
+        for i in range(BURST_AFTER + 4):  # short tasks: the worker claims several at once
             assert ex.submit(tasks.square, i).result(timeout=TIMEOUT) == i * i
         # One batch object, seen in one listing: a task that holds its slot, then five.
         held = encode_call(tasks.touch_then_wait, (str(started), str(release)), {})
         quick = [encode_call(tasks.square, (i,), {}) for i in range(5)]
-        loop.run(session.put_tasks(task_id(3), [held, *quick]))
+        first = BURST_AFTER + 4
+        loop.run(session.put_tasks(task_id(first), [held, *quick]))
         wait_until(started.exists, "the held task to start", TIMEOUT)
         worker = parent_of(int(started.read_text()))
-        claimed = [session.layout.key("claims", task_id(i)) for i in range(4, 9)]
+        claimed = [session.layout.key("claims", task_id(first + 1 + i)) for i in range(5)]
 
         def waiting() -> list[str]:
             return [key for key in claimed if loop.run(store.exists(key))]
@@ -417,7 +439,9 @@ def test_after_sigterm_the_tasks_claimed_together_and_not_started_are_handed_bac
         wait_until(lambda: not waiting(), "every waiting task to be handed back", TIMEOUT)
         release.write_text("go")
         again = DetachedExecutor.attach(ex.session_id)  # its workers run what came back
-        assert [f.result(timeout=TIMEOUT) for f in again.futures[4:]] == [i * i for i in range(5)]
+        assert [f.result(timeout=TIMEOUT) for f in again.futures[first + 1 :]] == [
+            i * i for i in range(5)
+        ]
         again.detach()
 
         def exit_reason() -> str:

@@ -10,6 +10,7 @@ from starburst_executor._core.submits import SUBMIT_WINDOW
 from starburst_executor._core.workview import (
     AHEAD_HOLD_MIN,
     AHEAD_LEAD,
+    BURST_AFTER,
     BURST_MAX,
     DUE_MAX,
     FOREIGN_AFTER,
@@ -213,17 +214,26 @@ def test_a_claim_ahead_goes_out_before_the_first_running_task_is_expected_to_end
 def test_tasks_shorter_than_a_claim_are_claimed_several_in_one_round_trip():
     ahead = Lookahead()
     assert ahead.burst() == 1  # how long a task takes is not known yet
-    ahead.ran(AHEAD_LEAD / 4)
-    assert ahead.burst() == 4  # as many as run while the next claims go out
+    for _ in range(BURST_AFTER - 1):
+        ahead.ran(0.0)
+    assert ahead.burst() == 1  # a warm-up of a few quick calls is no evidence yet
     ahead.ran(0.0)
+    assert ahead.burst() == 2  # then twice as many claims each task
     ahead.ran(0.0)
-    assert 4 < ahead.burst() <= BURST_MAX
-    for _ in range(20):
+    assert ahead.burst() == 4
+    for _ in range(10):
         ahead.ran(0.0)
     assert ahead.burst() == BURST_MAX
+    ahead.claimed(0.0)  # claims got quick: no more at once than run in one claim's time
+    for _ in range(10):
+        ahead.claimed(AHEAD_LEAD / 4)
+    ahead.ran(AHEAD_LEAD / 16)
+    assert 1 < ahead.burst() < BURST_MAX
+    ahead.ran(2 * AHEAD_LEAD)  # one long task: one claim at a time again
+    assert ahead.burst() == 1
     for _ in range(20):
-        ahead.ran(2 * AHEAD_LEAD)
-    assert ahead.burst() == 1  # longer than a claim: one at a time (and claims ahead)
+        ahead.ran(0.0)
+    assert ahead.burst() > 1
 
 
 def test_a_claim_ahead_is_held_at_most_a_bounded_time_and_not_retried_until_a_task_ends():

@@ -127,11 +127,17 @@ class SessionStore:
         key = self.layout.batch(first, len(payloads))
         body = payloads[0] if len(payloads) == 1 else encode_batch(payloads)
         if await conditional_put(self.store, key, body, if_none_match=True) is None:
-            ids = first if len(payloads) == 1 else f"{first} to {self.layout.task_ids_of(key)[-1]}"
+            what = (
+                f"task {first} of session {self.session_id} already exists"
+                if len(payloads) == 1
+                else f"tasks {first} to {self.layout.task_ids_of(key)[-1]} of session "
+                f"{self.session_id} already exist"
+            )
+            calls = "this call was" if len(payloads) == 1 else "these calls were"
             raise SubmitConflict(
-                f"task {ids} of session {self.session_id} already exists: another client "
-                "is submitting to this session and this call was not stored; submit from "
-                "one client at a time (attach again to see the other client's tasks)"
+                f"{what}: another client is submitting to this session and {calls} not "
+                "stored; submit from one client at a time (attach again to see the other "
+                "client's tasks)"
             ) from None
 
     async def put_blob(self, digest: str, data: bytes) -> None:

@@ -275,6 +275,7 @@ AHEAD_LEAD = 0.1  # a first guess of how long claiming and preparing a task take
 AHEAD_HOLD_MIN = 1.0  # a task claimed ahead is held at least this long before hand-back
 EWMA = 0.3  # the weight of the newest sample in the running estimates
 BURST_MAX = 16  # own tasks claimed in one round trip, at most
+BURST_AFTER = 4  # ... once this many tasks in a row ran faster than a claim
 
 
 @dataclass
@@ -296,22 +297,38 @@ class Lookahead:
     alone: bool = False
     run_time: float | None = None  # running estimate of a task's time in its slot
     lead: float = AHEAD_LEAD  # running estimate of poll-to-prepared time
+    claim_time: float = AHEAD_LEAD  # running estimate of one claim's round trip
+    short_streak: int = 0  # tasks in a row that ran faster than a claim
+    burst_cap: int = 1  # claims that may go out together now
     held_back: bool = False
 
     def ran(self, seconds: float) -> None:
         self.run_time = seconds if self.run_time is None else _blend(self.run_time, seconds)
         self.held_back = False
+        # Claims go out together only after BURST_AFTER short tasks in a row, then twice
+        # as many each task (up to BURST_MAX), and one at a time again after a long one:
+        # a warm-up of quick calls must not make a worker claim ten long ones at once.
+        if seconds < self.claim_time:
+            self.short_streak += 1
+            if self.short_streak >= BURST_AFTER:
+                self.burst_cap = min(2 * self.burst_cap, BURST_MAX)
+        else:
+            self.short_streak, self.burst_cap = 0, 1
 
     def prepared(self, seconds: float) -> None:
         self.lead = _blend(self.lead, seconds)
 
+    def claimed(self, seconds: float) -> None:
+        self.claim_time = _blend(self.claim_time, seconds)
+
     def burst(self) -> int:
         """How many of its own tasks a worker claims in one round trip: tasks that end
         faster than a claim takes run back to back while the next claims go out, so as
-        many as run in one claim's time (at most ``BURST_MAX``); else one."""
-        if self.run_time is None or self.run_time >= self.lead:
+        many as run in one claim's time (at most ``burst_cap``); else one. (The claim's
+        own round trip, not ``lead``: a first task's code download is no claim.)"""
+        if self.run_time is None or self.run_time >= self.claim_time:
             return 1
-        return max(1, min(BURST_MAX, int(self.lead / max(self.run_time, 1e-3))))
+        return max(1, min(self.burst_cap, int(self.claim_time / max(self.run_time, 1e-3))))
 
     def due(self, launched: list[float]) -> float | None:
         """When (monotonic) to claim ahead, given when the running tasks started; None:

@@ -402,8 +402,8 @@ class Worker:
                 if picked is not None:
                     job = self._begin(*picked)
                     if isinstance(job, _Running):
-                        ahead.prepared(time.monotonic() - now)
                         if full:
+                            ahead.prepared(time.monotonic() - now)
                             job.held = time.monotonic()
                             self._ahead.append(job)
                             self.stats.claimed_ahead += 1
@@ -576,7 +576,9 @@ class Worker:
             # A fresh task is rarely lost (nobody steals it yet): read its payload in
             # the claim's round trip. An older one may have been stolen: claim first.
             fresh = now - seen < after
+            sent = time.monotonic()
             claim = self.loop.run(self._claim_and_read(tid, read=fresh))
+            self._lookahead.claimed(time.monotonic() - sent)
             view.drop({tid})  # claimed, by us or another (kept when the store failed)
             if claim is not None:
                 self._shard.collisions = 0
@@ -598,7 +600,9 @@ class Worker:
             reads = zip(tids, fresh, strict=True)
             return list(await asyncio.gather(*(self._claim_and_read(t, read=f) for t, f in reads)))
 
+        sent = time.monotonic()
         won = self.loop.run(claim_all())
+        self._lookahead.claimed(time.monotonic() - sent)
         view.drop(set(tids))
         mine = [(t, c) for t, c in zip(tids, won, strict=True) if c is not None]
         lost = len(tids) - len(mine)

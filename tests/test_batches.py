@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import datetime, timezone
 
 import pytest
 from helpers import wait_until
 
 from starburst_executor import DetachedExecutor, StarburstExecutor
 from starburst_executor._core.codec import encode_call, payload_nonce
-from starburst_executor._core.layout import task_id
+from starburst_executor._core.layout import SessionLayout, new_session_id, task_id
 from starburst_executor._core.submits import SUBMIT_WINDOW
 from starburst_executor.errors import CorruptObject, SubmitConflict
+from starburst_executor.store.base import Listing, ObjectInfo
 from starburst_executor.worker.payloads import TaskPayloads
 
 TIMEOUT = 120
@@ -101,6 +103,21 @@ def test_a_worker_finds_a_batched_task_it_never_listed_and_reads_each_batch_once
         assert payloads.known_key(task_id(5)) is None
     finally:
         ex.cleanup(force=True)
+
+
+def test_a_task_is_found_in_its_batch_past_another_clients_object_in_between():
+    """Two clients submitting at once: ``t10.20`` and a lone ``t15``; tasks 16 to 29 are
+    still in the first client's batch, not lost behind the nearer object."""
+    layout = SessionLayout("p", new_session_id())
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    keys = [layout.batch(task_id(10), 20), layout.key("tasks", task_id(15))]
+    payloads = TaskPayloads(None, layout)  # type: ignore[arg-type]  # no request is made
+    payloads.learn(Listing([ObjectInfo(k, "e", now, 0) for k in sorted(keys)], now))
+    assert payloads.known_key(task_id(15)) == keys[1]  # the nearest that holds it
+    assert payloads.known_key(task_id(16)) == keys[0]
+    assert payloads.known_key(task_id(29)) == keys[0]
+    assert payloads.known_key(task_id(30)) is None
+    assert payloads.known_key(task_id(9)) is None
 
 
 def test_a_corrupted_batch_fails_each_of_its_tasks_naming_the_key(prefix):

@@ -138,13 +138,23 @@ class _CallPickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
 
-def dumps_call(obj: Any, pieces: dict[int, str] | None = None) -> bytes:
+def dumps_call(
+    obj: Any, pieces: dict[int, str] | None = None, used: set[str] | None = None
+) -> bytes:
     """Pickle a call (function, arguments) for a worker; the objects in ``pieces`` (by
-    id) are pickled as a reference to their digest."""
+    id) are pickled as a reference to their digest, and ``used`` collects the digests
+    the pickle met."""
     buffer = io.BytesIO()
     pickler = _CallPickler(buffer, protocol=5)
     if pieces:
-        pickler.persistent_id = lambda o: pieces.get(id(o))
+
+        def persistent_id(o: Any) -> str | None:
+            digest = pieces.get(id(o))
+            if digest is not None and used is not None:
+                used.add(digest)
+            return digest
+
+        pickler.persistent_id = persistent_id
     pickler.dump(obj)
     return buffer.getvalue()
 
@@ -204,16 +214,21 @@ def encode_call_pieces(
             digest, data = cache.piece(obj)
             pieces[id(obj)], stored[digest] = digest, data
     blob = None
+    used: set[str] = set()  # the pieces a pickle met (a function pickled by name has
+    # defaults that travel with it, not in the payload)
     if not _made_big_calls(hint if hint is not None else fn):
-        blob = _pickle_call(fn, args, kwargs, pieces)
+        blob = _pickle_call(fn, args, kwargs, pieces, used)
         if len(blob) <= threshold:
-            return _payload(code, tuple(stored), _check_size(fn, blob)), stored
+            met = {d: stored[d] for d in stored if d in used}
+            return _payload(code, tuple(met), _check_size(fn, blob)), met
     immutables = dict(pieces)
+    inner: dict[str, set[str]] = {}  # a part's piece -> the pieces it refers to
     for part in parts:
         if id(part) in pieces:
             continue
+        refers: set[str] = set()
         try:
-            data = dumps_call(part, immutables)  # a piece may refer to those
+            data = dumps_call(part, immutables, refers)  # a piece may refer to those
         except Exception:
             _pickle_call(fn, args, kwargs)  # raises, naming the culprit
             raise
@@ -221,14 +236,19 @@ def encode_call_pieces(
             digest = hashlib.sha256(_check_size(fn, data)).hexdigest()
             pieces[id(part)] = digest
             stored[digest] = data
+            inner[digest] = refers
     if not stored:  # many small parts: one payload is all there is to it
         if blob is None:  # the hint was wrong this time
             _BIG_CALLERS.discard(hint if hint is not None else fn)
             blob = _pickle_call(fn, args, kwargs)
         return _payload(code, (), _check_size(fn, blob)), {}
     _remember_big_calls(hint if hint is not None else fn)
-    rest = _check_size(fn, dumps_call((fn, args, kwargs), pieces))
-    return _payload(code, tuple(stored), rest), stored
+    used = set()
+    rest = _check_size(fn, dumps_call((fn, args, kwargs), pieces, used))
+    for digest in list(used):
+        used |= inner.get(digest, set())
+    met = {d: stored[d] for d in stored if d in used}
+    return _payload(code, tuple(met), rest), met
 
 
 class PieceCache:
@@ -236,11 +256,13 @@ class PieceCache:
     identity: the next call holding the same object (a closure over 20 MB of bytes, the
     same big argument) refers to its piece without pickling or hashing it again, about
     40 ms of each such submit. Immutable, so the piece stays true; the cache holds the
-    objects (an id is not reused while cached), at most ``size`` of them. Mutable objects
-    (a numpy array, a list) are pickled at every submit, as a process pool does."""
+    objects (an id is not reused while cached), at most ``size`` of them and
+    ``max_bytes`` of pickles. Mutable objects (a numpy array, a list) are pickled at
+    every submit, as a process pool does."""
 
-    def __init__(self, size: int = 4) -> None:
+    def __init__(self, size: int = 4, max_bytes: int = 256 * 1024**2) -> None:
         self._size = size
+        self._max_bytes = max_bytes  # pickles kept, at most (a bigger one is not kept)
         self._lock = threading.Lock()
         self._entries: OrderedDict[int, tuple[object, str, bytes]] = OrderedDict()
 
@@ -253,9 +275,13 @@ class PieceCache:
                 return hit[1], hit[2]
         data = dumps_call(obj)
         digest = hashlib.sha256(_check_size(obj, data)).hexdigest()
+        if len(data) > self._max_bytes:
+            return digest, data
         with self._lock:
             self._entries[id(obj)] = (obj, digest, data)
-            while len(self._entries) > self._size:
+            while len(self._entries) > self._size or (
+                sum(len(e[2]) for e in self._entries.values()) > self._max_bytes
+            ):
                 self._entries.popitem(last=False)
         return digest, data
 
@@ -302,10 +328,14 @@ def _remember_big_calls(fn: Any) -> None:
 
 
 def _pickle_call(
-    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], pieces: dict[int, str] | None = None
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    pieces: dict[int, str] | None = None,
+    used: set[str] | None = None,
 ) -> bytes:
     try:
-        return dumps_call((fn, args, kwargs), pieces)
+        return dumps_call((fn, args, kwargs), pieces, used)
     except Exception as err:
         raise PicklingError(
             f"cannot pickle {_culprit(fn, args, kwargs)}; pass picklable data "
@@ -543,7 +573,9 @@ class Outcome:
             raise CorruptObject(f"result {key} is not a starburst outcome (bad header)")
         try:
             fields = pickle.loads(data[len(MAGIC_OUTCOME) :])
-            return cls(**fields)
+            # Fields a newer worker added are dropped, not an error.
+            known = cls.__dataclass_fields__
+            return cls(**{k: v for k, v in fields.items() if k in known})
         except Exception as err:
             raise CorruptObject(f"result {key} cannot be decoded: {err}") from err
 

@@ -44,10 +44,11 @@ class Waves:
 
     A worker starts its next task as its last one ends, so the next result lands one
     task time after the latest finish seen, plus its write. The next round goes out
-    then, not a grown backoff later; one that finds nothing looks again every sixteenth
-    of a task time (at least a round's duration) for half a task time, then backs off as
-    before. Short tasks (under ``WAVE_MIN`` or 4 rounds) stream rather than come in
-    waves: the trickle delays gather them."""
+    then at the latest, not a grown backoff later; one that finds nothing looks again
+    every sixteenth of a task time (at least a round's duration) for half a task time,
+    then backs off as before. It only ever shortens the delay the other rules chose.
+    Short tasks (under ``WAVE_MIN`` or 4 rounds) stream rather than come in waves: the
+    trickle delays gather them."""
 
     min_delay: float
     max_delay: float
@@ -73,7 +74,7 @@ class Waves:
             return delay
         due = now + (self.last_finished + self.duration + rtt - wall)
         if now < due:
-            return min(delay, due - now) if resolved else min(due - now, self.max_delay)
+            return min(delay, due - now)
         if now < due + self.duration / 2:
             return min(delay, max(self.duration / 16, rtt, self.min_delay))
         return delay

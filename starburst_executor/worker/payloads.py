@@ -31,7 +31,9 @@ class TaskPayloads:
         self._store = store
         self._layout = layout
         self._firsts: list[int] = []  # sorted first indexes of the objects known
-        self._counts: dict[int, int] = {}  # first index -> how many ids the object holds
+        # first index -> how many ids each object starting there holds (two clients that
+        # submitted at once may have written two)
+        self._counts: dict[int, list[int]] = {}
         self._kept: OrderedDict[str, list[bytes]] = OrderedDict()  # key -> payloads
         self._reading: dict[str, asyncio.Future[list[bytes]]] = {}  # batches being read
 
@@ -39,9 +41,15 @@ class TaskPayloads:
         """Take in the task objects a listing of ``tasks/`` shows."""
         for o in listing.objects:
             found = self._layout.task_range(o.key)
-            if found is not None and found[0] not in self._counts:
-                self._counts[found[0]] = found[1]
-                bisect.insort(self._firsts, found[0])
+            if found is None:
+                continue
+            first, count = found
+            counts = self._counts.get(first)
+            if counts is None:
+                self._counts[first] = [count]
+                bisect.insort(self._firsts, first)
+            elif count not in counts:
+                counts.append(count)
 
     def forget_below(self, index: int) -> None:
         """Drop what is known of objects wholly below task ``index`` (claimed: a task
@@ -56,10 +64,14 @@ class TaskPayloads:
         """The key of the object holding ``tid``, if a listing showed it."""
         index = task_index(tid)
         at = bisect.bisect_right(self._firsts, index)
-        if at:
+        # An object holds at most SUBMIT_WINDOW ids, so only those starting that close
+        # below can hold it (the nearest need not: another client's may sit in between).
+        while at and self._firsts[at - 1] > index - SUBMIT_WINDOW:
             first = self._firsts[at - 1]
-            if index < first + self._counts[first]:
-                return self._layout.batch(task_id(first), self._counts[first])
+            for count in self._counts[first]:
+                if index < first + count:
+                    return self._layout.batch(task_id(first), count)
+            at -= 1
         return None
 
     async def key_of(self, tid: str) -> str | None:

@@ -412,7 +412,7 @@ class Worker:
                     elif job is not None:
                         self._finish_later(job, None)
                     self._queue_claimed_more()
-                    while len(running) < slots and self._ahead:
+                    while len(running) < slots and self._ahead and not self._terminating.is_set():
                         self._start(self._ahead.popleft())
                     delay, idle_since = IDLE_MIN_DELAY, time.monotonic()
                     next_poll = self._after_task(view)  # another slot may be free
@@ -596,20 +596,28 @@ class Worker:
             return None
         fresh = [now - view.first_seen.get(tid, now) < after for tid in tids]
 
-        async def claim_all() -> list[claims.Claim | None]:
+        async def claim_all() -> list[claims.Claim | BaseException | None]:
             reads = zip(tids, fresh, strict=True)
-            return list(await asyncio.gather(*(self._claim_and_read(t, read=f) for t, f in reads)))
+            claiming = (self._claim_and_read(t, read=f) for t, f in reads)
+            # Every answer is kept: one failed request must not orphan claims won.
+            return list(await asyncio.gather(*claiming, return_exceptions=True))
 
         sent = time.monotonic()
-        won = self.loop.run(claim_all())
+        answers = self.loop.run(claim_all())
         self._lookahead.claimed(time.monotonic() - sent)
-        view.drop(set(tids))
-        mine = [(t, c) for t, c in zip(tids, won, strict=True) if c is not None]
-        lost = len(tids) - len(mine)
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        # Claimed, by us or another; a task whose claim failed stays in the view.
+        view.drop(
+            {t for t, a in zip(tids, answers, strict=True) if not isinstance(a, BaseException)}
+        )
+        mine = [(t, a) for t, a in zip(tids, answers, strict=True) if isinstance(a, claims.Claim)]
+        lost = [t for t, a in zip(tids, answers, strict=True) if a is None]
         if lost:
-            self.stats.lost_races += lost
-            self._shard.lost_race(to_owner=self._lost_to_owner(tids[won.index(None)]))
+            self.stats.lost_races += len(lost)
+            self._shard.lost_race(to_owner=self._lost_to_owner(lost[0]))
         if not mine:
+            if failed:
+                raise failed[0]
             return None
         self._shard.collisions = 0
         self._claimed_more = mine[1:]

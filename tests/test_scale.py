@@ -22,6 +22,7 @@ import tasks
 from helpers import wait_until
 
 from starburst_executor import DetachedExecutor
+from starburst_executor._core.submits import SUBMIT_WINDOW
 from starburst_executor.store.local_server import LocalServer, ServerInfo
 
 # Idle polls are part of the count, and a run stretched by other tests' load has more
@@ -194,8 +195,8 @@ def test_16_workers_500_tasks_each_run_once_within_the_request_budget(
         f"fleet {fleet}"
     )
     print(report)
-    # The counter saw the work itself: a submit, a claim, a payload read, a result write
-    # and a result read per task at least.
-    assert per_task >= 5
+    # The counter saw the work itself: a claim, a result write and a result read per task
+    # at least (submits and payload reads go in batches), and the batches themselves.
+    assert per_task >= 3 + 1 / SUBMIT_WINDOW
     assert per_task <= TARGET, report
     assert len(served) >= WORKERS // 2, served

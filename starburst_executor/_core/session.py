@@ -209,7 +209,7 @@ class SessionStore:
         )
         bound = 1 << self.page_keys.bit_length()
         for p, probe in zip(powers, probes, strict=True):
-            if any(self.layout.task_ids_of(o.key) for o in probe.objects):
+            if any(self.layout.task_range(o.key) for o in probe.objects):
                 bound = 2 * p
         return min(bound, MAX_TASKS)
 
